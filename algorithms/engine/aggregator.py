@@ -1,0 +1,276 @@
+"""The aggregator side of the round engine: a template that owns the round loop.
+
+The base class waits for the quorum, starts the task, runs the setup and the
+rounds (broadcast, collect until every active participant answered or the
+round deadline passed, aggregate, evaluate, record) and finishes or fails the
+task. An algorithm fills in the small methods: ``setup``, ``global_payload``,
+``accept_update``, ``aggregate``, ``evaluate``, ``final_model``.
+
+The channel is the aggregator handle of whatever transport (HTTP, AMQP, in one
+process); nothing here imports the client or the platform.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from werkbund.algorithms.arrays import UpdateRejected
+from werkbund.algorithms.engine.progress import Progress
+
+log = logging.getLogger("werkbund.aggregator")
+
+
+class TaskFailure(RuntimeError):
+    """The task cannot go on; the reason is recorded on the platform."""
+
+
+@dataclass
+class Collected:
+    """What one exchange with the participants brought back."""
+
+    accepted: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    headers: dict[str, dict] = field(default_factory=dict)
+
+
+class RoundAggregator:
+    """Template for the aggregator of a round-based federated algorithm."""
+
+    def __init__(self, channel, holdout=None, progress: Progress | None = None,
+                 quorum_timeout: float | None = None):
+        self.channel = channel
+        self.definition = channel.definition
+        self.holdout = holdout
+        self.progress = progress or Progress()
+        self.quorum_timeout = quorum_timeout
+        self.active: list[str] = []
+        self.schema: dict | None = None
+        self.history: list[dict] = []
+        self._pending: dict | None = None
+
+    # ------------------------------------------------------------- hooks
+    def setup(self) -> None:
+        """Prepare the model (may call ``exchange`` for statistics); runs after the task started."""
+
+    def global_payload(self) -> tuple[bytes, dict]:
+        raise NotImplementedError
+
+    def begin_round(self, number: int) -> None:
+        pass
+
+    def accept_update(self, message) -> None:
+        """Validate and take in one update; raise UpdateRejected to refuse it."""
+        raise NotImplementedError
+
+    def aggregate(self, number: int) -> None:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict:
+        """Metrics of the current global model on the aggregator's own held-out data ({} if none)."""
+        return {}
+
+    def final_model(self) -> tuple[bytes, dict]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ driver
+    def run(self) -> dict:
+        d = self.definition
+        self.progress.message(f"task {self.channel.task}: waiting for the quorum of {d['quorum']}")
+        members = self.channel.wait_for_quorum(
+            timeout=self.quorum_timeout,
+            on_progress=lambda joined, quorum: self.progress.message(f"{joined} of {quorum} participants joined"),
+        )
+        info = self.channel.start()
+        self.active = [m["user"] for m in members]
+        self.schema = info.get("schema")
+        self.progress.message(f"quorum met: {', '.join(self.active)}; task STARTED")
+        try:
+            self.setup()
+            self.progress.rounds_started(d["rounds"])
+            for number in range(d["rounds"]):
+                self._run_round(number)
+            return self._finish()
+        except TaskFailure as exc:
+            self._fail(str(exc))
+            raise
+        except BaseException as exc:
+            self._fail(f"aggregator error: {type(exc).__name__}: {exc}")
+            raise
+
+    def exchange(self, kind: str, payload: bytes = b"", expect: str = "", number: int = -1,
+                 handler=None, **header) -> Collected:
+        """Broadcast a request and collect the replies of kind ``expect`` until all active answered."""
+        self.channel.broadcast(kind, payload, round=number, **header)
+        collected = Collected()
+        waiting = set(self.active)
+        deadline = time.monotonic() + float(self.definition["round_timeout"])
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            message = self.channel.receive(timeout=min(remaining, 30.0))
+            if message is None:
+                continue
+            sender = message.sender
+            if sender not in waiting:
+                log.info("ignoring %s from %s (not expected now)", message.kind, sender or "?")
+                continue
+            if message.kind == "malformed":
+                reason = f"malformed message: {message.extra.get('error')}"
+            elif message.kind == "error":
+                reason = f"participant reported: {message.get('reason', 'an error')}"
+            elif message.kind != expect or message.get("round") != number:
+                log.info("ignoring stale %s (round %s) from %s", message.kind, message.get("round"), sender)
+                continue
+            else:
+                try:
+                    if handler is not None:
+                        handler(message)
+                    collected.accepted.append(sender)
+                    collected.headers[sender] = message.header
+                    waiting.discard(sender)
+                    continue
+                except UpdateRejected as exc:
+                    reason = str(exc)
+            collected.rejected[sender] = reason
+            waiting.discard(sender)
+            log.warning("round %d: rejected %s from %s: %s", number, expect or kind, sender, reason)
+            self.progress.message(f"rejected {expect or kind} from {sender}: {reason}")
+        collected.missing = sorted(waiting)
+        if collected.missing:
+            self.progress.message(f"no answer from {', '.join(collected.missing)} before the deadline; "
+                                  "going on without them")
+            self.active = [p for p in self.active if p not in waiting]
+        minimum = self.definition["min_updates"]
+        if len(collected.accepted) < minimum:
+            raise TaskFailure(
+                f"round {number}: only {len(collected.accepted)} valid {expect or 'replies'} "
+                f"(minimum {minimum}); rejected: {collected.rejected or 'none'}; "
+                f"no answer: {', '.join(collected.missing) or 'none'}"
+            )
+        return collected
+
+    # ----------------------------------------------------------- internals
+    def _run_round(self, number: int) -> None:
+        started = time.monotonic()
+        self.begin_round(number)
+        payload, header = self.global_payload()
+        self._publish("round_started", {"round": number, "global_sha256": _sha(payload)})
+        collected = self.exchange("round", payload, expect="update", number=number,
+                                  handler=self._checked_accept(number), **header)
+        self._complete_pending(collected.headers)
+        self.aggregate(number)
+        if self._ledger:
+            self._publish("aggregate_published", {"round": number, "sha256": _sha(self.global_payload()[0]),
+                                                  "updates": sorted(collected.accepted)})
+            self.channel.audit_ledger()
+        own = self.evaluate()
+        train = {p: {"loss": h.get("train_loss"), "n_train": h.get("n_samples")} for p, h in collected.headers.items()}
+        self._pending = {"number": number, "reported": collected.accepted, "rejected": collected.rejected,
+                         "missing": collected.missing, "train": train, "aggregator": own,
+                         "duration_s": round(time.monotonic() - started, 3)}
+        summary = f"{len(collected.accepted)} updates ({', '.join(collected.accepted)})"
+        if own:
+            summary += ", " + ", ".join(f"held-out {k} {v:.4f}" for k, v in own.items() if isinstance(v, float))
+        self.progress.round_done(number, self.definition["rounds"], summary)
+
+    @property
+    def _ledger(self) -> bool:
+        return bool(getattr(self.channel, "ledger_enabled", False))
+
+    def _publish(self, type: str, payload: dict) -> None:
+        if self._ledger:
+            self.channel.publish_entry(type, payload)
+
+    def _checked_accept(self, number: int):
+        """accept_update, after checking the bytes against the metadata published on the ledger."""
+        if not self._ledger:
+            return self.accept_update
+
+        def handler(message) -> None:
+            meta = self.channel.published_update(message.sender, number)
+            if meta is None:
+                raise UpdateRejected(f"no update_submitted entry for round {number} on the ledger "
+                                     "(the metadata must be published before the update)")
+            digest = _sha(message.payload)
+            if digest != meta.get("sha256"):
+                raise UpdateRejected(f"update bytes have sha256 {digest}, but ledger entry {meta['seq']} "
+                                     f"published {meta.get('sha256')}")
+            if message.get("n_samples") != meta.get("n_samples"):
+                raise UpdateRejected(f"the update claims {message.get('n_samples')} samples, ledger entry "
+                                     f"{meta['seq']} published {meta.get('n_samples')}")
+            why = _not_selected(self.definition.get("selection") or {}, meta)
+            if why:
+                self.channel.send(message.sender, "skipped", round=number, reason=why)
+                raise UpdateRejected(f"skipped by the task's selection: {why}")
+            self.accept_update(message)
+        return handler
+
+    def _complete_pending(self, headers: dict[str, dict]) -> None:
+        """Record the previous round with the participants' evaluation of its aggregate."""
+        if self._pending is None:
+            return
+        pending, self._pending = self._pending, None
+        evals = {p: h["eval"] for p, h in headers.items() if isinstance(h.get("eval"), dict)}
+        metrics = {"participants": evals, "train": pending["train"], "duration_s": pending["duration_s"]}
+        metrics.update(_combined(evals))
+        if pending["aggregator"]:
+            metrics["aggregator"] = pending["aggregator"]
+        self.channel.record_round(pending["number"], pending["reported"], pending["rejected"],
+                                  pending["missing"], metrics)
+        self.history.append({"round": pending["number"], **metrics})
+        if "accuracy" in metrics:
+            self.progress.message(f"round {pending['number'] + 1}: participants' test accuracy "
+                                  f"{metrics['accuracy']:.4f} (loss {metrics.get('loss', float('nan')):.4f})")
+
+    def _finish(self) -> dict:
+        payload, header = self.global_payload()
+        collected = self.exchange("final", payload, expect="final_eval", number=self.definition["rounds"], **header)
+        self._complete_pending(collected.headers)
+        model, meta = self.final_model()
+        meta = dict(meta, history=self.history)
+        info = self.channel.finish(model, meta)
+        self.progress.message(f"task {self.channel.task} COMPLETE; final model stored ({len(model)} bytes)")
+        return {"task": info, "history": self.history, "model_bytes": len(model)}
+
+    def _fail(self, reason: str) -> None:
+        log.error("task %s failed: %s", self.channel.task, reason)
+        try:
+            self.channel.broadcast("failed", b"", reason=reason)
+        except Exception as exc:  # the task may already be unusable; the platform record matters more
+            log.warning("could not tell the participants: %s", exc)
+        try:
+            self.channel.fail(reason)
+        except Exception as exc:
+            log.warning("could not mark the task FAILED: %s", exc)
+
+
+def _not_selected(selection: dict, meta: dict) -> str | None:
+    """Why the published metadata puts an update outside the task's selection (None: taken)."""
+    n, least = meta.get("n_samples"), selection.get("min_samples")
+    if least is not None and (not isinstance(n, int) or n < least):
+        return f"{n} training samples, the task asks for at least {least}"
+    loss, most = (meta.get("validation") or {}).get("loss"), selection.get("max_validation_loss")
+    if most is not None and (not isinstance(loss, (int, float)) or loss > most):
+        return f"validation loss {loss} is above the task's limit {most}"
+    return None
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(bytes(data)).hexdigest()
+
+
+def _combined(evals: dict[str, dict]) -> dict:
+    """Test metrics over all participants, weighted by their test-set sizes."""
+    total = sum(int(e.get("n_test") or 0) for e in evals.values())
+    if not total:
+        return {}
+    combined = {}
+    for key in ("accuracy", "loss"):
+        if all(key in e for e in evals.values()):
+            combined[key] = sum(float(e[key]) * int(e.get("n_test") or 0) for e in evals.values()) / total
+    combined["n_test"] = total
+    return combined

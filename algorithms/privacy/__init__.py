@@ -1,0 +1,9 @@
+"""Privacy operation modes.  POM 2: transport-independent secure aggregation (see README.md)."""
+from werkbund.algorithms.privacy.secagg_config import SecAggConfig, min_threshold
+from werkbund.algorithms.privacy.secagg_encoding import FixedPointEncoder
+from werkbund.algorithms.privacy.secagg_errors import SecAggError, SecAggOverflowError, SecAggSignatureError
+from werkbund.algorithms.privacy.secagg_participant import SecAggParticipant
+from werkbund.algorithms.privacy.secagg_server import SecAggResult, SecAggServer
+
+__all__ = ["FixedPointEncoder", "SecAggConfig", "SecAggError", "SecAggOverflowError", "SecAggParticipant",
+           "SecAggResult", "SecAggServer", "SecAggSignatureError", "min_threshold"]

@@ -1,0 +1,238 @@
+"""One broker connection owned by one I/O thread, which other threads hand work to.
+
+pika's BlockingConnection is not thread-safe, and it answers heartbeats only while someone calls
+it. So a dedicated thread owns the connection and keeps calling ``process_data_events``: heartbeats
+are answered while the caller trains for minutes, deliveries are pushed into local queues as they
+arrive (push consumption, not polling), and the caller's publishes run on that thread through
+``add_callback_threadsafe``, the one thread-safe method of the connection. When the connection is
+lost the thread reconnects with backoff and subscribes again; unacknowledged messages come back.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+
+import pika
+from pika.exceptions import (
+    AMQPConnectionError, AMQPError, ChannelClosed, ChannelClosedByBroker, ConnectionWrongStateError,
+    ProbableAccessDeniedError,
+    ProbableAuthenticationError, UnroutableError,
+)
+
+from werkbund.platform import amqp_names as names
+from werkbund.platform.errors import (
+    AuthenticationFailed, InvalidInput, NotFound, PermissionDenied, Unavailable, WerkbundError,
+)
+
+log = logging.getLogger("werkbund.client.amqp")
+# pika logs each failed connection attempt at ERROR, with a traceback; we raise a typed error instead
+logging.getLogger("pika").setLevel(logging.CRITICAL)
+PREFETCH = 2
+
+
+class AmqpSession:
+    def __init__(self, parameters: pika.ConnectionParameters, reconnect_seconds: float = 120.0):
+        self.parameters = parameters
+        self.reconnect_seconds = reconnect_seconds
+        self.replies: dict[str, Future] = {}
+        self.inboxes: dict[str, queue.Queue] = {}  # queue name -> (sender, body, (generation, tag))
+        self.generation = 0
+        self.closing = False
+        self.ready = threading.Event()  # cleared while reconnecting
+        self.connection = self._open_connection()
+        self._open_channel()
+        self.ready.set()
+        self.thread = threading.Thread(target=self._loop, name="werkbund-amqp-io", daemon=True)
+        self.thread.start()
+
+    # ---------------------------------------------------------- connection
+    def _open_connection(self) -> pika.BlockingConnection:
+        try:
+            return pika.BlockingConnection(self.parameters)
+        except Exception as exc:  # pika raises many kinds here
+            raise connection_error(exc, self.parameters) from None
+
+    def _open_channel(self) -> None:
+        self.channel = self.connection.channel()
+        self.channel.confirm_delivery()
+        self.channel.basic_qos(prefetch_count=PREFETCH)
+        self.channel.basic_consume(names.REPLY_TO, self._on_reply, auto_ack=True)
+        self.generation += 1
+        for queue_name, inbox in list(self.inboxes.items()):
+            _drain(inbox)  # not acknowledged on the old channel: the broker delivers them again
+            self._consume(queue_name, inbox)
+
+    def _loop(self) -> None:
+        while not self.closing:
+            try:
+                self.connection.process_data_events(time_limit=1.0)
+            except ChannelClosed as exc:
+                log.debug("channel closed: %r; opening a new one", exc)
+                self._fail_replies(broker_error(exc))
+                self._open_channel()
+            except AMQPError as exc:
+                if self.closing:
+                    return
+                self.ready.clear()
+                self._fail_replies(Unavailable(f"lost the broker connection: {exc!r}"))
+                self._reconnect(exc)
+                self.ready.set()
+
+    def _reconnect(self, cause) -> None:
+        deadline, backoff = time.monotonic() + self.reconnect_seconds, 0.5
+        while not self.closing:
+            log.warning("broker connection lost (%r); reconnecting in %.1f s", cause, backoff)
+            time.sleep(backoff)
+            try:
+                self.connection = pika.BlockingConnection(self.parameters)
+                self._open_channel()
+                log.warning("reconnected to the broker")
+                return
+            except AMQPError as exc:
+                cause = exc
+                if time.monotonic() > deadline:
+                    self.closing = True
+                    self._broken = Unavailable(f"cannot reconnect to the broker: {exc!r}")
+                    return
+                backoff = min(backoff * 2, 10.0)
+
+    def _fail_replies(self, error: Exception) -> None:
+        for corr in list(self.replies):
+            future = self.replies.pop(corr, None)
+            if future is not None and not future.done():
+                future.set_exception(error)
+
+    # --------------------------------------------------------------- work
+    def run(self, fn, timeout: float = 600.0):
+        """Run ``fn()`` on the I/O thread and return its result (or raise its error, mapped)."""
+        return self.wait(self.submit(fn), timeout)
+
+    def submit(self, fn) -> Future:
+        """Queue ``fn()`` for the I/O thread (work runs in the order it was submitted)."""
+        if not self.ready.wait(self.reconnect_seconds) or self.closing:
+            raise getattr(self, "_broken", None) or Unavailable("the broker connection is closed")
+        future: Future = Future()
+
+        def work():
+            try:
+                future.set_result(fn())
+            except ChannelClosed as exc:  # refused by the broker: report it, carry on on a new channel
+                future.set_exception(exc)
+                self._open_channel()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+        for _ in range(int(self.reconnect_seconds * 10)):
+            try:
+                self.connection.add_callback_threadsafe(work)
+                break
+            except ConnectionWrongStateError:  # lost a moment ago; the I/O thread is reconnecting
+                time.sleep(0.1)
+                self.ready.wait(self.reconnect_seconds)
+        return future
+
+    def wait(self, future: Future, timeout: float = 600.0):
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            raise Unavailable(f"the broker did not answer in {timeout:.0f} s") from None
+        except (AMQPError, ChannelClosed) as exc:
+            raise broker_error(exc) from None
+
+    def publish(self, exchange: str, key: str, body: bytes, properties: pika.BasicProperties,
+                mandatory: bool = True, wait: bool = True):
+        """Publish (confirmed); with ``wait=False`` return a Future, so the caller can prepare the next one."""
+        future = self.submit(lambda: self.channel.basic_publish(exchange, key, body, properties, mandatory=mandatory))
+        return self.wait(future) if wait else future
+
+    def request(self, correlation_id: str, body: bytes, properties: pika.BasicProperties, timeout: float):
+        future: Future = Future()
+        self.replies[correlation_id] = future
+        try:
+            self.publish(names.REQUEST_EXCHANGE, names.REQUEST_KEY, body, properties)
+            return future.result(timeout)
+        except FutureTimeout:
+            raise Unavailable(f"the platform did not answer in {timeout:.0f} s; "
+                              "is `werkbund platform serve` running?") from None
+        finally:
+            self.replies.pop(correlation_id, None)
+
+    def _on_reply(self, _channel, _method, properties, body) -> None:
+        future = self.replies.pop(properties.correlation_id, None)
+        if future is not None and not future.done():
+            future.set_result((properties.headers or {}, body))
+
+    # --------------------------------------------------------- consuming
+    def inbox(self, queue_name: str) -> queue.Queue:
+        if queue_name not in self.inboxes:
+            inbox = queue.Queue()
+            self.run(lambda: self._consume(queue_name, inbox))
+            self.inboxes[queue_name] = inbox
+        return self.inboxes[queue_name]
+
+    def _consume(self, queue_name: str, inbox: queue.Queue) -> None:
+        generation = self.generation
+
+        def on_message(_channel, method, properties, body):
+            inbox.put((properties.user_id or "", body, (generation, method.delivery_tag), properties.headers or {}))
+
+        self.channel.basic_consume(queue_name, on_message, auto_ack=False)
+
+    def ack(self, tag) -> None:
+        """Acknowledge a handled message (fire and forget; after a reconnect it was redelivered)."""
+        generation, delivery_tag = tag
+        if generation == self.generation and not self.closing:
+            try:
+                self.connection.add_callback_threadsafe(
+                    lambda: self.channel.basic_ack(delivery_tag) if generation == self.generation else None)
+            except ConnectionWrongStateError:
+                pass  # the connection is gone: the broker delivers the message again
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        try:
+            self.run(lambda: None, timeout=10)
+        except WerkbundError:
+            pass
+        self.closing = True
+        self.thread.join(timeout=5)
+        try:
+            self.connection.close()
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass
+
+
+def _drain(inbox: queue.Queue) -> None:
+    try:
+        while True:
+            inbox.get_nowait()
+    except queue.Empty:
+        pass
+
+
+def connection_error(exc: Exception, parameters) -> WerkbundError:
+    where = f"{parameters.host}:{parameters.port} (vhost {parameters.virtual_host})"
+    if isinstance(exc, ProbableAuthenticationError) or "ACCESS_REFUSED" in repr(exc) and "PLAIN" in repr(exc):
+        return AuthenticationFailed("wrong user name or password")
+    if isinstance(exc, ProbableAccessDeniedError):
+        return PermissionDenied(f"the broker at {where} refused access to the vhost")
+    if isinstance(exc, AMQPConnectionError):
+        return Unavailable(f"cannot reach the broker at {where}: {exc!r}")
+    return Unavailable(f"cannot connect to the broker at {where}: {exc!r}")
+
+
+def broker_error(exc: Exception) -> WerkbundError:
+    if isinstance(exc, UnroutableError):
+        return InvalidInput("the message has no queue to go to (unknown recipient or no participants)")
+    if isinstance(exc, ChannelClosedByBroker):
+        text = exc.reply_text
+        if exc.reply_code == 403 or (exc.reply_code == 406 and "user_id" in text):
+            return PermissionDenied(f"the broker refused: {text}")
+        if exc.reply_code == 404:
+            return NotFound(f"the broker does not know it: {text}")
+        return WerkbundError(f"the broker closed the channel: {exc.reply_code} {text}")
+    return Unavailable(f"broker connection problem: {exc!r}")

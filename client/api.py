@@ -1,0 +1,253 @@
+"""The Python API of werkbund: one set of handles over any transport.
+
+>>> alice = connect(platform="local", url="http://127.0.0.1:5000", user="alice", password="...")
+>>> alice.create_task("weld-1", {"algorithm": "neural_network", "quorum": 2, "rounds": 5})
+>>> agg = alice.aggregator("weld-1")      # the creator's handle: participants, broadcast, receive, finish
+>>> part = bob.participant("weld-1")      # a participant's handle: receive, send to the aggregator
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from werkbund.client.ledger import LedgerChannel
+from werkbund.client.messages import MalformedMessage, TaskMessage, decode_message, encode_message
+from werkbund.client.transport import Transport
+from werkbund.platform.errors import InvalidInput, InvalidState
+
+log = logging.getLogger("werkbund.client")
+
+
+def make_transport(platform: str = "local", url: str | None = None, inproc=None, **options) -> Transport:
+    """A transport for ``platform`` ('local', 'cloud' or 'inproc')."""
+    if platform == "local":
+        from werkbund.client.http_transport import HttpTransport
+
+        if not url:
+            raise InvalidInput("the local platform needs a URL (--url or WERKBUND_URL), e.g. http://127.0.0.1:5000")
+        return HttpTransport(url)
+    if platform == "inproc":
+        from werkbund.client.inproc_transport import InProcTransport
+
+        if inproc is None:
+            raise InvalidInput("the in-process platform needs an InProcPlatform object")
+        return InProcTransport(inproc)
+    if platform == "cloud":
+        try:
+            from werkbund.client.amqp_transport import AmqpTransport
+        except ImportError:
+            raise InvalidInput("the cloud platform transport is not available in this version") from None
+        return AmqpTransport(url, **options)
+    raise InvalidInput(f"unknown platform {platform!r}; use local, cloud or inproc")
+
+
+def load_credentials(path: str | Path) -> dict:
+    """Read a credentials file: JSON with platform, url and optionally user, password, org."""
+    try:
+        data = json.loads(Path(path).expanduser().read_text())
+    except FileNotFoundError:
+        raise InvalidInput(f"credentials file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"credentials file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"credentials file {path} must hold a JSON object")
+    return data
+
+
+def connect(platform: str | None = None, url: str | None = None, user: str | None = None,
+            password: str | None = None, credentials: str | Path | None = None, inproc=None,
+            transport: Transport | None = None, identity=None, **options) -> "User":
+    """Log in to a platform and return the user's handle.
+
+    Values given as arguments win over those in the credentials file.
+    """
+    creds = load_credentials(credentials) if credentials else {}
+    platform = platform or creds.get("platform", "local")
+    url = url or creds.get("url")
+    user = user or creds.get("user")
+    password = password or creds.get("password")
+    if not user:
+        raise InvalidInput("no user given")
+    transport = transport or make_transport(platform, url, inproc=inproc, **options)
+    transport.login(user, password or "")
+    return User(transport, identity)  # identity: the Ed25519 key that signs ledger entries
+
+
+def register(user: str, password: str, org: str, platform: str = "local", url: str | None = None,
+             inproc=None, identity=None, **options) -> "User":
+    """Create an account and return the logged-in handle.
+
+    ``identity``: the user's Ed25519 private key (made on this machine); its public
+    key is registered so the user can sign ledger entries.
+    """
+    transport = make_transport(platform, url, inproc=inproc, **options)
+    transport.register(user, password, org)
+    transport.login(user, password)
+    if identity is not None:
+        from werkbund.platform.ledger.entries import encode_public_key
+
+        transport.call("set_identity_key", public_key=encode_public_key(identity))
+    return User(transport, identity)
+
+
+class User:
+    """What a logged-in user can do on a platform."""
+
+    def __init__(self, transport: Transport, identity=None):
+        self.transport = transport
+        self.identity = identity  # Ed25519 private key for ledger entries, or None
+
+    @property
+    def name(self) -> str:
+        return self.transport.user
+
+    def whoami(self) -> dict:
+        return self.transport.call("whoami")
+
+    def create_task(self, task: str, definition: dict) -> dict:
+        return self.transport.call("create_task", task=task, definition=definition)
+
+    def list_tasks(self, status=None, creator=None, algorithm=None, search=None) -> list[dict]:
+        params = {k: v for k, v in dict(status=status, creator=creator, algorithm=algorithm, search=search).items() if v}
+        return self.transport.call("list_tasks", **params)
+
+    def task_info(self, task: str) -> dict:
+        return self.transport.call("task_info", task=task)
+
+    def join_task(self, task: str, schema: dict | None = None) -> dict:
+        params = {"task": task}
+        if schema is not None:
+            params["schema"] = schema
+        return self.transport.call("join_task", **params)
+
+    def leave_task(self, task: str) -> dict:
+        return self.transport.call("leave_task", task=task)
+
+    def delete_task(self, task: str) -> dict:
+        return self.transport.call("delete_task", task=task)
+
+    def rounds(self, task: str) -> list[dict]:
+        return self.transport.call("rounds", task=task)
+
+    def get_model(self, task: str) -> tuple[bytes, dict]:
+        return self.transport.get_model(task)
+
+    def aggregator(self, task: str) -> "AggregatorHandle":
+        return AggregatorHandle(self, task)
+
+    def participant(self, task: str) -> "ParticipantHandle":
+        return ParticipantHandle(self, task)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class _TaskHandle(LedgerChannel):
+    def __init__(self, user: User, task: str):
+        self.user = user
+        self.transport = user.transport
+        self.task = task
+        self._info = user.task_info(task)
+
+    @property
+    def name(self) -> str:
+        return self.user.name
+
+    @property
+    def definition(self) -> dict:
+        return self._info["definition"]
+
+    def info(self) -> dict:
+        self._info = self.user.task_info(self.task)
+        return self._info
+
+    def receive(self, timeout: float) -> TaskMessage | None:
+        """The next message, or None after ``timeout`` s; a corrupt one comes back with kind 'malformed'."""
+        got = self.transport.receive(self.task, timeout)
+        if got is None:
+            return None
+        sender, frame = got
+        try:
+            message = decode_message(frame, sender)
+        except MalformedMessage as exc:
+            log.warning("malformed message from %s in %s: %s", sender, self.task, exc)
+            return TaskMessage(kind="malformed", header={}, sender=sender, extra={"error": str(exc)})
+        if message.get("task") != self.task:
+            return TaskMessage(kind="malformed", header=message.header, sender=sender,
+                               extra={"error": f"message names task {message.get('task')!r}"})
+        return message
+
+
+class AggregatorHandle(_TaskHandle):
+    """The task creator's channel: participants, broadcast, send to one, receive, records, final model."""
+
+    role = "aggregator"
+
+    def __init__(self, user: User, task: str):
+        super().__init__(user, task)
+        if self._info.get("role") != "creator":
+            raise InvalidInput(f"only the creator of task {task!r} ({self._info['creator']}) can aggregate it")
+
+    def participants(self) -> list[dict]:
+        return self.transport.call("participants", task=self.task)
+
+    def wait_for_quorum(self, timeout: float | None = None, poll: float = 1.0, on_progress=None) -> list[dict]:
+        """Block until the quorum has joined; returns the participants."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = -1
+        while True:
+            info = self.info()
+            if info["status"] != "CREATED":
+                raise InvalidState(f"task {self.task!r} is {info['status']}; it cannot start again")
+            if info["joined"] != last:
+                last = info["joined"]
+                if on_progress:
+                    on_progress(info["joined"], info["quorum"])
+            if info["joined"] >= info["quorum"]:
+                return self.participants()
+            if deadline is not None and time.monotonic() > deadline:
+                raise InvalidState(f"the quorum of task {self.task!r} was not met in {timeout:.0f} s "
+                                   f"({info['joined']} of {info['quorum']} joined)")
+            time.sleep(poll)
+
+    def start(self) -> dict:
+        self._info = self.transport.call("start_task", task=self.task)
+        return self._info
+
+    def broadcast(self, kind: str, payload: bytes = b"", **header) -> dict:
+        return self.transport.send(self.task, "all", encode_message(self.task, kind, payload, **header))
+
+    def send(self, to: str, kind: str, payload: bytes = b"", **header) -> dict:
+        return self.transport.send(self.task, to, encode_message(self.task, kind, payload, **header))
+
+    def record_round(self, number: int, reported=(), rejected=None, missing=(), metrics=None) -> dict:
+        return self.transport.call("record_round", task=self.task, number=number, reported=list(reported),
+                                   rejected=dict(rejected or {}), missing=list(missing), metrics=metrics or {})
+
+    def rounds(self) -> list[dict]:
+        return self.user.rounds(self.task)
+
+    def finish(self, model: bytes, meta: dict | None = None) -> dict:
+        self.transport.put_model(self.task, model, meta or {})
+        self._info = self.transport.call("finish_task", task=self.task)
+        return self._info
+
+    def fail(self, reason: str) -> dict:
+        self._info = self.transport.call("fail_task", task=self.task, reason=reason)
+        return self._info
+
+
+class ParticipantHandle(_TaskHandle):
+    """A participant's channel: receive from the aggregator, send to it."""
+
+    role = "participant"
+
+    def __init__(self, user: User, task: str):
+        super().__init__(user, task)
+        if self._info.get("role") != "participant":
+            raise InvalidInput(f"you have not joined task {task!r}; run `werkbund join` first")
+
+    def send(self, kind: str, payload: bytes = b"", **header) -> dict:
+        return self.transport.send(self.task, "aggregator", encode_message(self.task, kind, payload, **header))

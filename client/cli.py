@@ -1,0 +1,256 @@
+"""The `werkbund` command line: register, create, list, join, aggregate, participate, ..."""
+from __future__ import annotations
+
+import json
+import os
+from importlib.metadata import version
+from pathlib import Path
+
+import click
+
+from werkbund.client import state
+from werkbund.client.cli_common import (
+    Connection, emit_json, handle_errors, platform_options, setup_logging,
+)
+from werkbund.platform.errors import InvalidInput
+
+DEFINITION_OPTIONS = ("algorithm", "quorum", "rounds", "epochs", "batch_size", "learning_rate",
+                      "max_participants", "min_updates", "round_timeout")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(version("werkbund"), prog_name="werkbund")
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+def cli(verbose):
+    """werkbund: train one model on data that none of the companies may share."""
+    setup_logging(verbose)
+
+
+# ------------------------------------------------------------------ accounts
+@cli.command()
+@platform_options
+@click.option("--org", required=True, help="Your organisation.")
+@handle_errors
+def register(conn: Connection, org):
+    """Create an account (the password is asked for, or taken from WERKBUND_PASSWORD)."""
+    transport = conn.transport()
+    password = conn.password(confirm=True)
+    key_path, made = state.identity_path(conn.url, conn.user), False
+    if not key_path.exists():  # the ledger identity key, made here and never sent anywhere
+        from werkbund.client.identity import generate_identity
+
+        generate_identity(key_path, os.environ.get("WERKBUND_KEY_PASSPHRASE") or None)
+        made = True
+    try:
+        data = transport.register(conn.user, password, org)
+    except Exception:
+        if made:
+            key_path.unlink(missing_ok=True)
+        raise
+    login = transport.login(conn.user, password)
+    if login.get("token"):
+        state.save_token(conn.url, conn.user, login["token"])
+    from werkbund.client.identity import public_key_b64
+
+    public_key = public_key_b64(state.load_identity(conn.url, conn.user))
+    transport.call("set_identity_key", public_key=public_key)
+    click.echo(f"registered {data['user']} ({data['org']}); identity key {key_path} (public {public_key})")
+
+
+@cli.command()
+@platform_options
+@handle_errors
+def login(conn: Connection):
+    """Check your password and keep a session token under WERKBUND_HOME."""
+    user = conn.login(fresh=True)
+    click.echo(f"logged in as {user.name}")
+
+
+@cli.command()
+@platform_options
+@handle_errors
+def logout(conn: Connection):
+    """Forget the cached session token."""
+    state.forget_token(conn.url, conn.user)
+    click.echo(f"logged out {conn.user}")
+
+
+# --------------------------------------------------------------------- tasks
+def _definition(path, options: dict) -> dict:
+    definition = {}
+    if path:
+        try:
+            definition = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"task definition {path} is not valid JSON: {exc}") from None
+        if not isinstance(definition, dict):
+            raise InvalidInput(f"task definition {path} must be a JSON object")
+    definition.update({k: v for k, v in options.items() if v is not None})
+    return definition
+
+
+@cli.command()
+@platform_options
+@click.option("--task", required=True, help="A unique task name.")
+@click.option("--definition", type=click.Path(exists=True, dir_okay=False), help="Task definition (JSON).")
+@click.option("--algorithm")
+@click.option("--quorum", type=int)
+@click.option("--rounds", type=int)
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--learning-rate", type=float)
+@click.option("--max-participants", type=int)
+@click.option("--min-updates", type=int)
+@click.option("--round-timeout", type=float, help="Seconds to wait for the updates of one round.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def create(conn: Connection, task, definition, as_json, **options):
+    """Create a learning task (options override the definition file)."""
+    info = conn.login().create_task(task, _definition(definition, options))
+    if as_json:
+        return emit_json(info)
+    click.echo(f"created task {info['name']} ({info['algorithm']}, quorum {info['quorum']}, "
+               f"{info['definition']['rounds']} rounds)")
+
+
+@cli.command("list")
+@platform_options
+@click.option("--status", type=click.Choice(["CREATED", "STARTED", "COMPLETE", "FAILED"]))
+@click.option("--creator")
+@click.option("--algorithm")
+@click.option("--search", help="Text to look for in name, creator, organisation, description.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def list_tasks(conn: Connection, status, creator, algorithm, search, as_json):
+    """List tasks: name, creator, status, algorithm, quorum, joined, created."""
+    tasks = conn.login().list_tasks(status=status, creator=creator, algorithm=algorithm, search=search)
+    if as_json:
+        return emit_json(tasks)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "creator", "status", "algorithm", "POM", "quorum", "joined", "created")
+    for t in tasks:
+        table.add_row(t["name"], f"{t['creator']} ({t['org']})", t["status"], t["algorithm"], str(t["pom"]),
+                      str(t["quorum"]), f"{t['joined']}/{t['max_participants']}", t["created_at"])
+    Console(width=140).print(table if tasks else "no tasks")
+
+
+@cli.command()
+@platform_options
+@click.option("--task", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def info(conn: Connection, task, as_json):
+    """Show a task: status, definition, participants, rounds."""
+    user = conn.login()
+    data = user.task_info(task)
+    if data.get("role"):
+        data["rounds"] = user.rounds(task)
+    if as_json:
+        return emit_json(data)
+    click.echo(f"task {data['name']}: {data['status']}" + (f" ({data['reason']})" if data.get("reason") else ""))
+    click.echo(f"  creator     {data['creator']} ({data['org']})")
+    click.echo(f"  algorithm   {data['algorithm']}, POM {data['pom']}")
+    click.echo(f"  joined      {data['joined']} of quorum {data['quorum']} (max {data['max_participants']})")
+    click.echo(f"  definition  {json.dumps(data['definition'])}")
+    if data.get("participants") is not None:
+        click.echo(f"  participants {', '.join(data['participants']) or '-'}")
+    for r in data.get("rounds", []):
+        acc = r["metrics"].get("accuracy")
+        click.echo(f"  round {r['round'] + 1}: {len(r['reported'])} updates"
+                   + (f", accuracy {acc:.4f}" if acc is not None else "")
+                   + (f", rejected {r['rejected']}" if r["rejected"] else "")
+                   + (f", no answer from {', '.join(r['missing'])}" if r["missing"] else ""))
+
+
+@cli.command()
+@platform_options
+@click.option("--task", required=True)
+@handle_errors
+def delete(conn: Connection, task):
+    """Delete a task you created (not while it runs)."""
+    conn.login().delete_task(task)
+    click.echo(f"deleted task {task}")
+
+
+@cli.command()
+@platform_options
+@click.option("--task", required=True)
+@click.option("--data", "data_spec", required=True,
+              help="Your local data: a .csv, a .npz, builtin:digits or builtin:mnist. It never leaves this machine.")
+@click.option("--target", help="Target column of a CSV.")
+@click.option("--features", help="Comma-separated feature columns of a CSV (default: all but the target).")
+@click.option("--shard", help="Use part i of n of the data, e.g. 1/2 (for demos).")
+@click.option("--hide-size", is_flag=True, help="Do not tell the platform how many rows you have.")
+@handle_errors
+def join(conn: Connection, task, data_spec, target, features, shard, hide_size):
+    """Join a task with your local data (only its schema summary is reported)."""
+    from werkbund.algorithms.data import load_dataset
+
+    features_list = [f.strip() for f in features.split(",")] if features else None
+    data = load_dataset(data_spec, target=target, shard=shard, features=features_list)
+    user = conn.login()
+    user.join_task(task, data.schema(share_size=not hide_size))
+    spec = data_spec if data_spec.startswith("builtin:") else str(Path(data_spec).expanduser().resolve())
+    state.save_join(conn.url, conn.user, task, {"data": spec, "target": target, "features": features_list,
+                                                "shard": shard})
+    click.echo(f"joined task {task} with {len(data)} rows, {len(data.features)} features, "
+               f"classes {data.classes}")
+
+
+@cli.command()
+@platform_options
+@click.option("--task", required=True)
+@handle_errors
+def leave(conn: Connection, task):
+    """Leave a task before it starts."""
+    conn.login().leave_task(task)
+    click.echo(f"left task {task}")
+
+
+@cli.command()
+@platform_options
+@click.option("--task", required=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Where to write the .keras file.")
+@handle_errors
+def model(conn: Connection, task, out):
+    """Download the final model of a COMPLETE task (creator and participants)."""
+    data, meta = conn.login().get_model(task)
+    out = Path(out or f"{task}.keras")
+    out.write_bytes(data)
+    Path(f"{out}.json").write_text(json.dumps(meta.get("meta", {}), indent=2))
+    click.echo(f"wrote {out} ({meta.get('size')} bytes, sha256 {meta.get('sha256')}); "
+               f"classes {meta.get('meta', {}).get('classes')}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--db", help="SQLAlchemy database URL (default: SQLite under WERKBUND_HOME).")
+@handle_errors
+def local_platform(host, port, db):
+    """Run the local platform (Flask + SQLite) until interrupted."""
+    from werkbund.local_platform.server import LocalPlatformServer, default_db_url
+
+    try:
+        server = LocalPlatformServer(db or default_db_url(state.home()), host=host, port=port)
+    except OSError as exc:
+        raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    click.echo(f"werkbund local platform listening on {server.url} (database {server.service.db.url})", err=False)
+    try:
+        server.serve_forever()
+    finally:
+        server.stop()
+
+
+def main():
+    from werkbund.client import cli_run  # noqa: F401  (registers aggregate, participate, demo)
+    from werkbund.client import cli_platform  # noqa: F401  (registers platform serve)
+    from werkbund.client import cli_ledger  # noqa: F401  (registers ledger show/verify/...)
+
+    cli(prog_name="werkbund")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""`werkbund ledger ...`: show, verify, export a task's ledger; record and prove maintenance events."""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sys
+from pathlib import Path
+
+import click
+import rfc8785
+
+from werkbund.client import state
+from werkbund.client.cli import cli
+from werkbund.client.cli_common import Connection, emit_json, handle_errors, platform_options
+from werkbund.client.ledger import LedgerError, publish
+from werkbund.platform.errors import InvalidInput
+from werkbund.platform.ledger import entries as E
+from werkbund.platform.ledger import merkle, verify_log
+
+
+@cli.group()
+def ledger():
+    """The task's tamper-evident ledger: show, verify, export, maintenance, prove."""
+
+
+def _pairs(bundle: dict) -> list:
+    return [(item.get("entry"), item.get("signature")) for item in bundle.get("entries", [])]
+
+
+def _leaf(entry) -> str | None:
+    try:
+        return E.entry_leaf_hash(entry).hex()
+    except (E.EntryError, TypeError, ValueError):
+        return None
+
+
+@ledger.command()
+@platform_options
+@click.option("--task", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def show(conn: Connection, task, as_json):
+    """List the entries of a task's ledger and its latest signed checkpoint."""
+    bundle = conn.login().transport.call("ledger_bundle", task=task)
+    if as_json:
+        return emit_json(bundle)
+    for item in bundle["entries"]:
+        e = item["entry"]
+        payload = json.dumps(e.get("payload"), sort_keys=True)
+        click.echo(f"{e.get('seq'):>5} {e.get('timestamp')} {e.get('author'):<12} {e.get('type'):<20} "
+                   f"{payload[:100] + ('...' if len(payload) > 100 else '')}")
+    latest = bundle["latest"]
+    cp = latest["checkpoint"]
+    click.echo(f"checkpoint: size {cp['size']}, root {cp['root']}, {cp['timestamp']}, signed by the "
+               f"platform key {bundle['platform_key']}")
+    cosigners = ", ".join(sorted(latest.get("cosignatures") or {})) or "nobody yet"
+    click.echo(f"cosigned by: {cosigners}")
+
+
+def _report(bundle: dict, view: dict | None, consistency: list | None, pinned_key: str | None):
+    latest = bundle["latest"]
+    platform_key = pinned_key or bundle["platform_key"]
+    kwargs = {}
+    if view is not None:
+        kwargs = dict(previous_checkpoint=view["checkpoint"], previous_signature=view["signature"],
+                      consistency_proof=consistency)
+    report = verify_log(_pairs(bundle), bundle["keys"], latest["checkpoint"], latest["signature"],
+                        platform_key, cosignatures=latest.get("cosignatures") or None, **kwargs)
+    if pinned_key and bundle["platform_key"] != pinned_key:
+        report.new("platform key").fail(f"the platform key is now {bundle['platform_key']}, "
+                                        f"not {pinned_key} as first seen")
+    if view is not None:  # name the first entry that differs from what this member saw before
+        check = report.new("entries seen before")
+        leaves = [_leaf(e) for e, _ in _pairs(bundle)]
+        for seq, old in enumerate(view.get("leaf_hashes", [])):
+            now = leaves[seq] if seq < len(leaves) else None
+            if now != old:
+                check.fail(f"entry {seq} " + ("is gone" if now is None else "differs from the one you saw")
+                           + f" at checkpoint size {view['checkpoint']['size']}", seq)
+                break
+        if check.ok:
+            check.detail = f"entries 0..{len(view.get('leaf_hashes', [])) - 1} unchanged since you saw them"
+    return report
+
+
+def _finish(report) -> None:
+    click.echo(str(report))
+    if not report.ok:
+        bad = report.bad_entries
+        click.echo("error: the ledger does not verify" + (f"; first bad entry {bad[0]}" if bad else ""), err=True)
+        sys.exit(1)
+
+
+@ledger.command()
+@click.option("--task", help="Verify the task's ledger on the platform.")
+@click.option("--bundle", "bundle_file", type=click.Path(exists=True, dir_okay=False),
+              help="Verify an exported bundle offline instead.")
+@click.option("--platform-key", help="The platform key you trust (base64), for --bundle.")
+@click.option("--url", envvar="WERKBUND_URL")
+@click.option("--user", "-u", envvar="WERKBUND_USER")
+@click.option("--credentials", type=click.Path(dir_okay=False), envvar="WERKBUND_CREDENTIALS")
+@click.option("--platform", "platform_kind", type=click.Choice(["local", "cloud"]), envvar="WERKBUND_PLATFORM")
+@handle_errors
+def verify(task, bundle_file, platform_key, url, user, credentials, platform_kind):
+    """Check every signature, seq, prev link, the Merkle root, consistency with what you saw before."""
+    if bundle_file:
+        bundle = json.loads(Path(bundle_file).read_text())
+        click.echo(f"offline verification of {bundle_file} (task {bundle.get('task')})")
+        return _finish(_report(bundle, None, None, platform_key))
+    if not task:
+        raise InvalidInput("give --task (online) or --bundle FILE (offline)")
+    from werkbund.client.api import load_credentials
+
+    creds = load_credentials(credentials) if credentials else {}
+    conn = Connection(platform_kind or creds.get("platform", "local"), url or creds.get("url"),
+                      user or creds.get("user"), creds)
+    me = conn.login()
+    bundle = me.transport.call("ledger_bundle", task=task)
+    view = state.load_ledger_view(conn.url, conn.user, task)
+    consistency = None
+    if view is not None and view["checkpoint"]["size"] <= bundle["latest"]["checkpoint"]["size"]:
+        consistency = me.transport.call("ledger_consistency", task=task, old_size=view["checkpoint"]["size"],
+                                        new_size=bundle["latest"]["checkpoint"]["size"])["proof"]
+    report = _report(bundle, view, consistency, view.get("platform_key") if view else None)
+    if report.ok:
+        cp = bundle["latest"]["checkpoint"]
+        state.save_ledger_view(conn.url, conn.user, task, {
+            "platform_key": bundle["platform_key"], "checkpoint": cp, "signature": bundle["latest"]["signature"],
+            "leaf_hashes": [_leaf(e) for e, _ in _pairs(bundle)][:cp["size"]]})
+        if me.identity is not None:
+            sig = E.encode_signature(E.cosign_checkpoint(cp, me.identity))
+            me.transport.call("ledger_cosign", task=task, size=cp["size"], signature=sig)
+            report.new("cosigned").detail = f"you cosigned checkpoint {cp['size']}"
+    _finish(report)
+
+
+@ledger.command()
+@platform_options
+@click.option("--task", required=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Bundle file (default TASK-ledger.json).")
+@handle_errors
+def export(conn: Connection, task, out):
+    """Write the entries, keys and signed checkpoint to a file for offline verification."""
+    bundle = conn.login().transport.call("ledger_bundle", task=task)
+    out = Path(out or f"{task}-ledger.json")
+    out.write_text(json.dumps(bundle, indent=1))
+    click.echo(f"wrote {out}: {len(bundle['entries'])} entries, checkpoint size "
+               f"{bundle['latest']['checkpoint']['size']}")
+
+
+# ------------------------------------------------------------------ maintenance log
+def commitment(record: dict) -> str:
+    return hashlib.sha256(rfc8785.dumps(record)).hexdigest()
+
+
+@ledger.command()
+@platform_options
+@click.option("--task", required=True)
+@click.option("--machine", required=True)
+@click.option("--event", required=True, help="What happened (maintenance, failure, ...).")
+@handle_errors
+def maintenance(conn: Connection, task, machine, event):
+    """Record a maintenance event: only its salted hash goes on the ledger, the tuple stays here."""
+    me = conn.login()
+    if me.identity is None:
+        raise InvalidInput("you have no identity key here; register with `werkbund register` first")
+    record = {"task": task, "machine": machine, "event": event, "time": E.utc_timestamp(),
+              "salt": secrets.token_hex(16)}
+    digest = commitment(record)
+    result = publish(me.transport, task, conn.user, me.identity, "maintenance", {"commitment": digest})
+    folder = state.maintenance_dir(conn.url, conn.user, task)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f"{result['seq']}.json"
+    state._write_private(path, {"record": record, "commitment": digest, "seq": result["seq"]})
+    click.echo(f"recorded entry {result['seq']} (commitment {digest}); the tuple is kept in {path}")
+
+
+def _check_proof(proof: dict) -> list[str]:
+    """Check a self-contained maintenance proof; return what was checked, raise LedgerError."""
+    record, entry, cp = proof["record"], proof["entry"], proof["checkpoint"]
+    digest = commitment(record)
+    if entry.get("type") != "maintenance" or entry["payload"].get("commitment") != digest:
+        raise LedgerError(f"entry {entry.get('seq')} does not hold the hash {digest} of this tuple")
+    if not E.verify_entry_signature(entry, proof["signature"], proof["author_key"]):
+        raise LedgerError(f"entry {entry['seq']} is not signed by {entry['author']}'s key")
+    if not E.verify_checkpoint_signature(cp, proof["checkpoint_signature"], proof["platform_key"]):
+        raise LedgerError("the checkpoint is not signed by the platform key")
+    try:
+        merkle.verify_inclusion(E.entry_leaf_hash(entry), entry["seq"], cp["size"],
+                                [bytes.fromhex(p) for p in proof["inclusion"]], bytes.fromhex(cp["root"]))
+    except merkle.ProofError as exc:
+        raise LedgerError(f"entry {entry['seq']} is not in checkpoint {cp['size']}: {exc}") from None
+    return [f"tuple hash {digest} is the commitment in entry {entry['seq']}",
+            f"entry {entry['seq']} signed by {entry['author']} at {entry['timestamp']}",
+            f"included in checkpoint size {cp['size']} root {cp['root']} signed by the platform "
+            f"({cp['timestamp']})"]
+
+
+@ledger.command()
+@click.option("--task")
+@click.option("--record", "record_file", type=click.Path(exists=True, dir_okay=False),
+              help="A tuple file written by `ledger maintenance`.")
+@click.option("--proof", "proof_file", type=click.Path(exists=True, dir_okay=False),
+              help="Check a proof file offline.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write a self-contained proof here.")
+@click.option("--url", envvar="WERKBUND_URL")
+@click.option("--user", "-u", envvar="WERKBUND_USER")
+@handle_errors
+def prove(task, record_file, proof_file, out, url, user):
+    """Show that a maintenance tuple was recorded on the ledger, and when."""
+    if proof_file:
+        proof = json.loads(Path(proof_file).read_text())
+    else:
+        if not (task and record_file):
+            raise InvalidInput("give --task and --record FILE, or --proof FILE")
+        saved = json.loads(Path(record_file).read_text())
+        me = Connection("local", url, user, {}).login()
+        seq = saved["seq"]
+        items = me.transport.call("ledger_entries", task=task, start=seq, end=seq + 1)
+        if not items:
+            raise LedgerError(f"entry {seq} is not on the ledger of {task!r}")
+        entry = items[0]["entry"]
+        latest = me.transport.call("ledger_checkpoint", task=task)
+        size = latest["checkpoint"]["size"]
+        proof = {"record": saved["record"], "entry": entry, "signature": items[0]["signature"],
+                 "author_key": me.transport.call("identity_key", user=entry["author"])["public_key"],
+                 "checkpoint": latest["checkpoint"], "checkpoint_signature": latest["signature"],
+                 "platform_key": latest["platform_key"],
+                 "inclusion": me.transport.call("ledger_inclusion", task=task, seq=seq, size=size)["proof"]}
+    r = proof["record"]
+    click.echo(f"machine {r['machine']}: {r['event']!r} at {r['time']}")
+    for line in _check_proof(proof):
+        click.echo(f"OK      {line}")
+    if out:
+        Path(out).write_text(json.dumps(proof, indent=1))
+        click.echo(f"wrote the proof to {out}")

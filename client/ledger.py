@@ -1,0 +1,122 @@
+"""The member's side of the ledger: publish signed entries, check inclusion and consistency.
+
+:class:`LedgerChannel` is mixed into the task handles of :mod:`werkbund.client.api`,
+so the round engine reaches the ledger only through its channel
+(``ledger_enabled``, ``publish_entry``, ``entries``, ``published_update``,
+``audit_ledger``). A handle whose user has no identity key has ``ledger_enabled``
+False and the engine runs without the ledger (as the Python API allows).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+
+from werkbund.platform.errors import Conflict, WerkbundError
+from werkbund.platform.ledger import entries as E
+from werkbund.platform.ledger import merkle
+
+log = logging.getLogger("werkbund.ledger")
+
+
+class LedgerError(WerkbundError):
+    """The ledger does not verify: the platform rewrote, dropped or forked it."""
+
+    code = "ledger_error"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(bytes(data)).hexdigest()
+
+
+def publish(transport, task: str, author: str, key, type: str, payload: dict) -> dict:
+    """Sign and append one entry at the current head, retrying when another append won."""
+    for attempt in range(40):
+        head = transport.call("ledger_head", task=task)
+        entry = E.make_entry(task, type, author, head["size"], head["prev"], payload)
+        signature = E.encode_signature(E.sign_entry(entry, key))
+        try:
+            result = transport.call("ledger_append", task=task, entry=entry, signature=signature)
+        except Conflict:
+            time.sleep(random.uniform(0.01, 0.05) * (1 + attempt))
+            continue
+        if result["leaf_hash"] != E.entry_leaf_hash(entry).hex():
+            raise LedgerError(f"the platform stored entry {result['seq']} with another leaf hash")
+        return {**result, "entry": entry}
+    raise LedgerError(f"could not append to the ledger of {task!r}: the head kept moving")
+
+
+def check_checkpoint(transport, task: str, platform_key: str, own, seen: dict | None) -> dict:
+    """Fetch the latest checkpoint; check its signature, that each of ``own`` (seq -> leaf
+    hash, as a dict or a list of pairs) is included, and that it is consistent with ``seen`` (an earlier checkpoint)."""
+    latest = transport.call("ledger_checkpoint", task=task)
+    cp = latest["checkpoint"]
+    if latest["platform_key"] != platform_key:
+        raise LedgerError("the platform's ledger key changed since you first saw it")
+    if not E.verify_checkpoint_signature(cp, latest["signature"], platform_key):
+        raise LedgerError(f"checkpoint of size {cp['size']} is not signed by the platform key")
+    root = bytes.fromhex(cp["root"])
+    for seq, leaf in sorted(own.items() if isinstance(own, dict) else own):
+        proof = transport.call("ledger_inclusion", task=task, seq=seq, size=cp["size"])
+        try:
+            merkle.verify_inclusion(bytes.fromhex(leaf), seq, cp["size"],
+                                    [bytes.fromhex(p) for p in proof["proof"]], root)
+        except merkle.ProofError as exc:
+            raise LedgerError(f"your entry {seq} is not included in checkpoint {cp['size']}: {exc}") from None
+    if seen is not None:
+        proof = transport.call("ledger_consistency", task=task, old_size=seen["size"], new_size=cp["size"])
+        try:
+            merkle.verify_consistency(seen["size"], cp["size"], bytes.fromhex(seen["root"]), root,
+                                      [bytes.fromhex(p) for p in proof["proof"]])
+        except merkle.ProofError as exc:
+            raise LedgerError(f"checkpoint {cp['size']} is not consistent with checkpoint {seen['size']} "
+                              f"seen before (the log was rewritten or forked): {exc}") from None
+    return latest
+
+
+class LedgerChannel:
+    """Ledger methods of a task handle (needs ``self.user``, ``self.transport``, ``self.task``)."""
+
+    @property
+    def ledger_enabled(self) -> bool:
+        return getattr(self.user, "identity", None) is not None
+
+    def _ledger_state(self) -> dict:
+        if not hasattr(self, "_ledger"):
+            self._ledger = {"own": [], "seen": None, "entries": [], "platform_key": None}
+        return self._ledger
+
+    def publish_entry(self, type: str, payload: dict) -> dict:
+        """Sign ``payload`` as an entry of ``type`` with the user's key and append it."""
+        if not self.ledger_enabled:
+            raise LedgerError("no identity key: register with `werkbund register` to sign ledger entries")
+        result = publish(self.transport, self.task, self.name, self.user.identity, type, payload)
+        self._ledger_state()["own"].append((result["seq"], result["leaf_hash"]))
+        return result
+
+    def entries(self, start: int = 0) -> list[dict]:
+        return self.transport.call("ledger_entries", task=self.task, start=start)
+
+    def published_update(self, sender: str, number: int) -> dict | None:
+        """The latest ``update_submitted`` payload of ``sender`` for round ``number`` (with its seq)."""
+        cache = self._ledger_state()["entries"]
+        cache.extend(item["entry"] for item in self.entries(len(cache)))
+        for entry in reversed(cache):
+            payload = entry.get("payload") or {}
+            if (entry.get("type") == "update_submitted" and entry.get("author") == sender
+                    and payload.get("round") == number):
+                return {"seq": entry["seq"], **payload}
+        return None
+
+    def audit_ledger(self) -> dict:
+        """Check own entries are included and the log only grew since last time; cosign."""
+        state = self._ledger_state()
+        if state["platform_key"] is None:
+            state["platform_key"] = self.transport.call("ledger_checkpoint", task=self.task)["platform_key"]
+        latest = check_checkpoint(self.transport, self.task, state["platform_key"], state["own"], state["seen"])
+        cp = latest["checkpoint"]
+        state["seen"] = cp
+        signature = E.encode_signature(E.cosign_checkpoint(cp, self.user.identity))
+        self.transport.call("ledger_cosign", task=self.task, size=cp["size"], signature=signature)
+        return {"size": cp["size"], "root": cp["root"], "own_entries": len(state["own"])}

@@ -1,0 +1,43 @@
+"""The transport interface under the client API.
+
+A transport moves control requests (register, login, commands) and task
+messages (to the aggregator, to one participant, to all). The HTTP transport
+talks to the local platform, the AMQP transport to the cloud platform, and the
+in-process transport to a platform core in the same Python process.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class Transport(ABC):
+    """What the client API needs from a platform connection."""
+
+    user: str | None = None
+
+    @abstractmethod
+    def register(self, user: str, password: str, org: str) -> dict: ...
+
+    @abstractmethod
+    def login(self, user: str, password: str) -> dict:
+        """Authenticate once; later calls act as this user."""
+
+    @abstractmethod
+    def call(self, command: str, **params): ...
+
+    @abstractmethod
+    def send(self, task: str, to: str, body: bytes) -> dict:
+        """Deliver a message frame to 'aggregator', 'all' or one participant."""
+
+    @abstractmethod
+    def receive(self, task: str, timeout: float) -> tuple[str, bytes] | None:
+        """The caller's next (sender, frame) in ``task``, or None after ``timeout`` seconds."""
+
+    @abstractmethod
+    def put_model(self, task: str, data: bytes, meta: dict) -> dict: ...
+
+    @abstractmethod
+    def get_model(self, task: str) -> tuple[bytes, dict]: ...
+
+    def close(self) -> None:
+        pass

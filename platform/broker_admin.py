@@ -1,0 +1,103 @@
+"""Broker users and permissions, provisioned through the RabbitMQ management HTTP API.
+
+Why the management API (and not rabbitmq_auth_backend_http): the broker keeps checking passwords
+and permissions on its own, with no call back to the platform on every connection, channel and
+publish, so the platform can be down or slow while a running task goes on; it needs only the
+management plugin (no broker configuration file, no restart) and works with any broker a user may
+already run. Platform user ``alice`` is broker account ``alice@<vhost>``, so several platforms can
+share a broker and no registration can take over an existing account such as ``guest``. The
+platform writes each user's permissions when a membership changes:
+
+- configure: nothing (the platform declares every exchange and queue);
+- write: the request exchange, and the exchanges of the tasks the user created or joined, with
+  topic permissions on each task exchange that allow a participant only the routing key
+  ``to.aggregator`` and the creator only ``to.all`` and ``to.user.<name>``;
+- read: the direct reply-to pseudo queue, the aggregator queue of each task the user created and
+  the user's own queue in each task joined.
+"""
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from werkbund.platform import amqp_names as names
+from werkbund.platform.errors import Unavailable, WerkbundError
+
+log = logging.getLogger("werkbund.platform.broker")
+
+
+class BrokerAdmin:
+    """The management API of one broker, acting in one vhost."""
+
+    def __init__(self, management_url: str, vhost: str, timeout: float = 30.0):
+        parts = urlsplit(management_url)
+        self.base = f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}{parts.path.rstrip('/')}/api"
+        self.auth = (parts.username or "guest", parts.password or "guest")
+        self.vhost = vhost
+        self.timeout = timeout
+        self.http = requests.Session()
+
+    def _request(self, method: str, path: str, body=None, ok_missing: bool = False):
+        try:
+            response = self.http.request(method, self.base + path, json=body, auth=self.auth, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise Unavailable(f"cannot reach the RabbitMQ management API at {self.base}: {exc}") from None
+        if response.status_code == 404 and ok_missing:
+            return None
+        if response.status_code >= 400:
+            raise WerkbundError(f"broker management API {method} {path}: {response.status_code} {response.text[:200]}")
+        return response.json() if response.content else None
+
+    def _v(self) -> str:
+        return quote(self.vhost, safe="")
+
+    # ------------------------------------------------------------- setup
+    def setup(self, platform_user: str) -> None:
+        """Create the vhost, give the platform full rights there and open the registration account."""
+        self._request("PUT", f"/vhosts/{self._v()}", {"description": "werkbund cloud platform"})
+        self.set_permissions(platform_user, ".*", ".*", ".*")
+        registration = names.registration_user(self.vhost)
+        self._request("PUT", f"/users/{quote(registration, safe='')}",
+                      {"password": names.REGISTRATION_PASSWORD, "tags": "werkbund"})
+        self.set_permissions(registration, "^$", names.any_of([names.REQUEST_EXCHANGE]), names.any_of([names.REPLY_TO]))
+
+    # ------------------------------------------------------------- users
+    def add_user(self, user: str, password: str) -> None:
+        """Create (or reset) the broker account of platform user ``user``."""
+        self._request("PUT", f"/users/{quote(names.broker_user(user, self.vhost), safe='')}",
+                      {"password": password, "tags": "werkbund"})
+
+    def broker_users(self) -> list[str]:
+        """The broker accounts of this platform (registration account included)."""
+        return [u["name"] for u in self._request("GET", "/users") if names.platform_user(u["name"], self.vhost)]
+
+    def delete_broker_user(self, name: str) -> None:
+        self._request("DELETE", f"/users/{quote(name, safe='')}", ok_missing=True)
+
+    def delete_vhost(self) -> None:
+        self._request("DELETE", f"/vhosts/{self._v()}", ok_missing=True)
+
+    # ------------------------------------------------------- permissions
+    def set_permissions(self, user: str, configure: str, write: str, read: str) -> None:
+        self._request("PUT", f"/permissions/{self._v()}/{quote(user, safe='')}",
+                      {"configure": configure, "write": write, "read": read})
+
+    def set_topic_permission(self, user: str, exchange: str, write: str) -> None:
+        self._request("PUT", f"/topic-permissions/{self._v()}/{quote(user, safe='')}",
+                      {"exchange": exchange, "write": write, "read": "^$"})
+
+    def grant(self, user: str, created: list[str], joined: list[str]) -> None:
+        """Write ``user``'s permissions for the tasks it created and joined (and nothing else)."""
+        account = names.broker_user(user, self.vhost)
+        # topic permissions first: a write permission never exists without its routing-key limit
+        for task in created:
+            self.set_topic_permission(account, names.task_exchange(task), r"^to\.(all|user\..+)$")
+        for task in joined:
+            self.set_topic_permission(account, names.task_exchange(task), r"^to\.aggregator$")
+        write = [names.REQUEST_EXCHANGE] + [names.task_exchange(t) for t in created + joined]
+        read = ([names.REPLY_TO] + [names.aggregator_queue(t) for t in created]
+                + [names.participant_queue(t, user) for t in joined])
+        self.set_permissions(account, "^$", names.any_of(write), names.any_of(read))
+        log.debug("permissions of %s: created %s, joined %s", user, created, joined)

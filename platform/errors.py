@@ -1,0 +1,109 @@
+"""Typed errors a user can cause. Every front maps them the same way.
+
+Each error has a stable ``code`` (used in RPC replies and JSON bodies) and an
+HTTP status for the Flask front. Clients turn a code back into the same class,
+so ``except TaskNotFound`` works whatever the transport was.
+"""
+from __future__ import annotations
+
+
+class WerkbundError(Exception):
+    """Base class of every error a user can cause."""
+
+    code = "error"
+    http_status = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+
+class InvalidInput(WerkbundError):
+    code = "invalid_input"
+    http_status = 400
+
+
+class AuthenticationFailed(WerkbundError):
+    code = "authentication_failed"
+    http_status = 401
+
+
+class PermissionDenied(WerkbundError):
+    code = "permission_denied"
+    http_status = 403
+
+
+class NotFound(WerkbundError):
+    code = "not_found"
+    http_status = 404
+
+
+class UserNotFound(NotFound):
+    code = "user_not_found"
+
+
+class TaskNotFound(NotFound):
+    code = "task_not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Conflict(WerkbundError):
+    code = "conflict"
+    http_status = 409
+
+
+class UserExists(Conflict):
+    code = "user_exists"
+
+
+class TaskExists(Conflict):
+    code = "task_exists"
+
+
+class AlreadyJoined(Conflict):
+    code = "already_joined"
+
+
+class TaskFull(Conflict):
+    code = "task_full"
+
+
+class InvalidState(Conflict):
+    code = "invalid_state"
+
+
+class SchemaMismatch(Conflict):
+    code = "schema_mismatch"
+
+
+class PayloadTooLarge(WerkbundError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class Unavailable(WerkbundError):
+    """The platform cannot be reached (not a user's mistake, but still no traceback)."""
+
+    code = "unavailable"
+    http_status = 503
+
+
+def _all_subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_subclasses(sub)
+
+
+ERRORS_BY_CODE = {cls.code: cls for cls in [WerkbundError, *_all_subclasses(WerkbundError)]}
+
+
+def error_from_dict(data: dict) -> WerkbundError:
+    """Rebuild a typed error from its wire form ``{"code": ..., "message": ...}``."""
+    cls = ERRORS_BY_CODE.get(data.get("code"), WerkbundError)
+    return cls(str(data.get("message", "unknown error")))

@@ -1,0 +1,435 @@
+"""The platform core: every rule about users, tasks, memberships, rounds and models.
+
+The fronts (Flask, AMQP, in-process) translate requests into calls of
+:class:`PlatformService` and its errors into their own replies; none of them
+decides anything on its own. Every method returns plain JSON-able data.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from werkbund.platform import passwords
+from werkbund.platform.db import Database
+from werkbund.platform.definition import check_name, validate_definition
+from werkbund.platform.errors import (
+    AlreadyJoined,
+    AuthenticationFailed,
+    InvalidInput,
+    InvalidState,
+    ModelNotFound,
+    PermissionDenied,
+    SchemaMismatch,
+    TaskExists,
+    TaskFull,
+    TaskNotFound,
+    UserExists,
+)
+from werkbund.platform.ledger.service import LedgerService
+from werkbund.platform.models import Membership, RoundRecord, SessionToken, StoredModel, Task, User, utcnow
+
+log = logging.getLogger("werkbund.platform")
+
+STATUSES = ("CREATED", "STARTED", "COMPLETE", "FAILED")
+AGGREGATOR_INBOX = "@aggregator"
+SESSION_LIFETIME = timedelta(hours=12)
+# schema fields that every participant of a task must report identically
+AGREED_SCHEMA_KEYS = ("kind", "features", "target")
+
+
+def _sha(obj) -> str:
+    """sha256 of the RFC 8785 form of a JSON object."""
+    import rfc8785
+
+    return hashlib.sha256(rfc8785.dumps(obj)).hexdigest()
+
+
+def _iso(value):
+    return value.isoformat(timespec="seconds") + "Z" if value is not None else None
+
+
+class PlatformService:
+    """Users, tasks, memberships, round records and final models over one database."""
+
+    def __init__(self, db: Database | str, ledger_key=None):
+        self.db = db if isinstance(db, Database) else Database(db)
+        self.ledger = LedgerService(self, ledger_key)  # ledger_key: path of the signing key
+
+    # ----------------------------------------------------------------- users
+    def register(self, user: str, password: str, org: str) -> dict:
+        check_name("user", user)
+        if not isinstance(password, str) or len(password) < passwords.MIN_PASSWORD_LENGTH:
+            raise InvalidInput(f"the password must have at least {passwords.MIN_PASSWORD_LENGTH} characters")
+        if not isinstance(org, str) or not org.strip() or len(org) > 128:
+            raise InvalidInput("the organisation must be a non-empty name of at most 128 characters")
+        digest = passwords.hash_password(password)
+        try:
+            with self.db.session() as s:
+                if s.scalar(select(User.id).where(User.name == user)) is not None:
+                    raise UserExists(f"user {user!r} already exists")
+                s.add(User(name=user, org=org.strip(), password_hash=digest))
+        except IntegrityError:
+            raise UserExists(f"user {user!r} already exists") from None
+        log.info("registered user %s (%s)", user, org)
+        return {"user": user, "org": org.strip()}
+
+    def check_credentials(self, user: str, password: str) -> str:
+        """Return the user's name when the password is right; raise AuthenticationFailed otherwise."""
+        with self.db.session() as s:
+            row = s.scalar(select(User).where(User.name == user)) if isinstance(user, str) else None
+        if not passwords.check_password(row.password_hash if row else None, password or ""):
+            raise AuthenticationFailed("wrong user name or password")
+        return row.name
+
+    def login(self, user: str, password: str) -> dict:
+        name = self.check_credentials(user, password)
+        token = passwords.new_token()
+        expires = utcnow() + SESSION_LIFETIME
+        with self.db.session() as s:
+            row = s.scalar(select(User).where(User.name == name))
+            s.add(SessionToken(token_sha256=passwords.token_digest(token), user_id=row.id, expires_at=expires))
+        return {"user": name, "org": row.org, "token": token, "expires_at": _iso(expires)}
+
+    def authenticate(self, token: str) -> str:
+        """Return the user a session token belongs to."""
+        if not token:
+            raise AuthenticationFailed("not logged in: no session token")
+        with self.db.session() as s:
+            row = s.scalar(select(SessionToken).where(SessionToken.token_sha256 == passwords.token_digest(token)))
+            if row is None or row.expires_at < utcnow():
+                raise AuthenticationFailed("the session has expired or is unknown; log in again")
+            return row.user.name
+
+    def logout(self, caller: str, token: str) -> dict:
+        with self.db.session() as s:
+            row = s.scalar(select(SessionToken).where(SessionToken.token_sha256 == passwords.token_digest(token)))
+            if row is not None:
+                s.delete(row)
+        return {"user": caller}
+
+    def whoami(self, caller: str) -> dict:
+        with self.db.session() as s:
+            row = self._user(s, caller)
+            return {"user": row.name, "org": row.org, "created_at": _iso(row.created_at)}
+
+    # ----------------------------------------------------------------- tasks
+    def create_task(self, caller: str, task: str, definition: dict) -> dict:
+        check_name("task", task)
+        definition = validate_definition(definition)
+        try:
+            with self.db.session() as s:
+                user = self._user(s, caller)
+                if s.scalar(select(Task.id).where(Task.name == task)) is not None:
+                    raise TaskExists(f"task {task!r} already exists")
+                row = Task(name=task, creator=user, definition=definition)
+                s.add(row)
+                s.flush()
+                info = self._task_dict(row, caller)
+        except IntegrityError:
+            raise TaskExists(f"task {task!r} already exists") from None
+        log.info("%s created task %s (%s)", caller, task, definition["algorithm"])
+        self.ledger.platform_append(task, "task_created", {"creator": caller, "definition_sha256": _sha(definition)})
+        return info
+
+    def list_tasks(self, caller: str, status=None, creator=None, algorithm=None, search=None) -> list[dict]:
+        if status is not None and status not in STATUSES:
+            raise InvalidInput(f"unknown status {status!r}; one of {', '.join(STATUSES)}")
+        with self.db.session() as s:
+            query = select(Task).join(Task.creator).order_by(Task.created_at, Task.id)
+            if status:
+                query = query.where(Task.status == status)
+            if creator:
+                query = query.where(User.name == creator)
+            rows = s.scalars(query).all()
+            result = []
+            for row in rows:
+                if algorithm and row.definition.get("algorithm") != algorithm:
+                    continue
+                if search:
+                    haystack = " ".join(
+                        [row.name, row.creator.name, row.creator.org, str(row.definition.get("description", ""))]
+                    ).lower()
+                    if search.lower() not in haystack:
+                        continue
+                result.append(self._task_dict(row, caller))
+            return result
+
+    def task_info(self, caller: str, task: str) -> dict:
+        with self.db.session() as s:
+            return self._task_dict(self._task(s, task), caller)
+
+    def delete_task(self, caller: str, task: str) -> dict:
+        with self.db.session() as s:
+            row = self._task(s, task)
+            self._require_creator(row, caller, "delete")
+            if row.status == "STARTED":
+                raise InvalidState(f"task {task!r} is running; stop its aggregator before deleting it")
+            s.delete(row)
+        self.ledger.drop(task)
+        log.info("%s deleted task %s", caller, task)
+        return {"task": task, "deleted": True}
+
+    # ----------------------------------------------------------- memberships
+    def join_task(self, caller: str, task: str, schema: dict | None = None) -> dict:
+        if schema is not None and not isinstance(schema, dict):
+            raise InvalidInput("a data schema must be a JSON object")
+        try:
+            with self.db.session() as s:
+                user = self._user(s, caller)
+                row = self._task(s, task, lock=True)
+                if row.creator_id == user.id:
+                    raise PermissionDenied(f"you created task {task!r}; the creator aggregates and does not join")
+                if row.status != "CREATED":
+                    raise InvalidState(f"task {task!r} is {row.status}; only CREATED tasks can be joined")
+                if any(m.user_id == user.id for m in row.memberships):
+                    raise AlreadyJoined(f"you have already joined task {task!r}")
+                limit = row.definition["max_participants"]
+                if len(row.memberships) >= limit:
+                    raise TaskFull(f"task {task!r} is full ({limit} participants)")
+                if schema is not None:
+                    self._check_schema(row, schema)
+                row.memberships.append(Membership(user=user, schema=schema))
+                s.flush()
+                info = self._task_dict(row, caller)
+        except IntegrityError:
+            raise AlreadyJoined(f"you have already joined task {task!r}") from None
+        log.info("%s joined task %s", caller, task)
+        key = self.ledger.identity_key(caller, caller)["public_key"]
+        self.ledger.platform_append(task, "joined", {"user": caller, "public_key": key,
+                                                     "schema_sha256": _sha(schema) if schema else None})
+        return info
+
+    def leave_task(self, caller: str, task: str) -> dict:
+        with self.db.session() as s:
+            row = self._task(s, task)
+            membership = self._membership(row, caller)
+            if membership is None:
+                raise InvalidInput(f"you are not a participant of task {task!r}")
+            if row.status != "CREATED":
+                raise InvalidState(f"task {task!r} is {row.status}; participants can leave only before it starts")
+            row.memberships.remove(membership)
+        log.info("%s left task %s", caller, task)
+        self.ledger.platform_append(task, "left", {"user": caller})
+        return {"task": task, "left": True}
+
+    def participants(self, caller: str, task: str) -> list[dict]:
+        with self.db.session() as s:
+            row = self._task(s, task)
+            self._require_member_or_creator(row, caller)
+            return [self._member_dict(m) for m in row.memberships]
+
+    # ------------------------------------------------------- task lifecycle
+    def start_task(self, caller: str, task: str) -> dict:
+        with self.db.session() as s:
+            row = self._task(s, task, lock=True)
+            self._require_creator(row, caller, "start")
+            if row.status != "CREATED":
+                raise InvalidState(f"task {task!r} is {row.status}; only a CREATED task can start")
+            joined, quorum = len(row.memberships), row.definition["quorum"]
+            if joined < quorum:
+                raise InvalidState(f"task {task!r} has {joined} of {quorum} participants; the quorum is not met")
+            row.status, row.started_at = "STARTED", utcnow()
+            info = self._task_dict(row, caller)
+        log.info("%s started task %s", caller, task)
+        return info
+
+    def record_round(self, caller, task, number, reported=(), rejected=None, missing=(), metrics=None) -> dict:
+        if not isinstance(number, int) or number < 0:
+            raise InvalidInput("a round number must be a non-negative integer")
+        with self.db.session() as s:
+            row = self._task(s, task)
+            self._require_creator(row, caller, "record rounds of")
+            if row.status != "STARTED":
+                raise InvalidState(f"task {task!r} is {row.status}; rounds are recorded only while it runs")
+            existing = s.scalar(select(RoundRecord).where(RoundRecord.task_id == row.id, RoundRecord.number == number))
+            record = existing or RoundRecord(task_id=row.id, number=number)
+            record.reported = list(reported or [])
+            record.rejected = dict(rejected or {})
+            record.missing = list(missing or [])
+            record.metrics = dict(metrics or {})
+            s.add(record)
+            s.flush()
+            return self._round_dict(record)
+
+    def rounds(self, caller: str, task: str) -> list[dict]:
+        with self.db.session() as s:
+            row = self._task(s, task)
+            self._require_member_or_creator(row, caller)
+            return [self._round_dict(r) for r in row.rounds]
+
+    def finish_task(self, caller: str, task: str) -> dict:
+        with self.db.session() as s:
+            row = self._task(s, task)
+            self._require_creator(row, caller, "finish")
+            if row.status != "STARTED":
+                raise InvalidState(f"task {task!r} is {row.status}; only a STARTED task can complete")
+            if s.scalar(select(StoredModel.id).where(StoredModel.task_id == row.id)) is None:
+                raise InvalidState(f"task {task!r} has no final model; upload it before finishing")
+            row.status, row.finished_at = "COMPLETE", utcnow()
+            info = self._task_dict(row, caller)
+            model_sha = s.scalar(select(StoredModel.sha256).where(StoredModel.task_id == row.id))
+        self.ledger.platform_append(task, "task_finished", {"model_sha256": model_sha})
+        log.info("%s finished task %s", caller, task)
+        return info
+
+    def fail_task(self, caller: str, task: str, reason: str) -> dict:
+        with self.db.session() as s:
+            row = self._task(s, task)
+            self._require_creator(row, caller, "fail")
+            if row.status in ("COMPLETE", "FAILED"):
+                raise InvalidState(f"task {task!r} is already {row.status}")
+            row.status, row.finished_at, row.reason = "FAILED", utcnow(), str(reason)[:2000]
+            info = self._task_dict(row, caller)
+        self.ledger.platform_append(task, "task_failed", {"reason": str(reason)[:2000]})
+        log.warning("task %s failed: %s", task, reason)
+        return info
+
+    # ---------------------------------------------------------------- models
+    def put_model(self, caller: str, task: str, data: bytes, meta: dict | None = None) -> dict:
+        with self.db.session() as s:
+            row = self._task(s, task)
+            self._require_creator(row, caller, "store the model of")
+            if row.status != "STARTED":
+                raise InvalidState(f"task {task!r} is {row.status}; the final model is stored while it runs")
+            model = s.scalar(select(StoredModel).where(StoredModel.task_id == row.id)) or StoredModel(task_id=row.id)
+            model.data, model.size = data, len(data)
+            model.sha256 = hashlib.sha256(data).hexdigest()
+            model.meta = dict(meta or {})
+            s.add(model)
+            return {"task": task, "sha256": model.sha256, "size": model.size}
+
+    def get_model(self, caller: str, task: str) -> tuple[bytes, dict]:
+        with self.db.session() as s:
+            row = self._task(s, task)
+            self._require_member_or_creator(row, caller, "download the model of")
+            model = s.scalar(select(StoredModel).where(StoredModel.task_id == row.id))
+            if model is None or row.status != "COMPLETE":
+                raise ModelNotFound(f"task {task!r} has no final model yet (status {row.status})")
+            return model.data, {"task": task, "sha256": model.sha256, "size": model.size, "meta": model.meta}
+
+    # ------------------------------------------------------ message routing
+    def route_message(self, caller: str, task: str, to: str) -> list[str]:
+        """The inboxes a message from ``caller`` to ``to`` ('aggregator', 'all' or a participant) goes to."""
+        with self.db.session() as s:
+            row = self._task(s, task)
+            if row.status != "STARTED":
+                raise InvalidState(f"task {task!r} is {row.status}; messages flow only while it runs")
+            members = [m.user.name for m in row.memberships]
+            if row.creator.name == caller:
+                if to == "all":
+                    return list(members)
+                if to in members:
+                    return [to]
+                raise InvalidInput(f"{to!r} is not a participant of task {task!r}")
+            if caller not in members:
+                raise PermissionDenied(f"you are not a participant of task {task!r}")
+            if to != "aggregator":
+                raise PermissionDenied("participants send only to the task's aggregator")
+            return [AGGREGATOR_INBOX]
+
+    def inbox_of(self, caller: str, task: str) -> str:
+        """The inbox that ``caller`` reads in ``task``."""
+        with self.db.session() as s:
+            row = self._task(s, task)
+            if row.creator.name == caller:
+                return AGGREGATOR_INBOX
+            if self._membership(row, caller) is None:
+                raise PermissionDenied(f"you are not a participant of task {task!r}")
+            return caller
+
+    # --------------------------------------------------------------- helpers
+    def _user(self, s, name: str) -> User:
+        row = s.scalar(select(User).where(User.name == name))
+        if row is None:
+            raise AuthenticationFailed(f"unknown user {name!r}")
+        return row
+
+    def _task(self, s, name: str, lock: bool = False) -> Task:
+        if not isinstance(name, str):
+            raise InvalidInput("a task name must be a string")
+        query = select(Task).where(Task.name == name)
+        if lock and s.bind.dialect.name != "sqlite":
+            query = query.with_for_update()
+        row = s.scalar(query)
+        if row is None:
+            raise TaskNotFound(f"unknown task {name!r}")
+        return row
+
+    @staticmethod
+    def _membership(row: Task, user: str) -> Membership | None:
+        return next((m for m in row.memberships if m.user.name == user), None)
+
+    def _require_creator(self, row: Task, caller: str, action: str) -> None:
+        if row.creator.name != caller:
+            raise PermissionDenied(f"only the creator of task {row.name!r} ({row.creator.name}) may {action} it")
+
+    def _require_member_or_creator(self, row: Task, caller: str, action: str = "see the details of") -> None:
+        if row.creator.name != caller and self._membership(row, caller) is None:
+            raise PermissionDenied(f"only the creator and participants of task {row.name!r} may {action} it")
+
+    @staticmethod
+    def _check_schema(row: Task, schema: dict) -> None:
+        for member in row.memberships:
+            theirs = member.schema or {}
+            for key in AGREED_SCHEMA_KEYS:
+                if key in theirs and theirs.get(key) != schema.get(key):
+                    raise SchemaMismatch(
+                        f"your data does not match task {row.name!r}: its {key} is {theirs.get(key)!r}, "
+                        f"yours is {schema.get(key)!r}"
+                    )
+
+    @staticmethod
+    def _merged_schema(row: Task) -> dict | None:
+        schemas = [m.schema for m in row.memberships if m.schema]
+        if not schemas:
+            return None
+        merged = {key: schemas[0].get(key) for key in AGREED_SCHEMA_KEYS}
+        classes = set()
+        for schema in schemas:
+            classes.update(schema.get("classes") or [])
+        merged["classes"] = sorted(classes, key=lambda c: (not isinstance(c, (int, float)), c if isinstance(c, (int, float)) else str(c)))
+        merged["n_samples"] = sum(int(s.get("n_samples") or 0) for s in schemas)
+        return merged
+
+    def _member_dict(self, m: Membership) -> dict:
+        return {"user": m.user.name, "org": m.user.org, "joined_at": _iso(m.joined_at), "schema": m.schema}
+
+    def _task_dict(self, row: Task, caller: str | None) -> dict:
+        insider = caller == row.creator.name or self._membership(row, caller) is not None
+        info = {
+            "name": row.name,
+            "creator": row.creator.name,
+            "org": row.creator.org,
+            "status": row.status,
+            "reason": row.reason,
+            "algorithm": row.definition.get("algorithm"),
+            "pom": row.definition.get("pom", 1),
+            "quorum": row.definition.get("quorum"),
+            "max_participants": row.definition.get("max_participants"),
+            "joined": len(row.memberships),
+            "definition": row.definition,
+            "created_at": _iso(row.created_at),
+            "updated_at": _iso(row.updated_at),
+            "started_at": _iso(row.started_at),
+            "finished_at": _iso(row.finished_at),
+            "role": "creator" if caller == row.creator.name else ("participant" if insider else None),
+        }
+        if insider:
+            info["participants"] = [m.user.name for m in row.memberships]
+            info["schema"] = self._merged_schema(row)
+        return info
+
+    @staticmethod
+    def _round_dict(r: RoundRecord) -> dict:
+        return {
+            "round": r.number,
+            "reported": r.reported,
+            "rejected": r.rejected,
+            "missing": r.missing,
+            "metrics": r.metrics,
+            "recorded_at": _iso(r.created_at),
+        }

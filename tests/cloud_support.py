@@ -1,0 +1,122 @@
+"""The cloud platform for tests: a real RabbitMQ broker, a real `werkbund platform serve` process.
+
+Each run gets its own vhost (and, on PostgreSQL, its own database), removed afterwards, so the
+broker's default vhost and other runs are left alone. Under CI (CI=true) a missing broker or
+database fails the tests instead of skipping them.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import WERKBUND, quiet_env
+
+BROKER_HOST, BROKER_PORT, MANAGEMENT = "127.0.0.1", 5672, "http://guest:guest@127.0.0.1:15672"
+POSTGRES_ADMIN_URL = os.environ.get("WERKBUND_TEST_POSTGRES", "postgresql+psycopg://root@127.0.0.1/postgres")
+
+
+def unavailable(reason: str):
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI is set but {reason}")
+    pytest.skip(reason)
+
+
+def _port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=2):
+        return True
+    return False
+
+
+def _management_up() -> bool:
+    try:
+        return requests.get("http://127.0.0.1:15672/api/overview", auth=("guest", "guest"), timeout=5).ok
+    except requests.RequestException:
+        return False
+
+
+def require_broker() -> None:
+    """A broker on 127.0.0.1:5672 with the management API (enabled here when we may)."""
+    if not _port_open(BROKER_HOST, BROKER_PORT):
+        unavailable(f"no RabbitMQ broker on {BROKER_HOST}:{BROKER_PORT}")
+    if not _management_up() and shutil.which("rabbitmq-plugins"):
+        subprocess.run(["rabbitmq-plugins", "enable", "rabbitmq_management"], capture_output=True, timeout=120)
+        for _ in range(30):
+            if _management_up():
+                break
+            time.sleep(1)
+    if not _management_up():
+        unavailable("the RabbitMQ management API (rabbitmq_management) is not reachable on port 15672")
+
+
+@contextlib.contextmanager
+def database(kind: str, tmp: Path):
+    """A fresh SQLite file or PostgreSQL database; dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / 'cloud.db'}"
+        return
+    from sqlalchemy import create_engine, text
+
+    name = f"wb_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - reported as unavailable
+        unavailable(f"no PostgreSQL at {POSTGRES_ADMIN_URL}: {exc}")
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def start_cloud_platform(tmp: Path, db_url: str, vhost: str):
+    """Start `werkbund platform serve`; return (process, the URL clients use)."""
+    log = tmp / "cloud-platform.log"
+    proc = subprocess.Popen([WERKBUND, "platform", "serve", "--broker",
+                             f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}/{vhost}", "--db", db_url],
+                            env=quiet_env(WERKBUND_HOME=str(tmp / "platform-home")), stdout=subprocess.PIPE,
+                            stderr=open(log, "w"), text=True, stdin=subprocess.DEVNULL)
+    deadline, line = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if "serving on" in line:
+            return proc, f"amqp://{BROKER_HOST}:{BROKER_PORT}/{vhost}"
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"cloud platform did not start: {line!r} {log.read_text()}")
+
+
+@contextlib.contextmanager
+def cloud_platform(tmp: Path, db_kind: str = "sqlite"):
+    """A running cloud platform in a vhost of its own; yields the client URL."""
+    require_broker()
+    from werkbund.platform.broker_admin import BrokerAdmin
+
+    vhost = f"wb-test-{uuid.uuid4().hex[:8]}"
+    admin = BrokerAdmin(MANAGEMENT, vhost)
+    with database(db_kind, tmp) as db_url:
+        proc, url = start_cloud_platform(tmp, db_url, vhost)
+        try:
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            for account in admin.broker_users():
+                admin.delete_broker_user(account)
+            admin.delete_vhost()
+

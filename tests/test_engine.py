@@ -1,0 +1,108 @@
+"""The round engine when participants misbehave or vanish (in one process, real Keras for the honest one)."""
+import logging
+import threading
+
+import numpy as np
+import pytest
+
+from werkbund.algorithms.arrays import decode_weights, encode_weights
+from werkbund.algorithms.data import load_dataset
+from werkbund.algorithms.engine.aggregator import TaskFailure
+from werkbund.algorithms.engine.participant import TaskEnded
+from werkbund.algorithms.neural_network import ALGORITHM
+from werkbund.algorithms.statistics import feature_moments
+from werkbund.client.api import register
+from werkbund.client.inproc_transport import InProcPlatform
+
+
+def scripted(handle, data, plan):
+    """A participant that follows ``plan[round]``: 'echo', 'wrong_shape', 'nan' or 'vanish'."""
+    while True:
+        message = handle.receive(timeout=30)
+        if message is None or message.kind in ("failed", "final"):
+            return
+        number = message.get("round")
+        if message.kind == "stats":
+            handle.send("stats", round=number, **feature_moments(data.x))
+        elif message.kind == "round":
+            action = plan.get(number, "echo")
+            if action == "vanish":
+                return
+            weights = decode_weights(message.payload)
+            if action == "wrong_shape":
+                weights[0] = np.zeros((3, 3), np.float32)
+            elif action == "nan":
+                weights[-1] = np.full_like(weights[-1], np.nan)
+            handle.send("update", encode_weights(weights), round=number, n_samples=10)
+
+
+def federation(definition, scripts):
+    platform = InProcPlatform()
+    alice = register("alice", "alice-password", "acme", platform="inproc", inproc=platform)
+    alice.create_task("t", definition)
+    digits = load_dataset("builtin:digits")
+    threads, outcome = [], {}
+    bob = register("bob", "bob-password", "beta", platform="inproc", inproc=platform)
+    bob_data = digits.shard(1, 2)
+    bob.join_task("t", bob_data.schema())
+    for name, plan in scripts.items():
+        user = register(name, f"{name}-password", name, platform="inproc", inproc=platform)
+        data = digits.shard(2, 2)
+        user.join_task("t", data.schema())
+        threads.append(threading.Thread(target=scripted, args=(user.participant("t"), data, plan), daemon=True))
+
+    def honest():
+        train, test = bob_data.split(0.2, 0)
+        try:
+            outcome["bob"] = ALGORITHM.participant(bob.participant("t"), train, test).run()
+        except TaskEnded as exc:
+            outcome["bob"] = exc
+
+    threads.append(threading.Thread(target=honest, daemon=True))
+    for t in threads:
+        t.start()
+    return alice, threads, outcome
+
+
+def test_bad_updates_are_rejected_and_a_vanished_participant_is_left_behind(caplog):
+    definition = {"quorum": 3, "rounds": 2, "epochs": 1, "round_timeout": 8, "min_updates": 1}
+    alice, threads, outcome = federation(definition, {"mallory": {0: "wrong_shape", 1: "nan"},
+                                                      "dave": {0: "echo", 1: "vanish"}})
+    caplog.set_level(logging.INFO)
+    result = ALGORITHM.aggregator(alice.aggregator("t")).run()
+    for t in threads:
+        t.join(timeout=60)
+    assert result["task"]["status"] == "COMPLETE"
+    rounds = alice.rounds("t")
+    assert sorted(rounds[0]["reported"]) == ["bob", "dave"]
+    assert "shape" in rounds[0]["rejected"]["mallory"]
+    assert rounds[1]["reported"] == ["bob"]
+    assert "NaN" in rounds[1]["rejected"]["mallory"]
+    assert rounds[1]["missing"] == ["dave"]
+    assert any("rejected update from mallory" in r.getMessage() and "NaN" in r.getMessage() for r in caplog.records)
+    assert outcome["bob"]["eval"]["accuracy"] > 0.3  # the honest site still learned from the good updates
+
+
+def test_too_few_updates_end_the_task_failed_with_the_reason():
+    definition = {"quorum": 2, "rounds": 2, "epochs": 1, "round_timeout": 5, "min_updates": 2}
+    alice, threads, outcome = federation(definition, {"dave": {0: "echo", 1: "vanish"}})
+    with pytest.raises(TaskFailure, match="only 1 valid update"):
+        ALGORITHM.aggregator(alice.aggregator("t")).run()
+    for t in threads:
+        t.join(timeout=60)
+    info = alice.task_info("t")
+    assert info["status"] == "FAILED"
+    assert "no answer: dave" in info["reason"]
+    assert isinstance(outcome["bob"], TaskEnded) and "only 1 valid update" in str(outcome["bob"])
+
+
+def test_a_robust_strategy_from_the_task_definition_is_used():
+    definition = {"quorum": 2, "rounds": 1, "epochs": 1, "round_timeout": 8,
+                  "strategy": {"name": "median"}}
+    alice, threads, outcome = federation(definition, {"dave": {0: "echo"}})
+    aggregator = ALGORITHM.aggregator(alice.aggregator("t"))
+    result = aggregator.run()
+    for t in threads:
+        t.join(timeout=60)
+    assert result["task"]["status"] == "COMPLETE"
+    assert aggregator.strategy.name == "median"

@@ -1,0 +1,87 @@
+"""The Flask front over a real socket: statuses, JSON errors, binary messages, long-polling."""
+import threading
+import time
+
+import pytest
+import requests
+
+from werkbund.client.api import connect, register
+from werkbund.local_platform.server import LocalPlatformServer
+from werkbund.platform import errors
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = LocalPlatformServer(f"sqlite:///{tmp_path_factory.mktemp('db') / 'p.sqlite'}").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def users(server):
+    alice = register("alice", "alice-password", "acme", url=server.url)
+    bob = register("bob", "bob-password", "beta", url=server.url)
+    alice.create_task("t", {"quorum": 1})
+    bob.join_task("t", {"kind": "classification", "features": ["a"], "target": "y", "classes": [0, 1]})
+    alice.aggregator("t").start()
+    return alice, bob
+
+
+def test_errors_are_json_with_meaningful_statuses(server, users):
+    api = f"{server.url}/api/v1"
+    r = requests.post(f"{api}/login", json={"user": "bob", "password": "wrong-password"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "authentication_failed"
+    r = requests.post(f"{api}/call/task_info", json={"task": "t"})
+    assert r.status_code == 401
+    token = requests.post(f"{api}/login", json={"user": "bob", "password": "bob-password"}).json()["data"]["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    r = requests.post(f"{api}/call/task_info", json={"task": "nope"}, headers=auth)
+    assert r.status_code == 404 and "unknown task 'nope'" in r.json()["error"]["message"]
+    r = requests.post(f"{api}/call/delete_task", json={"task": "t"}, headers=auth)
+    assert r.status_code == 403
+    r = requests.post(f"{api}/register", json={"user": "bob", "password": "whatever-long", "org": "x"})
+    assert r.status_code == 409
+    r = requests.post(f"{api}/call/task_info", data=b"{not json", headers=dict(auth, **{"Content-Type": "application/json"}))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_input"
+    r = requests.post(f"{api}/call/format_disk", json={}, headers=auth)
+    assert r.status_code == 400 and "unknown command" in r.json()["error"]["message"]
+
+
+def test_client_gets_typed_errors(server, users):
+    with pytest.raises(errors.AuthenticationFailed):
+        connect(url=server.url, user="bob", password="wrong-password")
+    with pytest.raises(errors.TaskNotFound):
+        users[1].task_info("missing")
+
+
+def test_binary_messages_and_long_polling(users):
+    alice, bob = users
+    agg, part = alice.aggregator("t"), bob.participant("t")
+    payload = bytes(range(256)) * 4096  # 1 MiB of every byte value, as raw bytes
+    agg.broadcast("round", payload, round=0)
+    message = part.receive(timeout=5)
+    assert (message.kind, message.sender, message.payload) == ("round", "alice", payload)
+    started = time.monotonic()
+    assert part.receive(timeout=1.0) is None
+    assert time.monotonic() - started >= 0.9
+
+    got = {}
+    waiter = threading.Thread(target=lambda: got.setdefault("m", agg.receive(timeout=10)))
+    waiter.start()
+    time.sleep(0.5)
+    part.send("update", b"\x00\xff", round=0)
+    waiter.join()
+    assert (got["m"].kind, got["m"].sender, got["m"].payload) == ("update", "bob", b"\x00\xff")
+
+
+def test_a_participant_cannot_send_to_another_participant(users):
+    _, bob = users
+    with pytest.raises(errors.PermissionDenied):
+        bob.transport.send("t", "alice", b"hello")
+
+
+def test_malformed_message_reaches_the_aggregator_as_malformed(users):
+    alice, bob = users
+    bob.transport.send("t", "aggregator", b"not a werkbund frame")
+    message = alice.aggregator("t").receive(timeout=5)
+    assert message.kind == "malformed" and message.sender == "bob" and "bad magic" in message.extra["error"]
