@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -13,15 +15,16 @@ import rfc8785
 from werkbund.client import state
 from werkbund.client.cli import cli
 from werkbund.client.cli_common import Connection, emit_json, handle_errors, platform_options
-from werkbund.client.ledger import LedgerError, publish
+from werkbund.client.identity import generate_identity, load_identity
+from werkbund.client.ledger import LedgerError, publish, rotate_key
 from werkbund.platform.errors import InvalidInput
 from werkbund.platform.ledger import entries as E
-from werkbund.platform.ledger import merkle, verify_log
+from werkbund.platform.ledger import keys_in_force, merkle, verify_log
 
 
 @cli.group()
 def ledger():
-    """The task's tamper-evident ledger: show, verify, export, maintenance, prove."""
+    """The task's tamper-evident ledger: show, verify, export, maintenance, prove, keys."""
 
 
 def _pairs(bundle: dict) -> list:
@@ -149,6 +152,60 @@ def export(conn: Connection, task, out):
                f"{bundle['latest']['checkpoint']['size']}")
 
 
+# ------------------------------------------------------------------ identity keys
+def _passphrase():
+    return os.environ.get("WERKBUND_KEY_PASSPHRASE") or None
+
+
+@ledger.command("rotate-key")
+@platform_options
+@handle_errors
+def rotate_key_command(conn: Connection):
+    """Replace your identity key by a new one made here; the change, signed with the old key,
+    goes on the ledger of every task you are in. Later entries must use the new key."""
+    me = conn.login()
+    if me.identity is None:
+        raise InvalidInput("you have no identity key here to rotate; after a lost key use "
+                           "`werkbund ledger revoke-key --new-key`")
+    path = state.identity_path(conn.url, conn.user)
+    pending = path.with_name(path.name + ".new")  # kept until the platform took the new key
+    new_key = (load_identity(pending, _passphrase()) if pending.exists()
+               else generate_identity(pending, _passphrase()))
+    new_pub = E.encode_public_key(new_key)
+    registered = me.transport.call("identity_key", user=conn.user)["public_key"]
+    if registered == new_pub:  # an earlier run got through but did not finish here
+        tasks = []
+    else:
+        tasks = rotate_key(me.transport, conn.user, me.identity, new_key)["tasks"]
+    os.replace(pending, path)
+    click.echo(f"rotated your identity key: new public key {new_pub} ({path}); recorded on the "
+               f"ledger of {len(tasks)} task(s){': ' + ', '.join(tasks) if tasks else ''}")
+
+
+@ledger.command("revoke-key")
+@platform_options
+@click.option("--reason", default="", help="Why (e.g. 'laptop lost'); goes on the ledger.")
+@click.option("--new-key", is_flag=True, help="Make and register a new key right after.")
+@handle_errors
+def revoke_key_command(conn: Connection, reason, new_key):
+    """Revoke your identity key (lost or compromised): recorded on the ledger of every task you
+    are in; entries signed with it are refused from then on."""
+    me = conn.login()
+    result = me.transport.call("revoke_identity_key", reason=reason)
+    tasks = result["tasks"]
+    click.echo(f"revoked the key {result['revoked']}; recorded on the ledger of {len(tasks)} "
+               f"task(s){': ' + ', '.join(tasks) if tasks else ''}")
+    path = state.identity_path(conn.url, conn.user)
+    if path.exists():
+        aside = path.with_name(f"{path.name}.revoked-{int(time.time())}")
+        os.replace(path, aside)
+        click.echo(f"moved the revoked key file aside to {aside}")
+    if new_key:
+        key = generate_identity(path, _passphrase())
+        done = me.transport.call("set_identity_key", public_key=E.encode_public_key(key))
+        click.echo(f"registered a new identity key {done['public_key']} ({path})")
+
+
 # ------------------------------------------------------------------ maintenance log
 def commitment(record: dict) -> str:
     return hashlib.sha256(rfc8785.dumps(record)).hexdigest()
@@ -223,8 +280,10 @@ def prove(task, record_file, proof_file, out, url, user):
         entry = items[0]["entry"]
         latest = me.transport.call("ledger_checkpoint", task=task)
         size = latest["checkpoint"]["size"]
+        earlier = [(i["entry"], i["signature"]) for i in me.transport.call("ledger_entries", task=task, end=seq)]
+        keys = keys_in_force(earlier, me.transport.call("ledger_keys", task=task)["keys"])
         proof = {"record": saved["record"], "entry": entry, "signature": items[0]["signature"],
-                 "author_key": me.transport.call("identity_key", user=entry["author"])["public_key"],
+                 "author_key": keys.get(entry["author"]),  # the key in force then (keys rotate)
                  "checkpoint": latest["checkpoint"], "checkpoint_signature": latest["signature"],
                  "platform_key": latest["platform_key"],
                  "inclusion": me.transport.call("ledger_inclusion", task=task, seq=seq, size=size)["proof"]}

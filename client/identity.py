@@ -14,11 +14,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from werkbund.platform.errors import WerkbundError
 from werkbund.platform.ledger.entries import decode_public_key, encode_public_key
 
 
-class IdentityError(Exception):
+class IdentityError(WerkbundError):
     """The identity key cannot be made or used; the message says why and what to do."""
+
+    code = "identity_error"
 
 
 def _passphrase_bytes(passphrase: str | bytes | None) -> bytes | None:

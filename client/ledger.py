@@ -75,6 +75,24 @@ def check_checkpoint(transport, task: str, platform_key: str, own, seen: dict | 
     return latest
 
 
+def rotate_key(transport, user: str, old_key, new_key, attempts: int = 20) -> dict:
+    """Replace ``user``'s identity key: sign one ``key_rotated`` entry naming the new key with
+    the OLD key at the head of each of the user's task logs, and send them together (the
+    platform takes all or none; a moved head or a new task means signing again)."""
+    new_pub, old_pub = E.encode_public_key(new_key), E.encode_public_key(old_key)
+    payload = {"subject": user, "public_key": new_pub, "previous_key": old_pub}
+    for attempt in range(attempts):
+        items = []
+        for head in transport.call("ledger_key_logs"):
+            entry = E.make_entry(head["task"], "key_rotated", user, head["size"], head["prev"], payload)
+            items.append({"entry": entry, "signature": E.encode_signature(E.sign_entry(entry, old_key))})
+        try:
+            return transport.call("rotate_identity_key", public_key=new_pub, entries=items)
+        except Conflict:
+            time.sleep(random.uniform(0.01, 0.05) * (1 + attempt))
+    raise LedgerError("could not rotate the key: the ledger heads kept moving; try again")
+
+
 class LedgerChannel:
     """Ledger methods of a task handle (needs ``self.user``, ``self.transport``, ``self.task``)."""
 

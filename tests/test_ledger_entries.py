@@ -241,10 +241,16 @@ def test_key_rotation_and_revocation_follow_the_log():
                                 "entry 7: bob's key was revoked at entry 5"]
     # The old key no longer signs for alice after the rotation.
     pairs = build(script[:5])
-    assert messages(verify(pairs)) == ["entry 4: signature does not verify with alice's key"]
-    # Only the subject or the platform may change a key.
+    assert messages(verify(pairs)) == ["entry 4: signature does not verify with alice's key "
+                                       "(it is signed with alice's key rotated away at entry 3)"]
+    # Only the holder of the old key rotates it: neither another member nor the platform.
     pairs = build(script[:3] + [script[7]])
-    assert messages(verify(pairs)) == ["entry 3: bob may not change the key of alice"]
+    assert messages(verify(pairs)) == ["entry 3: bob may not change the key of alice; only the "
+                                       "holder of the old key rotates it"]
+    pairs = build(script[:3] + [("platform", "key_rotated", {"subject": "alice",
+                                                             "public_key": PUBLIC["bob"]})])
+    assert messages(verify(pairs)) == ["entry 3: platform may not change the key of alice; only "
+                                       "the holder of the old key rotates it"]
     del KEYS["alice2"]
 
 

@@ -14,7 +14,7 @@ from .entries import (CHECKPOINT_FIELDS, CHECKPOINT_PREFIX, COSIGN_PREFIX, ENTRY
 from .merkle import (EMPTY_ROOT, HASH_SIZE, MerkleTree, ProofError, consistency_proof,
                      inclusion_proof, leaf_hash, node_hash, root_from_leaf_hashes,
                      verify_consistency, verify_inclusion)
-from .verify import Check, Problem, Report, verify_log
+from .verify import Check, Problem, Report, keys_in_force, verify_log
 
 __all__ = [
     "CHECKPOINT_FIELDS", "CHECKPOINT_PREFIX", "COSIGN_PREFIX", "ENTRY_FIELDS", "ENTRY_PREFIX",
@@ -27,5 +27,5 @@ __all__ = [
     "EMPTY_ROOT", "HASH_SIZE", "MerkleTree", "ProofError", "consistency_proof",
     "inclusion_proof", "leaf_hash", "node_hash", "root_from_leaf_hashes", "verify_consistency",
     "verify_inclusion",
-    "Check", "Problem", "Report", "verify_log",
+    "Check", "Problem", "Report", "keys_in_force", "verify_log",
 ]

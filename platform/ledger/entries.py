@@ -43,7 +43,7 @@ COSIGN_PREFIX = b"werkbund-ledger-cosign-v1\x00"
 ENTRY_TYPES = frozenset({
     "task_created", "joined", "left", "round_started", "update_submitted",
     "aggregate_published", "task_finished", "task_failed", "maintenance",
-    "key_rotated", "key_revoked",
+    "key_rotated", "key_revoked", "key_registered",
 })
 ENTRY_FIELDS = ("task", "type", "author", "seq", "prev", "timestamp", "payload")
 CHECKPOINT_FIELDS = ("log", "size", "root", "timestamp")

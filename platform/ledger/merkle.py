@@ -77,6 +77,9 @@ class MerkleTree:
     def leaf_hashes(self) -> tuple[bytes, ...]:
         return tuple(self._levels[0])
 
+    def leaf_hash_at(self, index: int) -> bytes:
+        return self._levels[0][index]
+
     def append(self, data: bytes) -> int:
         """Append a leaf holding ``data``; return its index."""
         return self.append_leaf_hash(leaf_hash(data))

@@ -8,6 +8,12 @@ statements only a member can make (its update's hash, the global model's hash,
 a maintenance record) are signed by that member's own key and checked here
 against the key it registered, with ``seq`` and ``prev`` against the log head.
 After every append the platform signs the new tree head (a checkpoint).
+
+A lifecycle entry is written in the same transaction as the state change it records
+(:meth:`LedgerService.writing` and :meth:`LedgerService.platform_append_in`), so neither
+can exist without the other. Key registration, rotation and revocation are entries too
+(:mod:`.key_service`). Tree heads and proofs come from the cached trees of
+:mod:`.tree_cache` instead of re-hashing the whole log each time.
 """
 from __future__ import annotations
 
@@ -15,16 +21,22 @@ import hashlib
 import json
 import logging
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from werkbund.platform.errors import Conflict, InvalidInput, PermissionDenied
+from werkbund.platform.errors import (Conflict, InvalidInput, InvalidState, PermissionDenied,
+                                      TaskNotFound)
 from werkbund.platform.ledger import entries as E
 from werkbund.platform.ledger import merkle
-from werkbund.platform.ledger.store import (IdentityKey, LedgerCheckpoint, LedgerCosignature,
-                                            LedgerEntry, default_key_path, load_or_create_key)
+from werkbund.platform.ledger.key_service import IdentityKeys
+from werkbund.platform.ledger.store import (IdentityKey, IdentityKeyEvent, LedgerCheckpoint,
+                                            LedgerCosignature, LedgerEntry, default_key_path,
+                                            load_or_create_key)
+from werkbund.platform.ledger.tree_cache import TreeCache
+from werkbund.platform.models import Membership, Task, User
 
 log = logging.getLogger("werkbund.ledger")
 
@@ -35,7 +47,7 @@ MAX_CLOCK_SKEW = timedelta(minutes=10)
 APPEND_RETRIES = 20
 
 
-class LedgerService:
+class LedgerService(IdentityKeys):
     def __init__(self, core, key_path=None):
         self.core = core
         path = key_path if key_path is not None else default_key_path(core.db.url)
@@ -44,40 +56,36 @@ class LedgerService:
         # one writer at a time in this process (SQLite, and one shared connection in memory);
         # across processes the (task, seq) and (task, size) unique constraints decide
         self._write_lock = threading.Lock()
+        self.trees = TreeCache()  # the task trees, so proofs and heads are not recomputed
 
-    # ------------------------------------------------------------ identity keys
-    def set_identity_key(self, caller: str, public_key: str) -> dict:
-        """Register the caller's Ed25519 public key (once; rotation goes through the log)."""
-        self.check_public_key(public_key)
-        with self.core.db.session() as s:
-            row = s.scalar(select(IdentityKey).where(IdentityKey.user == caller))
-            if row is not None and row.public_key != public_key:
-                raise Conflict(f"{caller} already has an identity key; rotate it with a key_rotated entry")
-            if row is None:
-                s.add(IdentityKey(user=caller, public_key=public_key))
-        return {"user": caller, "public_key": public_key}
-
-    @staticmethod
-    def check_public_key(public_key) -> None:
-        try:
-            E.decode_public_key(public_key)
-        except (E.EntryError, ValueError, TypeError):
-            raise InvalidInput("public_key must be the base64 of a raw 32-byte Ed25519 key") from None
-
-    def identity_key(self, caller: str, user: str) -> dict:
-        with self.core.db.session() as s:
-            key = self._key_of(s, user)
-        return {"user": user, "public_key": key}
-
-    @staticmethod
-    def _key_of(s, user: str) -> str | None:
-        return s.scalar(select(IdentityKey.public_key).where(IdentityKey.user == user))
+    @contextmanager
+    def writing(self):
+        """One transaction that writes to the ledger (and, for a lifecycle change, the state it
+        records): this process's ledger writer lock first, then the database session, so that
+        the state change and its entry commit or roll back together."""
+        with self._write_lock, self.core.db.session() as s:
+            yield s
 
     # ------------------------------------------------------------------ access
-    def _member(self, s, caller: str, task: str):
-        row = self.core._task(s, task)
+    def _member(self, s, caller: str, task: str, lock: bool = False):
+        row = self.core._task(s, task, lock=lock)
         self.core._require_member_or_creator(row, caller, "read or write the ledger of")
         return row
+
+    @staticmethod
+    def _reader(s, caller: str, task: str) -> None:
+        """The rule of :meth:`_member` in two small queries (reads are frequent: every proof)."""
+        if not isinstance(task, str):
+            raise InvalidInput("a task name must be a string")
+        creator = s.scalar(select(User.name).join(Task, Task.creator_id == User.id).where(Task.name == task))
+        if creator is None:
+            raise TaskNotFound(f"unknown task {task!r}")
+        if creator != caller and s.scalar(
+                select(Membership.id).join(Task, Membership.task_id == Task.id)
+                .join(User, Membership.user_id == User.id)
+                .where(Task.name == task, User.name == caller)) is None:
+            raise PermissionDenied(f"only the creator and participants of task {task!r} may read "
+                                   "or write the ledger of it")
 
     # ------------------------------------------------------------------ append
     def append(self, caller: str, task: str, entry: dict, signature: str) -> dict:
@@ -88,11 +96,9 @@ class LedgerService:
             raise InvalidInput(f"malformed ledger entry: {exc}") from None
         if entry["task"] != task or entry["author"] != caller:
             raise PermissionDenied("an entry must name this task and be authored by you")
-        when = datetime.fromisoformat(entry["timestamp"][:-1] + "+00:00")
-        if abs(datetime.now(timezone.utc) - when) > MAX_CLOCK_SKEW:
-            raise InvalidInput(f"entry timestamp {entry['timestamp']} is more than 10 minutes off")
-        with self._write_lock, self.core.db.session() as s:
-            row = self._member(s, caller, task)
+        self._check_clock(entry)
+        with self.writing() as s:
+            row = self._member(s, caller, task, lock=True)
             creator = row.creator.name == caller
             allowed = CREATOR_TYPES if creator else PARTICIPANT_TYPES
             if entry["type"] not in allowed:
@@ -100,24 +106,39 @@ class LedgerService:
                 raise PermissionDenied(f"{role} may not author {entry['type']} entries")
             key = self._key_of(s, caller)
             if key is None:
-                raise PermissionDenied(f"{caller} has no registered identity key")
+                revoked = s.scalar(select(IdentityKeyEvent.id).where(IdentityKeyEvent.user == caller,
+                                                                     IdentityKeyEvent.kind == "revoked"))
+                raise PermissionDenied(f"{caller}'s identity key was revoked; register a new one" if revoked
+                                       else f"{caller} has no registered identity key")
             if not E.verify_entry_signature(entry, signature, key):
                 raise PermissionDenied("the entry's signature does not verify with your registered key")
             self._check_head(s, task, entry)
             return self._insert(s, task, entry, E.encode_signature(E.decode_signature(signature)), data)
 
+    @staticmethod
+    def _check_clock(entry: dict) -> None:
+        when = datetime.fromisoformat(entry["timestamp"][:-1] + "+00:00")
+        if abs(datetime.now(timezone.utc) - when) > MAX_CLOCK_SKEW:
+            raise InvalidInput(f"entry timestamp {entry['timestamp']} is more than 10 minutes off")
+
     def platform_append(self, task: str, type: str, payload: dict) -> dict:
-        """Append an entry authored and signed by the platform (retrying a moved head)."""
+        """Append an entry authored and signed by the platform, on its own (retrying a moved head).
+        A state change appends its entry with :meth:`platform_append_in` in its own transaction."""
         for _ in range(APPEND_RETRIES):
             try:
-                with self._write_lock, self.core.db.session() as s:
-                    size, prev = self._head(s, task)
-                    entry = E.make_entry(task, type, E.PLATFORM_AUTHOR, size, prev, payload)
-                    sig = E.encode_signature(E.sign_entry(entry, self.key))
-                    return self._insert(s, task, entry, sig, E.canonical_bytes(entry))
+                with self.writing() as s:
+                    return self.platform_append_in(s, task, type, payload)
             except Conflict:
                 continue
         raise Conflict(f"the ledger of {task!r} is too busy; try again")
+
+    def platform_append_in(self, s, task: str, type: str, payload: dict) -> dict:
+        """Append a platform entry inside the caller's transaction (opened by :meth:`writing`);
+        a failure raises and the caller's whole transaction rolls back."""
+        size, prev = self._head(s, task)
+        entry = E.make_entry(task, type, E.PLATFORM_AUTHOR, size, prev, payload)
+        sig = E.encode_signature(E.sign_entry(entry, self.key))
+        return self._insert(s, task, entry, sig, E.canonical_bytes(entry))
 
     def _head(self, s, task: str) -> tuple[int, str]:
         last = s.scalar(select(LedgerEntry).where(LedgerEntry.task == task)
@@ -138,10 +159,13 @@ class LedgerService:
             s.flush()
         except IntegrityError:
             raise Conflict("the ledger head moved; fetch it and sign again") from None
-        tree = self._tree(s, task)
-        checkpoint = E.make_checkpoint(task, tree.size, tree.root())
+        tree, size = self.trees.tree(s, task)
+        if size != entry["seq"] + 1:
+            raise InvalidState(f"the stored ledger of {task!r} has gaps (it was tampered with); "
+                               "it cannot be extended")
+        checkpoint = E.make_checkpoint(task, size, tree.root(size))
         cp_sig = E.encode_signature(E.sign_checkpoint(checkpoint, self.key))
-        s.add(LedgerCheckpoint(task=task, size=tree.size, checkpoint=E.checkpoint_bytes(checkpoint).decode(),
+        s.add(LedgerCheckpoint(task=task, size=size, checkpoint=E.checkpoint_bytes(checkpoint).decode(),
                                signature=cp_sig))
         try:
             s.flush()
@@ -150,23 +174,16 @@ class LedgerService:
         return {"seq": entry["seq"], "leaf_hash": leaf.hex(), "checkpoint": checkpoint,
                 "checkpoint_signature": cp_sig}
 
-    @staticmethod
-    def _tree(s, task: str, size: int | None = None) -> merkle.MerkleTree:
-        query = select(LedgerEntry.leaf_hash).where(LedgerEntry.task == task).order_by(LedgerEntry.seq)
-        if size is not None:
-            query = query.limit(size)
-        return merkle.MerkleTree(bytes.fromhex(h) for h in s.scalars(query))
-
     # ------------------------------------------------------------------- reads
     def head(self, caller: str, task: str) -> dict:
         with self.core.db.session() as s:
-            self._member(s, caller, task)
+            self._reader(s, caller, task)
             size, prev = self._head(s, task)
         return {"task": task, "size": size, "prev": prev}
 
     def entries(self, caller: str, task: str, start: int = 0, end: int | None = None) -> list[dict]:
         with self.core.db.session() as s:
-            self._member(s, caller, task)
+            self._reader(s, caller, task)
             query = select(LedgerEntry).where(LedgerEntry.task == task, LedgerEntry.seq >= int(start))
             if end is not None:
                 query = query.where(LedgerEntry.seq < int(end))
@@ -175,7 +192,7 @@ class LedgerService:
 
     def checkpoint(self, caller: str, task: str, size: int | None = None) -> dict:
         with self.core.db.session() as s:
-            self._member(s, caller, task)
+            self._reader(s, caller, task)
             query = select(LedgerCheckpoint).where(LedgerCheckpoint.task == task)
             query = (query.where(LedgerCheckpoint.size == size) if size is not None
                      else query.order_by(LedgerCheckpoint.size.desc()).limit(1))
@@ -191,30 +208,37 @@ class LedgerService:
 
     def inclusion_proof(self, caller: str, task: str, seq: int, size: int | None = None) -> dict:
         with self.core.db.session() as s:
-            self._member(s, caller, task)
-            tree = self._tree(s, task)
+            self._reader(s, caller, task)
+            tree, stored = self.trees.tree(s, task)
+        size = stored if size is None else size
         try:
-            proof = tree.inclusion_proof(int(seq), size)
-        except merkle.ProofError as exc:
+            seq, size = int(seq), int(size)
+            if size > stored:
+                raise merkle.ProofError(f"tree size {size} exceeds the {stored} entries of the log")
+            proof = tree.inclusion_proof(seq, size)
+        except (merkle.ProofError, ValueError, TypeError) as exc:
             raise InvalidInput(f"no inclusion proof: {exc}") from None
-        return {"seq": int(seq), "size": size if size is not None else tree.size,
-                "leaf_hash": tree.leaf_hashes[int(seq)].hex(), "proof": [p.hex() for p in proof]}
+        return {"seq": seq, "size": size, "leaf_hash": tree.leaf_hash_at(seq).hex(),
+                "proof": [p.hex() for p in proof]}
 
     def consistency_proof(self, caller: str, task: str, old_size: int, new_size: int | None = None) -> dict:
         with self.core.db.session() as s:
-            self._member(s, caller, task)
-            tree = self._tree(s, task)
+            self._reader(s, caller, task)
+            tree, stored = self.trees.tree(s, task)
+        new_size = stored if new_size is None else new_size
         try:
-            proof = tree.consistency_proof(int(old_size), new_size)
-        except merkle.ProofError as exc:
+            old_size, new_size = int(old_size), int(new_size)
+            if new_size > stored:
+                raise merkle.ProofError(f"tree size {new_size} exceeds the {stored} entries of the log")
+            proof = tree.consistency_proof(old_size, new_size)
+        except (merkle.ProofError, ValueError, TypeError) as exc:
             raise InvalidInput(f"no consistency proof: {exc}") from None
-        return {"old_size": int(old_size), "new_size": new_size if new_size is not None else tree.size,
-                "proof": [p.hex() for p in proof]}
+        return {"old_size": old_size, "new_size": new_size, "proof": [p.hex() for p in proof]}
 
     def cosign(self, caller: str, task: str, size: int, signature: str) -> dict:
         """Store a member's cosignature of the checkpoint of ``size`` after checking it."""
         with self.core.db.session() as s:
-            self._member(s, caller, task)
+            self._reader(s, caller, task)
             row = s.scalar(select(LedgerCheckpoint).where(LedgerCheckpoint.task == task,
                                                           LedgerCheckpoint.size == size))
             key = self._key_of(s, caller)
@@ -231,7 +255,7 @@ class LedgerService:
     def keys(self, caller: str, task: str) -> dict:
         """Public keys of every author in the log, and the platform's."""
         with self.core.db.session() as s:
-            self._member(s, caller, task)
+            self._reader(s, caller, task)
             authors = set(s.scalars(select(LedgerEntry.author).where(LedgerEntry.task == task)))
             keys = {u: k for u, k in s.execute(select(IdentityKey.user, IdentityKey.public_key)
                                                 .where(IdentityKey.user.in_(authors)))}
@@ -243,11 +267,15 @@ class LedgerService:
         return {"task": task, "entries": self.entries(caller, task), **self.keys(caller, task),
                 "latest": self.checkpoint(caller, task)}
 
-    def drop(self, task: str) -> None:
-        """Forget a deleted task's log (its name may be reused)."""
-        with self.core.db.session() as s:
-            for table in (LedgerEntry, LedgerCheckpoint, LedgerCosignature):
-                s.execute(delete(table).where(table.task == task))
+    def drop(self, task: str, s=None) -> None:
+        """Forget a deleted task's log (its name may be reused), in the caller's transaction ``s``
+        when given."""
+        if s is None:
+            with self.writing() as s:
+                return self.drop(task, s)
+        for table in (LedgerEntry, LedgerCheckpoint, LedgerCosignature):
+            s.execute(delete(table).where(table.task == task))
+        self.trees.forget(task)
 
 
 def _loads(text: str):

@@ -4,7 +4,8 @@ Separate tables (not columns on ``users``/``tasks``) so the ledger survives
 schema work elsewhere: ``ledger_entries`` (task, seq, canonical entry JSON,
 author's signature, leaf hash), ``ledger_checkpoints`` (every signed tree head),
 ``ledger_cosignatures`` (members' signatures over a checkpoint) and
-``identity_keys`` (each user's Ed25519 public key, base64 of the raw 32 bytes).
+``identity_keys`` (each user's Ed25519 public key in force, base64 of the raw 32 bytes;
+none after a revocation) and ``identity_key_events`` (the history of those keys).
 The tables join the platform's metadata, so ``Database`` creates them.
 """
 from __future__ import annotations
@@ -72,6 +73,18 @@ class IdentityKey(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     user: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     public_key: Mapped[str] = mapped_column(String(44))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdentityKeyEvent(Base):
+    """Each user's key history: registered, rotated (to ``public_key``) or revoked."""
+    __tablename__ = "identity_key_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    public_key: Mapped[str] = mapped_column(String(44))
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

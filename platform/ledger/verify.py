@@ -6,11 +6,16 @@ signature, that seq runs 0, 1, 2, ... without gaps, every ``prev`` link, the
 Merkle root against the checkpoint and, optionally, an earlier checkpoint
 (consistency proof, and its root recomputed from the entries) and cosignatures.
 
-Key changes are entries: ``key_rotated`` (payload ``public_key``: base64, and
-``subject``: default the author) replaces the subject's key for later entries;
-``key_revoked`` (``subject``, optional ``public_key`` that must be the current
-key) removes it. Each is signed by the key in force before it, by the subject
-or by one of ``authorities`` (default: the platform).
+Keys follow the log: ``keys`` gives each author's key as at entry 0 (or at its first
+appearance); a ``task_created``/``joined`` entry signed by one of ``authorities``
+(default: the platform) that names a ``public_key`` sets that member's key (a joined
+entry naming another key than the one in force is flagged); ``key_rotated``
+(payload ``public_key``, ``subject`` = the author) is signed with the OLD key and
+replaces it for later entries; ``key_revoked`` (by the subject or an authority;
+optional ``public_key`` that must be the current key) removes it, so later entries
+by that author fail; ``key_registered`` (an authority only, and only when no key is
+in force) sets a new one. An entry signed with a key that was rotated away or
+revoked is flagged with the entry that retired that key.
 
 The :class:`Report` has one :class:`Check` per property, each with the
 :class:`Problem` list naming the entry (seq) and why; ``str(report)`` prints it.
@@ -91,52 +96,146 @@ class Report:
         return "\n".join(lines)
 
 
-def _apply_key_change(entry: dict, keys: dict, revoked: dict, authorities: set, check: Check,
-                      seq: int) -> None:
-    payload, author = entry["payload"], entry["author"]
-    subject = payload.get("subject", author)
-    if subject != author and author not in authorities:
-        check.fail(f"entry {seq}: {author} may not change the key of {subject}", seq)
-        return
-    if entry["type"] == "key_rotated":
+KEY_TYPES = ("key_rotated", "key_revoked", "key_registered")
+
+
+class _Keys:
+    """The keys in force while walking the log, and what happened to the earlier ones."""
+
+    def __init__(self, initial: Mapping[str, object], authorities: set):
+        self.current = {a: decode_public_key(k) for a, k in initial.items()}
+        self.authorities = authorities
+        self.members: set[str] = set()
+        self.since: dict[str, int] = {}               # user -> seq that set the key in force
+        self.revoked: dict[str, int] = {}             # user -> seq of the revocation in force
+        self.former: dict[str, list] = {}             # user -> [(key, seq, "rotated away"|"revoked")]
+
+    def set(self, user: str, key, seq: int) -> None:
+        if user in self.current:
+            self.former.setdefault(user, []).append((self.current[user], seq, "rotated away"))
+        self.current[user], self.since[user] = key, seq
+        self.revoked.pop(user, None)
+
+    def why_not(self, entry: dict, signature) -> str:
+        """Why ``entry`` does not verify with its author's key in force (for the message)."""
+        author = entry["author"]
+        for key, seq, how in reversed(self.former.get(author, [])):
+            if verify_entry_signature(entry, signature, key):
+                return f"it is signed with {author}'s key {how} at entry {seq}"
+        if author in self.revoked:
+            return f"{author}'s key was revoked at entry {self.revoked[author]}"
+        others = [a for a, k in self.current.items()
+                  if a != author and verify_entry_signature(entry, signature, k)]
+        return f"it is {others[0]}'s signature" if others else ""
+
+    def learn(self, entry: dict, check: Check, seq: int) -> None:
+        """Take the key a platform-signed task_created/joined names; follow left entries."""
+        payload, kind = entry["payload"], entry["type"]
+        if entry["author"] not in self.authorities:
+            return
+        user = payload.get("creator" if kind == "task_created" else "user")
+        if kind == "left":
+            self.members.discard(user)
+            return
+        if not isinstance(user, str) or "public_key" not in payload:
+            return
+        was_member = user in self.members
+        self.members.add(user)
+        named = payload["public_key"]
+        if named is None:
+            return
         try:
-            keys[subject] = decode_public_key(payload.get("public_key"))
-        except (EntryError, ValueError):
-            check.fail(f"entry {seq}: key_rotated carries no valid public_key", seq)
+            key = decode_public_key(named)
+        except (EntryError, ValueError, TypeError):
+            check.fail(f"entry {seq}: {kind} names no valid public key for {user}", seq)
             return
-        revoked.pop(subject, None)
-    else:
+        held = self.current.get(user)
+        if held is not None and was_member and encode_public_key(held) != named:
+            check.fail(f"entry {seq}: {kind} names another key for {user} than the one in force "
+                       f"since entry {self.since[user]}; a key changes only by key_rotated", seq)
+            return
+        if held is None or encode_public_key(held) != named:
+            if held is not None:  # the key given as at entry 0 is older than the log says
+                self.current.pop(user)
+            self.set(user, key, seq)
+        else:
+            self.since.setdefault(user, seq)
+
+    def change(self, entry: dict, check: Check, seq: int) -> None:
+        """Apply a key_rotated, key_revoked or key_registered entry whose signature verified."""
+        payload, author, kind = entry["payload"], entry["author"], entry["type"]
+        subject = payload.get("subject", author)
         named = payload.get("public_key")
-        if named is not None and (subject not in keys or named != encode_public_key(keys[subject])):
-            check.fail(f"entry {seq}: revokes a key that is not {subject}'s current key", seq)
-            return
-        keys.pop(subject, None)
-        revoked[subject] = seq
+        if kind == "key_rotated":
+            if subject != author:
+                check.fail(f"entry {seq}: {author} may not change the key of {subject}; only the "
+                           "holder of the old key rotates it", seq)
+                return
+            try:
+                self.set(subject, decode_public_key(named), seq)
+            except (EntryError, ValueError, TypeError):
+                check.fail(f"entry {seq}: key_rotated carries no valid public_key", seq)
+        elif kind == "key_revoked":
+            if subject != author and author not in self.authorities:
+                check.fail(f"entry {seq}: {author} may not revoke the key of {subject}", seq)
+                return
+            held = self.current.get(subject)
+            if named is not None and (held is None or named != encode_public_key(held)):
+                check.fail(f"entry {seq}: revokes a key that is not {subject}'s current key", seq)
+                return
+            if held is not None:
+                self.former.setdefault(subject, []).append((held, seq, "revoked"))
+                self.current.pop(subject)
+            self.revoked[subject] = seq
+        else:  # key_registered: the platform vouches for a new key where none is in force
+            if author not in self.authorities:
+                check.fail(f"entry {seq}: only the platform registers keys, not {author}", seq)
+            elif subject in self.current and subject in self.since:
+                check.fail(f"entry {seq}: registers a new key for {subject} while the key set at "
+                           f"entry {self.since[subject]} is in force; a key changes only by "
+                           "key_rotated", seq)
+            else:
+                try:
+                    self.current.pop(subject, None)
+                    self.set(subject, decode_public_key(named), seq)
+                except (EntryError, ValueError, TypeError):
+                    check.fail(f"entry {seq}: key_registered carries no valid public_key", seq)
 
 
 def _check_signatures(entries, keys, authorities, check: Check) -> dict:
-    """Check every signature; return the keys in force after the last entry."""
-    keys = {a: decode_public_key(k) for a, k in keys.items()}
-    revoked: dict[str, int] = {}
+    """Check every signature, following the key history in the log; return the final keys."""
+    state = _Keys(keys, authorities)
+    changes = 0
     for entry, signature in entries:
         seq, author = entry["seq"], entry["author"]
-        key = keys.get(author)
+        key = state.current.get(author)
         if key is None:
-            why = (f"{author}'s key was revoked at entry {revoked[author]}" if author in revoked
-                   else f"no public key is known for author {author}")
+            why = (f"{author}'s key was revoked at entry {state.revoked[author]}"
+                   if author in state.revoked else f"no public key is known for author {author}")
             check.fail(f"entry {seq}: {why}", seq)
             continue
         if not verify_entry_signature(entry, signature, key):
-            others = [a for a, k in keys.items()
-                      if a != author and verify_entry_signature(entry, signature, k)]
-            why = f" (it is {others[0]}'s signature)" if others else ""
-            check.fail(f"entry {seq}: signature does not verify with {author}'s key{why}", seq)
+            why = state.why_not(entry, signature)
+            check.fail(f"entry {seq}: signature does not verify with {author}'s key"
+                       + (f" ({why})" if why else ""), seq)
             continue
-        if entry["type"] in ("key_rotated", "key_revoked"):
-            _apply_key_change(entry, keys, revoked, authorities, check, seq)
+        if entry["type"] in KEY_TYPES:
+            changes += 1
+            state.change(entry, check, seq)
+        elif entry["type"] in ("task_created", "joined", "left"):
+            state.learn(entry, check, seq)
     if check.ok:
-        check.detail = f"{len(entries)} entries signed by their authors"
-    return keys
+        check.detail = f"{len(entries)} entries signed by their authors" + (
+            f", following {changes} key change(s)" if changes else "")
+    return state.current
+
+
+def keys_in_force(entries: Sequence[tuple[dict, bytes | str]], keys: Mapping[str, object],
+                  authorities: Iterable[str] = (PLATFORM_AUTHOR,)) -> dict:
+    """The authors' keys (base64) in force after ``entries``, following the key history in them
+    (e.g. the entries before one whose signature is to be checked on its own)."""
+    current = _check_signatures(list(entries), keys, set(authorities), Check("signatures"))
+    return {author: encode_public_key(key) for author, key in current.items()}
 
 
 def _check_checkpoint(name, checkpoint, signature, platform_key, task, report) -> bool:
