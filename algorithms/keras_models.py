@@ -13,6 +13,10 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+try:  # TenSEAL (POM 3) must load before TensorFlow: both carry protobuf, and TenSEAL loaded second segfaults
+    import tenseal  # noqa: E402,F401
+except ImportError:  # then POM 3 is unavailable; nothing else changes
+    pass
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -23,14 +27,31 @@ class ArchitectureRejected(ValueError):
 
 def default_network(n_features: int, n_classes: int, mean=None, variance=None, hidden=(64, 32)) -> keras.Model:
     """An MLP from raw features to class probabilities; standardization lives inside the model."""
+    layers = _mlp_layers(n_features, mean, variance, hidden)
+    layers.append(keras.layers.Dense(n_classes, activation="softmax", name="classes"))
+    return keras.Sequential(layers, name="werkbund_mlp")
+
+
+def default_regressor(n_features: int, mean=None, variance=None, target_mean=None, target_std=None,
+                      hidden=(64, 32)) -> keras.Model:
+    """An MLP from raw features to one linear output. With the target's (federated) mean and standard
+    deviation, the output is rescaled to the target's units (``y = out * std + mean``): training starts
+    at the mean and the network works on a standardized target."""
+    layers = _mlp_layers(n_features, mean, variance, hidden)
+    layers.append(keras.layers.Dense(1, activation="linear", name="target"))
+    if target_mean is not None:
+        layers.append(keras.layers.Rescaling(scale=float(target_std), offset=float(target_mean), name="target_scale"))
+    return keras.Sequential(layers, name="werkbund_mlp_regressor")
+
+
+def _mlp_layers(n_features: int, mean, variance, hidden) -> list:
     layers = [keras.Input(shape=(n_features,), name="features")]
     if mean is not None:
         layers.append(keras.layers.Normalization(mean=np.asarray(mean).tolist(), variance=np.asarray(variance).tolist(),
                                                  name="standardize"))
     for i, units in enumerate(hidden):
         layers.append(keras.layers.Dense(units, activation="relu", name=f"hidden_{i}"))
-    layers.append(keras.layers.Dense(n_classes, activation="softmax", name="classes"))
-    return keras.Sequential(layers, name="werkbund_mlp")
+    return layers
 
 
 def with_standardization(model: keras.Model, n_features: int, mean, variance) -> keras.Model:
@@ -74,6 +95,18 @@ def compile_classifier(model: keras.Model, learning_rate: float) -> keras.Model:
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
+
+
+def compile_regressor(model: keras.Model, learning_rate: float) -> keras.Model:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="mse")
+    return model
+
+
+def compile_for(kind: str, model: keras.Model, learning_rate: float) -> keras.Model:
+    """Compile for the task's kind: softmax classifier (cross-entropy) or regressor (MSE)."""
+    if kind == "regression":
+        return compile_regressor(model, learning_rate)
+    return compile_classifier(model, learning_rate)
 
 
 def model_bytes(model: keras.Model) -> bytes:
