@@ -1,4 +1,4 @@
-"""The ``neural_network`` algorithm: a Keras classifier trained with FedAvg.
+"""The ``neural_network`` algorithm: a Keras classifier or regressor trained with FedAvg.
 
 Aggregator: merges the participants' feature statistics (federated
 standardization), builds the model (the task's architecture or a default MLP
@@ -8,6 +8,14 @@ finiteness), averages them weighted by sample count, and evaluates on its own
 held-out data if it has some. Participants train ``epochs`` epochs with
 ``batch_size`` and ``learning_rate`` on their local split and evaluate every
 global model on their local test split.
+
+The kind comes from the participants' agreed data schema: ``classification``
+(softmax over the classes, cross-entropy; accuracy, per-class precision and
+recall, confusion matrix) or ``regression`` (one linear output, MSE; RMSE and
+MAE). For regression the target's federated mean and standard deviation are
+merged with the feature statistics and the default network rescales its output
+to the target's units. Evaluations carry the sums that the aggregator pools
+(see ``algorithms/metrics.py``).
 """
 from __future__ import annotations
 
@@ -17,9 +25,11 @@ import os
 
 import numpy as np
 
-from werkbund.algorithms.arrays import UpdateRejected, decode_weights, encode_weights, signature
+from werkbund.algorithms.arrays import UpdateRejected, check_weights, decode_weights, encode_weights, signature
 from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
 from werkbund.algorithms.engine.participant import RoundParticipant
+from werkbund.algorithms.privacy import dp_rounds
+from werkbund.algorithms.metrics import CLASSIFICATION, KINDS, REGRESSION, classification_metrics, regression_metrics
 from werkbund.algorithms.registry import Algorithm
 from werkbund.algorithms.statistics import feature_moments, merge_moments
 from werkbund.algorithms.strategies import build_strategy
@@ -35,7 +45,35 @@ def _label_indices(labels, classes: list) -> np.ndarray:
     return np.asarray([index[str(v)] for v in np.asarray(labels).tolist()], dtype=np.int64)
 
 
+def _targets(labels, kind: str, classes: list) -> np.ndarray:
+    """Class indices for a classifier, float32 targets for a regressor."""
+    if kind != REGRESSION:
+        return _label_indices(labels, classes)
+    try:
+        y = np.asarray(labels, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError("a regression target must be numeric") from None
+    if not np.isfinite(y).all():
+        raise ValueError("the regression target holds NaN or infinite values")
+    return y
+
+
+def evaluate_model(model, x, y, kind: str, n_classes: int) -> dict:
+    """Test metrics of ``model`` on (x, y), with the sums the aggregator pools across participants."""
+    predicted = np.asarray(model.predict(x, verbose=0, batch_size=1024))
+    if kind == REGRESSION:
+        metrics = regression_metrics(y, predicted.reshape(-1))
+        metrics["loss"] = metrics["sse"] / metrics["n_test"]  # the training loss, MSE
+        return metrics
+    probabilities = np.clip(predicted[np.arange(len(y)), y], 1e-7, 1.0)
+    metrics = classification_metrics(y, np.argmax(predicted, axis=1), n_classes)
+    metrics["loss"] = float(-np.mean(np.log(probabilities)))
+    return metrics
+
+
 class NeuralNetworkAggregator(RoundAggregator):
+    dp = None  # the privacy budget (algorithms/privacy/dp_budget.py) when the task has "dp"
+
     def setup(self):
         from werkbund.algorithms import keras_models as km
 
@@ -43,16 +81,28 @@ class NeuralNetworkAggregator(RoundAggregator):
         km.keras.utils.set_random_seed(int(d.get("seed", 0)))
         if not self.schema or not self.schema.get("features"):
             raise TaskFailure("the participants reported no data schema; the model cannot be built")
-        self.classes = list(self.schema["classes"])
+        self.kind = self.schema.get("kind") or CLASSIFICATION
+        if self.kind not in KINDS:
+            raise TaskFailure(f"the participants' data is of kind {self.kind!r}; neural_network handles {KINDS}")
+        regression = self.kind == REGRESSION
+        self.classes = [] if regression else list(self.schema["classes"])
         n_features = len(self.schema["features"])
-        if len(self.classes) < 2:
+        if not regression and len(self.classes) < 2:
             raise TaskFailure(f"the participants' data has {len(self.classes)} class(es); a classifier needs 2 or more")
-        mean = variance = None
+        mean = variance = target = None
         if d.get("standardize", True):
-            moments = []
-            collected = self.exchange("stats", expect="stats", number=-1,
-                                      handler=lambda m: moments.append(_moments_of(m, n_features)))
+            moments, targets = [], []
+
+            def take(message):
+                moments.append(_moments_of(message, n_features))
+                if regression:
+                    targets.append(_moments_of(_Header(message.get("target") or {}), 1))
+
+            collected = self.exchange("stats", expect="stats", number=-1, handler=take)
             merged = merge_moments(moments)
+            if regression:
+                target = merge_moments(targets)
+                target = (float(target["mean"][0]), float(target["std"][0]) if target["std"][0] > 1e-12 else 1.0)
             # a feature that is constant across all sites is left unscaled (as scikit-learn's StandardScaler
             # does); dividing by a zero deviation would blow up any row where it is not constant after all
             mean, variance = merged["mean"], np.where(merged["variance"] > 1e-12, merged["variance"], 1.0)
@@ -62,17 +112,23 @@ class NeuralNetworkAggregator(RoundAggregator):
             model = km.model_from_architecture(d["model"])
             if mean is not None:
                 model = km.with_standardization(model, n_features, mean, variance)
+        elif regression:
+            model = km.default_regressor(n_features, mean, variance, *(target or (None, None)))
         else:
             model = km.default_network(n_features, len(self.classes), mean, variance)
-        self.model = km.compile_classifier(model, d["learning_rate"])
-        if self.model.output_shape[-1] != len(self.classes):
-            raise TaskFailure(f"the model has {self.model.output_shape[-1]} outputs but the data has "
-                              f"{len(self.classes)} classes")
+        self.model = km.compile_for(self.kind, model, d["learning_rate"])
+        outputs = 1 if regression else len(self.classes)
+        if self.model.output_shape[-1] != outputs:
+            raise TaskFailure(f"the model has {self.model.output_shape[-1]} outputs but the {self.kind} task needs "
+                              f"{outputs}" + ("" if regression else f" (classes {self.classes})"))
         self.weights = self.model.get_weights()
         self.expected = signature(self.weights)
         self.strategy = build_strategy(d.get("strategy"))
-        self.channel.broadcast("setup", self.model.to_json().encode("utf-8"), round=-1, classes=self.classes)
-        self.progress.message(f"model sent: {self.model.count_params()} parameters, classes {self.classes}")
+        self.dp = dp_rounds.start_budget(self)
+        self.channel.broadcast("setup", self.model.to_json().encode("utf-8"), round=-1, classes=self.classes,
+                               task_kind=self.kind, dp=self.dp.setup_header() if self.dp else None)
+        self.progress.message(f"model sent: {self.model.count_params()} parameters, "
+                              + ("regression" if regression else f"classes {self.classes}"))
 
     def global_payload(self):
         return encode_weights(self.weights), {}
@@ -84,6 +140,8 @@ class NeuralNetworkAggregator(RoundAggregator):
         n_samples = message.get("n_samples")
         if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples <= 0:
             raise UpdateRejected(f"the update's sample count {n_samples!r} is not a positive integer")
+        if self.dp is not None and not message.get("aggregate_of"):  # POM 2/3 record each update's DP header
+            self.dp.record(message.sender, message)
         self.strategy.add(decode_weights(message.payload, self.expected), n_samples, message.sender)
 
     def aggregate(self, number):
@@ -93,16 +151,39 @@ class NeuralNetworkAggregator(RoundAggregator):
     def evaluate(self):
         if self.holdout is None or len(self.holdout) == 0:
             return {}
-        y = _label_indices(self.holdout.y, self.classes)
-        loss, accuracy = self.model.evaluate(self.holdout.x, y, verbose=0, return_dict=False)[:2]
-        return {"loss": float(loss), "accuracy": float(accuracy), "n": len(self.holdout)}
+        y = _targets(self.holdout.y, self.kind, self.classes)
+        return evaluate_model(self.model, self.holdout.x, y, self.kind, len(self.classes))
+
+    def round_metrics(self, number):
+        return dp_rounds.round_entry(self, number) if self.dp is not None else {}
+
+    def checkpoint_state(self):
+        return self.weights, self.strategy.state_dict(), {"architecture": self.model.to_json(), "kind": self.kind,
+                                                          "classes": self.classes,
+                                                          "dp": self.dp.state() if self.dp else None}
+
+    def restore_state(self, weights, strategy_state, meta):
+        from werkbund.algorithms import keras_models as km
+
+        self.kind, self.classes = meta.get("kind") or CLASSIFICATION, list(meta.get("classes") or [])
+        self.model = km.compile_for(self.kind, km.model_from_architecture(meta["architecture"]),
+                                    self.definition["learning_rate"])
+        self.expected = signature(self.model.get_weights())
+        check_weights(weights, self.expected)
+        self.weights = weights
+        self.model.set_weights(weights)
+        self.strategy = build_strategy(self.definition.get("strategy"))
+        self.strategy.load_state_dict(strategy_state)
+        self.dp = dp_rounds.restore_budget(self.definition, meta.get("dp"))
 
     def final_model(self):
         from werkbund.algorithms.keras_models import model_bytes
 
         self.model.set_weights(self.weights)
         meta = {"classes": self.classes, "features": self.schema["features"], "target": self.schema.get("target"),
-                "format": "keras", "algorithm": "neural_network"}
+                "kind": self.kind, "format": "keras", "algorithm": "neural_network"}
+        if self.dp is not None:
+            meta["dp"] = self.dp.summary()
         return model_bytes(self.model), meta
 
 
@@ -120,19 +201,36 @@ def _moments_of(message, n_features: int) -> dict:
     return {"count": count, "mean": mean, "m2": m2}
 
 
+class _Header:
+    """A dict seen through ``get``, like a message header (for the target's moments)."""
+
+    def __init__(self, fields: dict):
+        self.fields = fields if isinstance(fields, dict) else {}
+
+    def get(self, key, default=None):
+        return self.fields.get(key, default)
+
+
 class NeuralNetworkParticipant(RoundParticipant):
     def moments(self):
-        return feature_moments(self.train_data.x)
+        moments = feature_moments(self.train_data.x)
+        if self.train_data.kind == REGRESSION:
+            moments["target"] = feature_moments(_targets(self.train_data.y, REGRESSION, []).reshape(-1, 1))
+        return moments
 
     def configure(self, message):
         from werkbund.algorithms import keras_models as km
 
+        self.kind = message.get("task_kind") or CLASSIFICATION
+        if self.kind != self.train_data.kind:
+            raise ValueError(f"the task is a {self.kind} task but the local data was loaded for {self.train_data.kind}")
         self.classes = list(message.get("classes") or [])
-        self.y_train = _label_indices(self.train_data.y, self.classes)
-        self.y_test = _label_indices(self.test_data.y, self.classes) if len(self.test_data) else None
+        self.y_train = _targets(self.train_data.y, self.kind, self.classes)
+        self.y_test = _targets(self.test_data.y, self.kind, self.classes) if len(self.test_data) else None
         model = km.model_from_architecture(message.payload.decode("utf-8"))
-        self.model = km.compile_classifier(model, self.definition["learning_rate"])
+        self.model = km.compile_for(self.kind, model, self.definition["learning_rate"])
         self.expected = signature(self.model.get_weights())
+        self.dp = dp_rounds.participant_budget(self, message)
         self.progress.message(f"model received: {self.model.count_params()} parameters")
 
     def _load_global(self, message):
@@ -145,14 +243,16 @@ class NeuralNetworkParticipant(RoundParticipant):
     def _evaluate(self) -> dict:
         if self.y_test is None:
             return {}
-        loss, accuracy = self.model.evaluate(self.test_data.x, self.y_test, verbose=0, return_dict=False)[:2]
-        return {"loss": float(loss), "accuracy": float(accuracy), "n_test": int(len(self.y_test))}
+        return evaluate_model(self.model, self.test_data.x, self.y_test, self.kind, len(self.classes))
 
     def train(self, message):
         from werkbund.algorithms.keras_models import EpochCallback
 
         d = self.definition
         number = message.get("round")
+        if self.dp is not None:  # record-level DP-SGD instead of model.fit
+            weights, header = dp_rounds.train_private(self, number)
+            return encode_weights(weights), header
         self.progress.epochs_started(number, d["epochs"])
         history = self.model.fit(self.train_data.x, self.y_train, epochs=d["epochs"], batch_size=d["batch_size"],
                                  verbose=0, shuffle=True, callbacks=[EpochCallback(self.progress, d["epochs"])])
@@ -165,13 +265,13 @@ class NeuralNetworkParticipant(RoundParticipant):
 
         self._load_global(message)
         evaluation = self._evaluate()
-        result = {"eval": evaluation, "classes": self.classes}
+        result = {"eval": evaluation, "classes": self.classes, "kind": self.kind}
         if self.out_model:
             os.makedirs(os.path.dirname(os.path.abspath(self.out_model)), exist_ok=True)
             with open(self.out_model, "wb") as handle:
                 handle.write(model_bytes(self.model))
             with open(f"{self.out_model}.json", "w") as handle:
-                json.dump({"task": self.channel.task, "classes": self.classes,
+                json.dump({"task": self.channel.task, "kind": self.kind, "classes": self.classes,
                            "features": self.train_data.features, "eval": evaluation}, handle, indent=2)
             result["model_path"] = str(self.out_model)
         return result
@@ -181,5 +281,5 @@ ALGORITHM = Algorithm(
     name="neural_network",
     aggregator=NeuralNetworkAggregator,
     participant=NeuralNetworkParticipant,
-    description="Keras classifier (default MLP or a given architecture), FedAvg weighted by sample count",
+    description="Keras classifier or regressor (default MLP or a given architecture), FedAvg weighted by sample count",
 )

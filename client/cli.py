@@ -15,7 +15,7 @@ from werkbund.client.cli_common import (
 from werkbund.platform.errors import InvalidInput
 
 DEFINITION_OPTIONS = ("algorithm", "quorum", "rounds", "epochs", "batch_size", "learning_rate",
-                      "max_participants", "min_updates", "round_timeout")
+                      "max_participants", "min_updates", "round_timeout", "kind")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -102,6 +102,8 @@ def _definition(path, options: dict) -> dict:
 @click.option("--max-participants", type=int)
 @click.option("--min-updates", type=int)
 @click.option("--round-timeout", type=float, help="Seconds to wait for the updates of one round.")
+@click.option("--kind", type=click.Choice(["classification", "regression"]),
+              help="What the participants' target must be (checked when they join).")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def create(conn: Connection, task, definition, as_json, **options):
@@ -151,17 +153,27 @@ def info(conn: Connection, task, as_json):
         return emit_json(data)
     click.echo(f"task {data['name']}: {data['status']}" + (f" ({data['reason']})" if data.get("reason") else ""))
     click.echo(f"  creator     {data['creator']} ({data['org']})")
-    click.echo(f"  algorithm   {data['algorithm']}, POM {data['pom']}")
+    modes = {1: "plain", 2: "secure aggregation", 3: "homomorphic encryption"}
+    click.echo(f"  algorithm   {data['algorithm']}, POM {data['pom']} ({modes.get(data['pom'], 'unknown')})")
     click.echo(f"  joined      {data['joined']} of quorum {data['quorum']} (max {data['max_participants']})")
     click.echo(f"  definition  {json.dumps(data['definition'])}")
+    dp = data["definition"].get("dp")
+    if dp:
+        click.echo("  privacy     record-level DP-SGD, " + ", ".join(f"{k} {dp[k]:g}" for k in (
+            "epsilon", "delta", "noise_multiplier", "l2_norm_clip") if dp.get(k) is not None))
     if data.get("participants") is not None:
         click.echo(f"  participants {', '.join(data['participants']) or '-'}")
-    for r in data.get("rounds", []):
-        acc = r["metrics"].get("accuracy")
-        click.echo(f"  round {r['round'] + 1}: {len(r['reported'])} updates"
-                   + (f", accuracy {acc:.4f}" if acc is not None else "")
-                   + (f", rejected {r['rejected']}" if r["rejected"] else "")
-                   + (f", no answer from {', '.join(r['missing'])}" if r["missing"] else ""))
+    from werkbund.algorithms.metrics import describe_rounds
+
+    for line in describe_rounds(data.get("rounds", []), (data.get("schema") or {}).get("classes")):
+        click.echo(f"  {line}")
+    spent = [(r.get("metrics") or {}).get("dp") for r in data.get("rounds", [])]
+    if any(spent):
+        last = [s for s in spent if s][-1]
+        click.echo(f"  privacy spent: epsilon {last['epsilon']:.4f} at delta {last['delta']:g}"
+                   + (f" of budget {last['budget']:g}" if last.get("budget") is not None else "")
+                   + f" (worst participant {last.get('worst_participant')}); after each round: "
+                   + ", ".join(f"{s['epsilon']:.3f}" for s in spent if s))
 
 
 @cli.command()
@@ -183,20 +195,23 @@ def delete(conn: Connection, task):
 @click.option("--features", help="Comma-separated feature columns of a CSV (default: all but the target).")
 @click.option("--shard", help="Use part i of n of the data, e.g. 1/2 (for demos).")
 @click.option("--hide-size", is_flag=True, help="Do not tell the platform how many rows you have.")
+@click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification",
+              show_default=True,
+              help="What the target is: classes, or a number to predict (e.g. remaining useful life).")
 @handle_errors
-def join(conn: Connection, task, data_spec, target, features, shard, hide_size):
+def join(conn: Connection, task, data_spec, target, features, shard, hide_size, kind):
     """Join a task with your local data (only its schema summary is reported)."""
     from werkbund.algorithms.data import load_dataset
 
     features_list = [f.strip() for f in features.split(",")] if features else None
-    data = load_dataset(data_spec, target=target, shard=shard, features=features_list)
+    data = load_dataset(data_spec, target=target, shard=shard, features=features_list, kind=kind)
     user = conn.login()
     user.join_task(task, data.schema(share_size=not hide_size))
     spec = data_spec if data_spec.startswith("builtin:") else str(Path(data_spec).expanduser().resolve())
     state.save_join(conn.url, conn.user, task, {"data": spec, "target": target, "features": features_list,
-                                                "shard": shard})
+                                                "shard": shard, "kind": kind})
     click.echo(f"joined task {task} with {len(data)} rows, {len(data.features)} features, "
-               f"classes {data.classes}")
+               + (f"classes {data.classes}" if kind == "classification" else f"{kind} target {data.target!r}"))
 
 
 @cli.command()
@@ -248,6 +263,7 @@ def main():
     from werkbund.client import cli_run  # noqa: F401  (registers aggregate, participate, demo)
     from werkbund.client import cli_platform  # noqa: F401  (registers platform serve)
     from werkbund.client import cli_ledger  # noqa: F401  (registers ledger show/verify/...)
+    from werkbund.client import cli_usecase  # noqa: F401  (registers usecase pdm)
 
     cli(prog_name="werkbund")
 

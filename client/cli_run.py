@@ -1,6 +1,7 @@
 """The `werkbund` commands that run training: aggregate, participate, demo, algorithms."""
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -19,10 +20,32 @@ def make_progress():
     return RichProgress() if sys.stderr.isatty() else Progress()
 
 
-def load_local_data(data_spec, target, features=None, shard=None):
+def load_local_data(data_spec, target, features=None, shard=None, kind=None):
     from werkbund.algorithms.data import load_dataset
 
-    return load_dataset(data_spec, target=target, shard=shard, features=features) if data_spec else None
+    if not data_spec:
+        return None
+    return load_dataset(data_spec, target=target, shard=shard, features=features, kind=kind or "classification")
+
+
+def write_results(out: Path, task: str, outcome: dict) -> None:
+    """history.json and the pictures: the metric per round and the final combined confusion matrix."""
+    from werkbund.algorithms.plots import plot_accuracy, plot_confusion_matrix, plot_metric
+
+    out.mkdir(parents=True, exist_ok=True)
+    history = outcome["history"]
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    if not history:
+        return
+    if any("accuracy" in h for h in history):
+        plot_accuracy(history, out / "accuracy.png", f"{task}: test accuracy per round")
+    for metric in ("rmse", "mae"):
+        if any(metric in h for h in history):
+            plot_metric(history, metric, out / f"{metric}.png", f"{task}: test {metric.upper()} per round")
+    last = history[-1]
+    if last.get("confusion"):
+        plot_confusion_matrix(last["confusion"], outcome.get("classes") or [], out / "confusion.png",
+                              f"{task}: confusion matrix, all participants, round {last['round'] + 1}")
 
 
 @cli.command()
@@ -31,31 +54,42 @@ def load_local_data(data_spec, target, features=None, shard=None):
 @click.option("--data", "data_spec", help="Optional held-out data of your own to evaluate every round's model.")
 @click.option("--target", help="Target column of a CSV.")
 @click.option("--quorum-timeout", type=float, help="Give up if the quorum is not met in this many seconds.")
-@click.option("--results", type=click.Path(file_okay=False), help="Where to write history.json and accuracy.png.")
+@click.option("--results", type=click.Path(file_okay=False),
+              help="Where to write history.json and the plots (accuracy or RMSE per round, confusion matrix).")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False),
+              help="Where the checkpoint after every round goes (default: WERKBUND_HOME/checkpoints/TASK).")
+@click.option("--resume", is_flag=True,
+              help="Continue a STARTED task from its last checkpoint (after the aggregator was stopped or killed).")
 @handle_errors
-def aggregate(conn: Connection, task, data_spec, target, quorum_timeout, results):
+def aggregate(conn: Connection, task, data_spec, target, quorum_timeout, results, checkpoint_dir, resume):
     """Run the aggregator of a task you created: wait for the quorum, then run the rounds."""
-    from werkbund.algorithms.plots import plot_accuracy
+    from werkbund.algorithms.engine.checkpoint import CheckpointError
+    from werkbund.algorithms.metrics import headline
     from werkbund.algorithms.registry import get_algorithm
 
     user = conn.login()
     channel = user.aggregator(task)
     algorithm = get_algorithm(channel.definition["algorithm"])
     holdout = load_local_data(data_spec, target)
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir else state.home() / "checkpoints" / task
     progress = make_progress()
     try:
-        outcome = algorithm.aggregator(channel, holdout=holdout, progress=progress,
-                                       quorum_timeout=quorum_timeout).run()
+        aggregator = algorithm.aggregator(channel, holdout=holdout, progress=progress, quorum_timeout=quorum_timeout,
+                                          checkpoint_dir=checkpoints)
+        outcome = aggregator.run(resume=resume)
+    except CheckpointError as exc:
+        raise InvalidInput(f"cannot resume task {task!r}: {exc}") from None
     finally:
         progress.close()
     out = Path(results) if results else state.results_dir(task)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "history.json").write_text(json.dumps(outcome["history"], indent=2))
-    if outcome["history"]:
-        plot_accuracy(outcome["history"], out / "accuracy.png", f"{task}: test accuracy per round")
+    outcome["classes"] = (channel.info().get("schema") or {}).get("classes")
+    write_results(out, task, outcome)
+    if hasattr(aggregator, "write_results"):  # an algorithm's own results (clusters.png, statistics.md, ...)
+        aggregator.write_results(out)
     final = outcome["history"][-1] if outcome["history"] else {}
-    accuracy = f", final accuracy {final['accuracy']:.4f}" if "accuracy" in final else ""
-    click.echo(f"task {task} COMPLETE{accuracy}; results in {out}")
+    figures = f", final {headline(final)}" if headline(final) else ""
+    stopped = f"; {outcome['stopped_early']}" if outcome.get("stopped_early") else ""
+    click.echo(f"task {task} COMPLETE{figures}; results in {out}{stopped}")
 
 
 @cli.command()
@@ -63,32 +97,44 @@ def aggregate(conn: Connection, task, data_spec, target, quorum_timeout, results
 @click.option("--task", required=True)
 @click.option("--data", "data_spec", help="Override the data chosen at join.")
 @click.option("--target")
-@click.option("--out", type=click.Path(dir_okay=False), help="Where to write the final model (.keras).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Where to write the final model (.keras; .safetensors or .json for kmeans, the linear models "
+                   "and statistics).")
+@click.option("--hold-back", help="Comma-separated columns to keep to yourself (algorithms that allow it: statistics).")
 @handle_errors
-def participate(conn: Connection, task, data_spec, target, out):
+def participate(conn: Connection, task, data_spec, target, out, hold_back):
     """Train in a task you joined, round after round, until the final model arrives."""
     from werkbund.algorithms.registry import get_algorithm
 
     choice = state.load_join(conn.url, conn.user, task) or {}
     if data_spec:
-        choice = {"data": data_spec, "target": target or choice.get("target")}
+        choice = {"data": data_spec, "target": target or choice.get("target"), "kind": choice.get("kind")}
     if not choice.get("data"):
         raise InvalidInput(f"no data chosen for task {task!r}: join it with --data, or give --data here")
-    data = load_local_data(choice["data"], choice.get("target"), choice.get("features"), choice.get("shard"))
+    data = load_local_data(choice["data"], choice.get("target"), choice.get("features"), choice.get("shard"),
+                           choice.get("kind"))
     user = conn.login()
     channel = user.participant(task)
     definition = channel.definition
     algorithm = get_algorithm(definition["algorithm"])
     train, test = data.split(definition.get("test_size", 0.2), definition.get("seed", 0))
-    out = out or str(state.home() / "models" / conn.user / f"{task}.keras")
+    options = {}
+    if hold_back:
+        if "hold_back" not in inspect.signature(algorithm.participant.__init__).parameters:
+            raise InvalidInput(f"algorithm {definition['algorithm']!r} does not let participants hold back columns")
+        options["hold_back"] = [c.strip() for c in hold_back.split(",") if c.strip()]
+    suffix = getattr(algorithm.participant, "model_suffix", ".keras")
+    out = out or str(state.home() / "models" / conn.user / f"{task}{suffix}")
     progress = make_progress()
     try:
-        result = algorithm.participant(channel, train, test, progress=progress, out_model=out).run()
+        result = algorithm.participant(channel, train, test, progress=progress, out_model=out, **options).run()
     finally:
         progress.close()
-    accuracy = result.get("eval", {}).get("accuracy")
+    from werkbund.algorithms.metrics import headline
+
+    figures = headline(result.get("eval", {}))
     click.echo(f"task {task}: final model written to {result.get('model_path', out)}"
-               + (f"; local test accuracy {accuracy:.4f}" if accuracy is not None else ""))
+               + (f"; local test {figures}" if figures else ""))
 
 
 @cli.command()

@@ -4,7 +4,16 @@ The base class waits for the quorum, starts the task, runs the setup and the
 rounds (broadcast, collect until every active participant answered or the
 round deadline passed, aggregate, evaluate, record) and finishes or fails the
 task. An algorithm fills in the small methods: ``setup``, ``global_payload``,
-``accept_update``, ``aggregate``, ``evaluate``, ``final_model``.
+``accept_update``, ``aggregate``, ``evaluate``, ``final_model``; and, for
+checkpoints, ``checkpoint_state`` and ``restore_state``.
+
+With a checkpoint folder the state after every round is saved
+(``engine/checkpoint.py``); ``run(resume=True)`` continues a STARTED task from it
+at the next round, without waiting for the quorum or starting the task again.
+An interrupt (Ctrl-C) after the first checkpoint leaves the task STARTED for
+such a resume instead of failing it; the participants keep waiting. The
+definition's ``early_stopping`` ends the task COMPLETE before its last round
+(``engine/early_stopping.py``); the reason is recorded with the round.
 
 The channel is the aggregator handle of whatever transport (HTTP, AMQP, in one
 process); nothing here imports the client or the platform.
@@ -17,7 +26,10 @@ import time
 from dataclasses import dataclass, field
 
 from werkbund.algorithms.arrays import UpdateRejected
+from werkbund.algorithms.engine.checkpoint import Checkpoint, CheckpointError
+from werkbund.algorithms.engine.early_stopping import EarlyStopping
 from werkbund.algorithms.engine.progress import Progress
+from werkbund.algorithms.metrics import combine, headline
 
 log = logging.getLogger("werkbund.aggregator")
 
@@ -40,7 +52,7 @@ class RoundAggregator:
     """Template for the aggregator of a round-based federated algorithm."""
 
     def __init__(self, channel, holdout=None, progress: Progress | None = None,
-                 quorum_timeout: float | None = None):
+                 quorum_timeout: float | None = None, checkpoint_dir=None):
         self.channel = channel
         self.definition = channel.definition
         self.holdout = holdout
@@ -50,6 +62,12 @@ class RoundAggregator:
         self.schema: dict | None = None
         self.history: list[dict] = []
         self._pending: dict | None = None
+        from werkbund.algorithms.engine.secure_rounds import aggregator_mode
+
+        self.pom = aggregator_mode(self)  # POM 2/3: secure aggregation or CKKS; None for POM 1
+        self.checkpoint = Checkpoint(checkpoint_dir, channel.task, self.definition) if checkpoint_dir else None
+        self.early_stopping = EarlyStopping.from_definition(self.definition.get("early_stopping"))
+        self.stop_reason: str | None = None
 
     # ------------------------------------------------------------- hooks
     def setup(self) -> None:
@@ -72,13 +90,51 @@ class RoundAggregator:
         """Metrics of the current global model on the aggregator's own held-out data ({} if none)."""
         return {}
 
+    def round_metrics(self, number: int) -> dict:
+        """Extra entries for round ``number``'s record (e.g. the privacy spent); may call ``_stop_if``."""
+        return {}
+
     def final_model(self) -> tuple[bytes, dict]:
         raise NotImplementedError
 
+    def checkpoint_state(self) -> tuple[list, dict, dict]:
+        """(global weights, strategy state arrays, JSON-able facts to rebuild the model) for a checkpoint."""
+        raise NotImplementedError
+
+    def restore_state(self, weights: list, strategy_state: dict, meta: dict) -> None:
+        """Rebuild the model and strategy from what ``checkpoint_state`` returned (instead of ``setup``)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------ driver
-    def run(self) -> dict:
+    def run(self, resume: bool = False) -> dict:
         d = self.definition
-        self.progress.message(f"task {self.channel.task}: waiting for the quorum of {d['quorum']}")
+        number = self._resume() if resume else self._start()
+        try:
+            if not resume:
+                self.setup()
+            if self.pom is not None:
+                self.pom.setup()
+            self.progress.rounds_started(d["rounds"])
+            while number < d["rounds"] and not self.stop_reason:
+                self._run_round(number)
+                number += 1
+            return self._finish()
+        except TaskFailure as exc:
+            self._fail(str(exc))
+            raise
+        except KeyboardInterrupt:
+            if self.checkpoint is None or not self.checkpoint.exists():
+                self._fail("aggregator interrupted")
+                raise
+            self.progress.message(f"interrupted; task {self.channel.task} stays STARTED and its participants wait; "
+                                  f"continue it with `werkbund aggregate --task {self.channel.task} --resume`")
+            raise
+        except BaseException as exc:
+            self._fail(f"aggregator error: {type(exc).__name__}: {exc}")
+            raise
+
+    def _start(self) -> int:
+        self.progress.message(f"task {self.channel.task}: waiting for the quorum of {self.definition['quorum']}")
         members = self.channel.wait_for_quorum(
             timeout=self.quorum_timeout,
             on_progress=lambda joined, quorum: self.progress.message(f"{joined} of {quorum} participants joined"),
@@ -87,18 +143,45 @@ class RoundAggregator:
         self.active = [m["user"] for m in members]
         self.schema = info.get("schema")
         self.progress.message(f"quorum met: {', '.join(self.active)}; task STARTED")
+        return 0
+
+    def _resume(self) -> int:
+        """Load the last checkpoint of a STARTED task; return the round to go on with."""
+        if self.checkpoint is None:
+            raise CheckpointError("resuming needs the folder of the task's checkpoints")
+        state, weights, strategy_state = self.checkpoint.load()
+        status = self.channel.info()["status"]
+        if status != "STARTED":
+            raise CheckpointError(f"task {self.channel.task!r} is {status}; only a STARTED task can resume"
+                                  + (" (run the aggregator without --resume)" if status == "CREATED" else ""))
+        self.active, self.schema = list(state["active"]), state.get("schema")
+        self.history, self._pending = list(state.get("history") or []), state.get("pending")
+        self.stop_reason = state.get("stop_reason")
+        if self.early_stopping is not None:
+            self.early_stopping.load(state.get("early_stopping") or {})
         try:
-            self.setup()
-            self.progress.rounds_started(d["rounds"])
-            for number in range(d["rounds"]):
-                self._run_round(number)
-            return self._finish()
-        except TaskFailure as exc:
-            self._fail(str(exc))
-            raise
-        except BaseException as exc:
-            self._fail(f"aggregator error: {type(exc).__name__}: {exc}")
-            raise
+            self.restore_state(weights, strategy_state, state.get("algorithm") or {})
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"the checkpoint {self.checkpoint.state_path} does not fit this task: "
+                                  f"{exc}") from None
+        done = int(state["round"])
+        self.progress.message(f"task {self.channel.task}: resumed from the checkpoint of round {done + 1} "
+                              f"({self.checkpoint.state_path}); participants {', '.join(self.active)}")
+        return done + 1
+
+    def _save_checkpoint(self, number: int) -> None:
+        if self.checkpoint is None:
+            return
+        try:
+            weights, strategy_state, meta = self.checkpoint_state()
+        except NotImplementedError:
+            log.info("%s keeps no checkpoints", type(self).__name__)
+            self.checkpoint = None
+            return
+        early = self.early_stopping.state() if self.early_stopping is not None else None
+        self.checkpoint.save(number, weights, strategy_state, {
+            "active": self.active, "schema": self.schema, "history": self.history, "pending": self._pending,
+            "stop_reason": self.stop_reason, "early_stopping": early, "algorithm": meta})
 
     def exchange(self, kind: str, payload: bytes = b"", expect: str = "", number: int = -1,
                  handler=None, **header) -> Collected:
@@ -159,8 +242,12 @@ class RoundAggregator:
         self.begin_round(number)
         payload, header = self.global_payload()
         self._publish("round_started", {"round": number, "global_sha256": _sha(payload)})
+        if self.pom is not None:
+            self.pom.before_round(number)
         collected = self.exchange("round", payload, expect="update", number=number,
                                   handler=self._checked_accept(number), **header)
+        if self.pom is not None:  # unmask or decrypt the sum; hands accept_update one averaged update
+            self.pom.after_round(number, collected)
         self._complete_pending(collected.headers)
         self.aggregate(number)
         if self._ledger:
@@ -172,10 +259,24 @@ class RoundAggregator:
         self._pending = {"number": number, "reported": collected.accepted, "rejected": collected.rejected,
                          "missing": collected.missing, "train": train, "aggregator": own,
                          "duration_s": round(time.monotonic() - started, 3)}
+        if (self.early_stopping is not None and self.early_stopping.source == "aggregator"
+                and number < self.definition["rounds"] - 1):
+            self._stop_if(self.early_stopping.observe(number, own.get(self.early_stopping.metric)), self._pending)
+        self._pending["extra"] = dict(self.round_metrics(number))
+        if self.pom is not None:  # who took part in the secure sum (threshold, dropouts, decryptors)
+            self._pending["extra"]["pom"] = self.pom.round_record()
+        self._save_checkpoint(number)
         summary = f"{len(collected.accepted)} updates ({', '.join(collected.accepted)})"
         if own:
-            summary += ", " + ", ".join(f"held-out {k} {v:.4f}" for k, v in own.items() if isinstance(v, float))
+            summary += ", held-out " + headline(own)
         self.progress.round_done(number, self.definition["rounds"], summary)
+
+    def _stop_if(self, reason: str | None, record: dict) -> None:
+        """Stop after the current round; the reason goes into ``record`` (a round's metrics)."""
+        if reason and not self.stop_reason:
+            self.stop_reason = reason
+            record["stopped"] = reason
+            self.progress.message(reason)
 
     @property
     def _ledger(self) -> bool:
@@ -187,8 +288,9 @@ class RoundAggregator:
 
     def _checked_accept(self, number: int):
         """accept_update, after checking the bytes against the metadata published on the ledger."""
+        take = self.accept_update if self.pom is None else self.pom.take_update
         if not self._ledger:
-            return self.accept_update
+            return take
 
         def handler(message) -> None:
             meta = self.channel.published_update(message.sender, number)
@@ -206,35 +308,45 @@ class RoundAggregator:
             if why:
                 self.channel.send(message.sender, "skipped", round=number, reason=why)
                 raise UpdateRejected(f"skipped by the task's selection: {why}")
-            self.accept_update(message)
+            take(message)
         return handler
 
-    def _complete_pending(self, headers: dict[str, dict]) -> None:
+    def _complete_pending(self, headers: dict[str, dict], last: bool = False) -> None:
         """Record the previous round with the participants' evaluation of its aggregate."""
         if self._pending is None:
             return
         pending, self._pending = self._pending, None
         evals = {p: h["eval"] for p, h in headers.items() if isinstance(h.get("eval"), dict)}
         metrics = {"participants": evals, "train": pending["train"], "duration_s": pending["duration_s"]}
-        metrics.update(_combined(evals))
+        metrics.update(combine(evals))
         if pending["aggregator"]:
             metrics["aggregator"] = pending["aggregator"]
+        metrics.update(pending.get("extra") or {})
+        if pending.get("stopped"):
+            metrics["stopped"] = pending["stopped"]
+        # the round now running is pending + 1: stopping after it changes something only if it is not the last
+        if (self.early_stopping is not None and self.early_stopping.source == "participants" and not last
+                and pending["number"] + 2 < self.definition["rounds"]):
+            self._stop_if(self.early_stopping.observe(pending["number"], metrics.get(self.early_stopping.metric)),
+                          metrics)
         self.channel.record_round(pending["number"], pending["reported"], pending["rejected"],
                                   pending["missing"], metrics)
         self.history.append({"round": pending["number"], **metrics})
-        if "accuracy" in metrics:
-            self.progress.message(f"round {pending['number'] + 1}: participants' test accuracy "
-                                  f"{metrics['accuracy']:.4f} (loss {metrics.get('loss', float('nan')):.4f})")
+        if headline(metrics):
+            self.progress.message(f"round {pending['number'] + 1}: participants' combined test {headline(metrics)}")
 
     def _finish(self) -> dict:
         payload, header = self.global_payload()
         collected = self.exchange("final", payload, expect="final_eval", number=self.definition["rounds"], **header)
-        self._complete_pending(collected.headers)
+        self._complete_pending(collected.headers, last=True)  # nothing left to stop
         model, meta = self.final_model()
         meta = dict(meta, history=self.history)
-        info = self.channel.finish(model, meta)
-        self.progress.message(f"task {self.channel.task} COMPLETE; final model stored ({len(model)} bytes)")
-        return {"task": info, "history": self.history, "model_bytes": len(model)}
+        if self.stop_reason:
+            meta["stopped_early"] = self.stop_reason
+        info = self.channel.finish(model, meta, reason=self.stop_reason)
+        self.progress.message(f"task {self.channel.task} COMPLETE; final model stored ({len(model)} bytes)"
+                              + (f"; {self.stop_reason}" if self.stop_reason else ""))
+        return {"task": info, "history": self.history, "model_bytes": len(model), "stopped_early": self.stop_reason}
 
     def _fail(self, reason: str) -> None:
         log.error("task %s failed: %s", self.channel.task, reason)
@@ -261,16 +373,3 @@ def _not_selected(selection: dict, meta: dict) -> str | None:
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(bytes(data)).hexdigest()
-
-
-def _combined(evals: dict[str, dict]) -> dict:
-    """Test metrics over all participants, weighted by their test-set sizes."""
-    total = sum(int(e.get("n_test") or 0) for e in evals.values())
-    if not total:
-        return {}
-    combined = {}
-    for key in ("accuracy", "loss"):
-        if all(key in e for e in evals.values()):
-            combined[key] = sum(float(e[key]) * int(e.get("n_test") or 0) for e in evals.values()) / total
-    combined["n_test"] = total
-    return combined

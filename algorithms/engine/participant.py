@@ -35,6 +35,9 @@ class RoundParticipant:
         self.out_model = out_model
         self.idle_timeout = idle_timeout
         self.result: dict = {}
+        from werkbund.algorithms.engine.secure_rounds import participant_mode
+
+        self.pom = participant_mode(self)  # POM 2/3: masks or encrypts the update; None for POM 1
 
     # ------------------------------------------------------------- hooks
     def moments(self) -> dict:
@@ -72,11 +75,15 @@ class RoundParticipant:
             try:
                 if message.kind == "stats":
                     self.channel.send("stats", b"", round=number, **self.moments())
+                elif message.kind == "dp_plan":  # DP-SGD: the training-set size the noise is calibrated for
+                    self.channel.send("dp_plan", b"", round=number, n_train=int(len(self.train_data)))
                 elif message.kind == "setup":
                     self.configure(message)
                 elif message.kind == "round":
                     evaluation = self.evaluate_global(message)
                     payload, header = self.train(message)
+                    if self.pom is not None:
+                        payload, header = self.pom.protect(message, payload, header)
                     self._publish_metadata(number, payload, header, evaluation)
                     self.channel.send("update", payload, round=number, eval=evaluation, **header)
                     self._audit_ledger()
@@ -85,6 +92,8 @@ class RoundParticipant:
                     self.channel.send("final_eval", b"", round=number, eval=self.result.get("eval", {}))
                     self.progress.message(f"task {self.channel.task}: final model received")
                     return self.result
+                elif self.pom is not None and message.kind in self.pom.kinds:
+                    self.pom.handle(message)
                 elif message.kind == "skipped":
                     log.warning("round %s: the aggregator skipped this update: %s", number, message.get("reason"))
                     self.progress.message(f"round {number}: update skipped: {message.get('reason')}")

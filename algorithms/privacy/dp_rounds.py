@@ -1,0 +1,93 @@
+"""DP-SGD in the round engine: the few calls that ``neural_network`` makes when a task has ``dp``.
+
+Aggregator: ``start_budget`` (before the setup message: ask the participants for their
+training-set sizes, calibrate, refuse a budget too small for one round), ``AggregatorBudget.record``
+for every update, ``round_entry`` for every round record. Participant: ``train_private`` instead
+of ``model.fit``.
+"""
+from __future__ import annotations
+
+from werkbund.algorithms.arrays import UpdateRejected
+from werkbund.algorithms.engine.aggregator import TaskFailure
+from werkbund.algorithms.privacy.dp_accounting_pld import CalibrationError
+from werkbund.algorithms.privacy.dp_budget import AggregatorBudget, BudgetExceeded, ParticipantBudget
+
+PLAN_KIND = "dp_plan"
+
+
+def start_budget(aggregator) -> AggregatorBudget | None:
+    """The task's budget with each participant's noise multiplier, or None for a task without DP."""
+    definition = aggregator.definition
+    if not definition.get("dp"):
+        return None
+    sizes: dict[str, int] = {}
+
+    def take(message):
+        n = message.get("n_train")
+        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+            raise UpdateRejected(f"the DP plan needs a positive training-set size, not {n!r}")
+        sizes[message.sender] = n
+
+    aggregator.exchange(PLAN_KIND, expect=PLAN_KIND, number=-1, handler=take)
+    try:
+        budget = AggregatorBudget(definition, sizes)
+        budget.check_first_round(aggregator.active)
+    except (CalibrationError, BudgetExceeded) as exc:
+        raise TaskFailure(f"differential privacy: {exc}") from None
+    aggregator.progress.message(budget.describe())
+    return budget
+
+
+def round_entry(aggregator, number: int) -> dict:
+    """The ``dp`` entry of round ``number``'s record; stops the task when the next round would not fit."""
+    budget = aggregator.dp
+    entry = budget.after_round(number, aggregator.active)
+    spent = entry["dp"]
+    aggregator.progress.message(f"round {number + 1}: privacy spent epsilon {spent['epsilon']:.4f} "
+                                f"(worst participant {spent['worst_participant']}, delta {spent['delta']:g}"
+                                + (f", budget {spent['budget']:g})" if spent["budget"] is not None else ")"))
+    if budget.stopped:
+        aggregator._stop_if(budget.stopped, aggregator._pending)
+    return entry
+
+
+def restore_budget(definition: dict, state: dict | None) -> AggregatorBudget | None:
+    """The budget saved in an aggregator checkpoint (None for a task without DP)."""
+    if not definition.get("dp"):
+        return None
+    if not state:
+        raise TaskFailure("the checkpoint of this DP task holds no privacy accounting; it cannot be resumed")
+    return AggregatorBudget.restore(definition, state)
+
+
+def participant_budget(participant, setup_message) -> ParticipantBudget | None:
+    if not participant.definition.get("dp"):
+        return None
+    return ParticipantBudget(participant.definition, setup_message.get("dp"), participant.channel.name,
+                             int(len(participant.train_data)))
+
+
+def train_private(participant, number: int) -> tuple[list, dict]:
+    """One round of DP-SGD on the participant's training split; the weights and the update header.
+
+    The header carries the round's ``(q, sigma, steps)`` and the participant's own epsilon; no
+    training loss, which would be a statistic of the private records released without noise.
+    """
+    from werkbund.algorithms.privacy.dp_sgd import DPSGDTrainer
+
+    budget: ParticipantBudget = participant.dp
+    budget.check_next_round()
+    if getattr(participant, "dp_trainer", None) is None:
+        participant.dp_trainer = DPSGDTrainer(participant.model, budget.l2_norm_clip, budget.noise_multiplier,
+                                              participant.definition["batch_size"])
+    epochs = participant.definition["epochs"]
+    participant.progress.epochs_started(number, epochs)
+    events, _ = participant.dp_trainer.train(
+        participant.train_data.x, participant.y_train, epochs,
+        on_epoch=lambda epoch, logs: participant.progress.epoch_done(epoch, epochs, {}))
+    epsilon = budget.add(events)
+    participant.progress.message(f"round {number + 1}: DP-SGD on {len(participant.y_train)} rows, "
+                                 f"{events.steps} steps, q {events.q:.4g}, noise multiplier "
+                                 f"{events.noise_multiplier:.4g}; own epsilon {epsilon:.4f}")
+    header = {"n_samples": int(len(participant.y_train)), "dp": events.as_header(), "epsilon_spent": epsilon}
+    return participant.model.get_weights(), header
