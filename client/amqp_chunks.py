@@ -17,14 +17,17 @@ CHUNK_BYTES = 16 * 1024 * 1024
 MAX_MESSAGE_BYTES = 8 * 1024**3
 
 
-def split(body: bytes, chunk_bytes: int = CHUNK_BYTES):
-    """Yield (headers, chunk) pairs; a small body is one chunk with no headers."""
+def split(body: bytes, chunk_bytes: int = CHUNK_BYTES, transfer: str | None = None):
+    """Yield (headers, chunk) pairs; a small body is one chunk with no headers.
+
+    ``transfer`` names the message; a retry after a lost connection sends it again under the same
+    name, so the receiver drops the chunks it already has."""
     if len(body) <= chunk_bytes:
         yield {}, body
         return
     view = memoryview(body)
     count = -(-len(body) // chunk_bytes)
-    transfer = uuid.uuid4().hex
+    transfer = transfer or uuid.uuid4().hex
     for index in range(count):
         chunk = bytes(view[index * chunk_bytes:(index + 1) * chunk_bytes])  # pika takes bytes only
         yield {"wb-chunk-id": transfer, "wb-chunk-index": index, "wb-chunk-count": count,
@@ -35,8 +38,10 @@ def split(body: bytes, chunk_bytes: int = CHUNK_BYTES):
 class Reassembler:
     """Collects chunks per (sender, transfer); returns the whole body when the last one is in."""
 
-    def __init__(self):
+    def __init__(self, remember: int = 1024):
         self.partial: dict[tuple, dict] = {}
+        self.completed: dict[tuple, None] = {}  # recent whole transfers, oldest first: duplicates are dropped
+        self.remember = remember
 
     def add(self, sender: str, headers: dict, chunk: bytes):
         """The complete body, or None while chunks are missing. Raises MalformedMessage on a bad chunk."""
@@ -50,6 +55,8 @@ class Reassembler:
         if (not 0 < size <= MAX_MESSAGE_BYTES or not 0 <= index < count or stride <= 0
                 or count != -(-size // stride) or len(chunk) > stride):
             raise MalformedMessage("chunk headers out of range")
+        if key in self.completed:  # sent again after a lost connection: delivered already
+            return None
         if hashlib.sha256(chunk).hexdigest() != chunk_digest:
             self.partial.pop(key, None)
             raise MalformedMessage(f"chunk {index} of {count} does not match its checksum")
@@ -71,4 +78,7 @@ class Reassembler:
         if len(state["seen"]) < count:
             return None
         del self.partial[key]
+        self.completed[key] = None
+        if len(self.completed) > self.remember:
+            del self.completed[next(iter(self.completed))]
         return state["buffer"]  # every chunk checked; the frame's own sha256 covers the whole

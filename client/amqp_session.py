@@ -6,6 +6,8 @@ are answered while the caller trains for minutes, deliveries are pushed into loc
 arrive (push consumption, not polling), and the caller's publishes run on that thread through
 ``add_callback_threadsafe``, the one thread-safe method of the connection. When the connection is
 lost the thread reconnects with backoff and subscribes again; unacknowledged messages come back.
+Work that was in flight on the lost connection (a publish, a request waiting for its reply) fails
+with :class:`ConnectionLost`, which the transport retries once the connection is back.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from concurrent.futures import Future, TimeoutError as FutureTimeout
 import pika
 from pika.exceptions import (
     AMQPConnectionError, AMQPError, ChannelClosed, ChannelClosedByBroker, ConnectionWrongStateError,
-    ProbableAccessDeniedError,
+    NackError, ProbableAccessDeniedError,
     ProbableAuthenticationError, UnroutableError,
 )
 
@@ -33,11 +35,17 @@ logging.getLogger("pika").setLevel(logging.CRITICAL)
 PREFETCH = 2
 
 
+class ConnectionLost(Unavailable):
+    """The broker connection dropped while this work was in flight; it may be retried after the reconnect."""
+
+
 class AmqpSession:
     def __init__(self, parameters: pika.ConnectionParameters, reconnect_seconds: float = 120.0):
         self.parameters = parameters
         self.reconnect_seconds = reconnect_seconds
         self.replies: dict[str, Future] = {}
+        self.inflight: set[Future] = set()  # submitted work not yet done
+        self.lock = threading.Lock()
         self.inboxes: dict[str, queue.Queue] = {}  # queue name -> (sender, body, (generation, tag))
         self.generation = 0
         self.closing = False
@@ -69,41 +77,63 @@ class AmqpSession:
         while not self.closing:
             try:
                 self.connection.process_data_events(time_limit=1.0)
+                continue
             except ChannelClosed as exc:
-                log.debug("channel closed: %r; opening a new one", exc)
-                self._fail_replies(broker_error(exc))
-                self._open_channel()
-            except AMQPError as exc:
-                if self.closing:
-                    return
-                self.ready.clear()
-                self._fail_replies(Unavailable(f"lost the broker connection: {exc!r}"))
-                self._reconnect(exc)
-                self.ready.set()
+                cause = exc
+                if self.connection.is_open:
+                    log.debug("channel closed: %r; opening a new one", exc)
+                    self._fail_replies(broker_error(exc))
+                    try:
+                        self._open_channel()
+                        continue
+                    except Exception as again:  # noqa: BLE001 - the connection went too
+                        cause = again
+            except Exception as exc:  # noqa: BLE001 - AMQPError, or pika's own errors once the connection is gone
+                cause = exc
+            if self.closing:
+                return
+            self.ready.clear()
+            self._fail_replies(ConnectionLost(f"lost the broker connection: {cause!r}"))
+            self._reconnect(cause)
+            self.ready.set()
 
     def _reconnect(self, cause) -> None:
         deadline, backoff = time.monotonic() + self.reconnect_seconds, 0.5
         while not self.closing:
             log.warning("broker connection lost (%r); reconnecting in %.1f s", cause, backoff)
             time.sleep(backoff)
+            connection = None
             try:
-                self.connection = pika.BlockingConnection(self.parameters)
+                connection = self.connection = pika.BlockingConnection(self.parameters)
                 self._open_channel()
                 log.warning("reconnected to the broker")
                 return
-            except AMQPError as exc:
+            except Exception as exc:  # noqa: BLE001 - AMQPError mostly; any failure here means: try again
                 cause = exc
+                if connection is not None and connection.is_open:
+                    try:
+                        connection.close()
+                    except Exception:  # noqa: BLE001 - dropping it anyway
+                        pass
                 if time.monotonic() > deadline:
                     self.closing = True
                     self._broken = Unavailable(f"cannot reconnect to the broker: {exc!r}")
                     return
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, 3.0)
 
     def _fail_replies(self, error: Exception) -> None:
-        for corr in list(self.replies):
-            future = self.replies.pop(corr, None)
-            if future is not None and not future.done():
-                future.set_exception(error)
+        """Fail the requests waiting for replies and, when the connection is lost, the work in flight."""
+        futures = [self.replies.pop(corr, None) for corr in list(self.replies)]
+        if isinstance(error, ConnectionLost):
+            with self.lock:
+                futures += list(self.inflight)
+        for future in futures:
+            if future is not None:
+                _settle(future, error=error)
+
+    def _settled(self, future: Future) -> None:
+        with self.lock:
+            self.inflight.discard(future)
 
     # --------------------------------------------------------------- work
     def run(self, fn, timeout: float = 600.0):
@@ -115,19 +145,26 @@ class AmqpSession:
         if not self.ready.wait(self.reconnect_seconds) or self.closing:
             raise getattr(self, "_broken", None) or Unavailable("the broker connection is closed")
         future: Future = Future()
+        with self.lock:
+            self.inflight.add(future)
+        future.add_done_callback(self._settled)
 
         def work():
+            if future.done():  # failed as lost in a reconnect; the caller retries it
+                return
             try:
-                future.set_result(fn())
+                _settle(future, result=fn())
             except ChannelClosed as exc:  # refused by the broker: report it, carry on on a new channel
-                future.set_exception(exc)
+                _settle(future, error=exc)
                 self._open_channel()
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                future.set_exception(exc)
+                _settle(future, error=exc)
 
         for _ in range(int(self.reconnect_seconds * 10)):
             try:
-                self.connection.add_callback_threadsafe(work)
+                connection = self.connection
+                connection.add_callback_threadsafe(work)
+                future.wb_connection = connection  # a later reconnect means this work never ran
                 break
             except ConnectionWrongStateError:  # lost a moment ago; the I/O thread is reconnecting
                 time.sleep(0.1)
@@ -135,12 +172,17 @@ class AmqpSession:
         return future
 
     def wait(self, future: Future, timeout: float = 600.0):
-        try:
-            return future.result(timeout)
-        except FutureTimeout:
-            raise Unavailable(f"the broker did not answer in {timeout:.0f} s") from None
-        except (AMQPError, ChannelClosed) as exc:
-            raise broker_error(exc) from None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return future.result(max(0.0, min(1.0, deadline - time.monotonic())))
+            except FutureTimeout:
+                if getattr(future, "wb_connection", self.connection) is not self.connection:
+                    raise ConnectionLost("the broker connection was replaced before this work ran") from None
+                if time.monotonic() >= deadline:
+                    raise Unavailable(f"the broker did not answer in {timeout:.0f} s") from None
+            except (AMQPError, ChannelClosed) as exc:
+                raise broker_error(exc) from None
 
     def publish(self, exchange: str, key: str, body: bytes, properties: pika.BasicProperties,
                 mandatory: bool = True, wait: bool = True):
@@ -162,8 +204,8 @@ class AmqpSession:
 
     def _on_reply(self, _channel, _method, properties, body) -> None:
         future = self.replies.pop(properties.correlation_id, None)
-        if future is not None and not future.done():
-            future.set_result((properties.headers or {}, body))
+        if future is not None:
+            _settle(future, result=(properties.headers or {}, body))
 
     # --------------------------------------------------------- consuming
     def inbox(self, queue_name: str) -> queue.Queue:
@@ -206,6 +248,17 @@ class AmqpSession:
             pass
 
 
+def _settle(future: Future, result=None, error: BaseException | None = None) -> None:
+    """Complete ``future`` unless it already is (a reconnect may have failed it meanwhile)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except Exception:  # noqa: BLE001 - InvalidStateError: completed in between
+        pass
+
+
 def _drain(inbox: queue.Queue) -> None:
     try:
         while True:
@@ -226,6 +279,8 @@ def connection_error(exc: Exception, parameters) -> WerkbundError:
 
 
 def broker_error(exc: Exception) -> WerkbundError:
+    if isinstance(exc, (AMQPConnectionError, NackError)):  # the connection went (or the broker is stopping)
+        return ConnectionLost(f"lost the broker connection: {exc!r}")
     if isinstance(exc, UnroutableError):
         return InvalidInput("the message has no queue to go to (unknown recipient or no participants)")
     if isinstance(exc, ChannelClosedByBroker):

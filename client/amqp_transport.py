@@ -5,10 +5,21 @@ permissions the platform gave (see ``werkbund.platform.broker_admin``). Task mes
 published, persistent and confirmed, to the task's topic exchange; the aggregator reads its
 queue and each participant its own, acknowledging a message only when it asks for the next
 one, that is after it handled it.
+
+When the broker connection is lost (a broker restart), the session reconnects and the transport
+repeats what was in flight: a control request under the same ``message_id`` (the platform answers
+a repeated one from its memory instead of running it twice) and a task message under the same
+transfer id (the receiver drops chunks it already has; the engine ignores a repeated message).
+
+Large messages and models take the claim-check path when the platform serves a blob store
+(``client/amqp_blobs.py``): stored once, only a reference through the broker. Without one they
+travel through the broker in checksummed chunks (``client/amqp_chunks.py``).
 """
 from __future__ import annotations
 
 import json
+import logging
+import os
 import queue
 import ssl
 import time
@@ -16,21 +27,44 @@ import uuid
 
 import pika
 
+from werkbund.client.amqp_blobs import BlobClient
 from werkbund.client.amqp_chunks import CHUNK_BYTES, Reassembler, split
-from werkbund.client.amqp_session import AmqpSession
-from werkbund.client.messages import MalformedMessage
+from werkbund.client.amqp_session import AmqpSession, ConnectionLost
+from werkbund.client.messages import CheckedFrame, MalformedMessage
 from werkbund.client.transport import Transport
 from werkbund.platform import amqp_names as names
-from werkbund.platform.errors import AuthenticationFailed, InvalidInput, PermissionDenied, error_from_dict
+from werkbund.platform.errors import (
+    AuthenticationFailed, InvalidInput, NotFound, PermissionDenied, Unavailable, WerkbundError, error_from_dict,
+)
 
 CONTROL_TIMEOUT = 60.0
 MODEL_TIMEOUT = 600.0
+RETRY_SECONDS = 180.0  # how long to keep repeating work lost with the connection
+BLOB_THRESHOLD = 8 * 1024 * 1024  # larger messages and models go through the blob store, if there is one
+# (WERKBUND_BLOB_THRESHOLD, in bytes, changes it)
+BLOB_GRANT_SECONDS = 20 * 60  # reuse a transfer token this long (the platform's last 30 minutes)
+BLOB_ATTEMPTS = 30  # downloads tried, 2 s apart, while the blob store cannot be reached
+
+log = logging.getLogger("werkbund.client.amqp")
+
+
+def retrying(work, seconds: float = RETRY_SECONDS):
+    """``work()``, repeated while it fails with ConnectionLost (the session reconnects meanwhile)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return work()
+        except ConnectionLost as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("%s; repeating it once the broker is back", exc)
+            time.sleep(0.5)
 
 
 class AmqpTransport(Transport):
     def __init__(self, url: str | None, vhost: str | None = None, ca_certificate: str | None = None,
-                 heartbeat: int = 30, registration_password: str = names.REGISTRATION_PASSWORD, timeout: float = CONTROL_TIMEOUT,
-                 chunk_bytes: int = CHUNK_BYTES):
+                 heartbeat: int = 30, registration_password: str = names.REGISTRATION_PASSWORD,
+                 timeout: float = CONTROL_TIMEOUT, chunk_bytes: int = CHUNK_BYTES, blob_threshold: int | None = None):
         if not url:
             raise InvalidInput("the cloud platform needs a broker URL (--url), e.g. amqp://broker:5672/werkbund")
         if not url.startswith(("amqp://", "amqps://")):
@@ -45,6 +79,14 @@ class AmqpTransport(Transport):
         self._pending_ack: dict[str, tuple] = {}
         self._reassembler = Reassembler()
         self.chunk_bytes = chunk_bytes
+        if blob_threshold is None:
+            try:
+                blob_threshold = int(os.environ.get("WERKBUND_BLOB_THRESHOLD", BLOB_THRESHOLD))
+            except ValueError:
+                raise InvalidInput("WERKBUND_BLOB_THRESHOLD must be a number of bytes") from None
+        self.blob_threshold = blob_threshold
+        self._blob_grants: dict[str, tuple] = {}  # task -> (BlobClient or None, valid until)
+        self._pending_blob: dict[str, tuple] = {}  # task -> (client, blob id) to delete once handled
 
     def parameters(self, user: str, password: str) -> pika.ConnectionParameters:
         params = pika.URLParameters(self.url)
@@ -62,13 +104,18 @@ class AmqpTransport(Transport):
     # ------------------------------------------------------------ control
     def _rpc(self, session: AmqpSession, user: str, command: str, body: bytes, headers=None,
              timeout: float | None = None):
-        corr = uuid.uuid4().hex
-        properties = pika.BasicProperties(reply_to=names.REPLY_TO, correlation_id=corr,
-                                          user_id=names.broker_user(user, self.broker_vhost),
-                                          type=command, headers=headers or {}, content_type="application/json")
-        reply_headers, reply = session.request(corr, body, properties, timeout or self.timeout)
+        request_id = uuid.uuid4().hex  # the same for every repetition of this request
+
+        def attempt():
+            corr = uuid.uuid4().hex
+            properties = pika.BasicProperties(reply_to=names.REPLY_TO, correlation_id=corr, message_id=request_id,
+                                              user_id=names.broker_user(user, self.broker_vhost),
+                                              type=command, headers=headers or {}, content_type="application/json")
+            return session.request(corr, body, properties, timeout or self.timeout)
+
+        reply_headers, reply = retrying(attempt)
         if reply_headers.get("status") == "ok" and command == "get_model":
-            return reply, json.loads(reply_headers.get("meta") or "{}")
+            return reply, json.loads(reply_headers.get("meta") or "{}"), reply_headers.get("blob")
         try:
             decoded = json.loads(reply)
         except ValueError:
@@ -104,16 +151,34 @@ class AmqpTransport(Transport):
     # ------------------------------------------------------------ messages
     def send(self, task, to, body):
         session, exchange, key = self._session(), names.task_exchange(task), names.routing_key(to)
-        pending = None  # one chunk in flight while the next is cut and hashed
-        for headers, chunk in split(body, self.chunk_bytes):
-            properties = pika.BasicProperties(user_id=names.broker_user(self.user, self.broker_vhost),
-                                              delivery_mode=pika.DeliveryMode.Persistent,
-                                              content_type="application/octet-stream", headers=headers or None)
-            future = session.publish(exchange, key, chunk, properties, wait=False)
-            if pending is not None:
-                session.wait(pending)
-            pending = future
-        session.wait(pending)
+        transfer = uuid.uuid4().hex
+        blobs = self.blob_client(task) if len(body) > self.blob_threshold else None
+        if blobs is not None:
+            try:
+                blob_id = blobs.announce(task, len(body))
+            except Unavailable as exc:
+                log.warning("%s; sending the message through the broker instead", exc)
+            else:  # the reference first: the receiver streams the blob while it is uploaded
+                headers = {"wb-blob": blob_id, "wb-size": len(body), "wb-blob-readers": "all" if to == "all" else "one"}
+                properties = pika.BasicProperties(user_id=names.broker_user(self.user, self.broker_vhost),
+                                                  delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
+                retrying(lambda: session.publish(exchange, key, b"", properties))
+                ref = blobs.upload(task, body, blob_id)
+                return {"delivered_to": to, "size": len(body), "blob": ref["id"], "sha256": ref["sha256"]}
+
+        def attempt():
+            pending = None  # one chunk in flight while the next is cut and hashed
+            for headers, chunk in split(body, self.chunk_bytes, transfer):
+                properties = pika.BasicProperties(user_id=names.broker_user(self.user, self.broker_vhost),
+                                                  delivery_mode=pika.DeliveryMode.Persistent,
+                                                  content_type="application/octet-stream", headers=headers or None)
+                future = session.publish(exchange, key, chunk, properties, wait=False)
+                if pending is not None:
+                    session.wait(pending)
+                pending = future
+            session.wait(pending)
+
+        retrying(attempt)
         return {"delivered_to": to, "size": len(body)}
 
     def _queue_of(self, task: str) -> str:
@@ -129,10 +194,12 @@ class AmqpTransport(Transport):
 
     def receive(self, task, timeout):
         session = self._session()
-        inbox = session.inbox(self._queue_of(task))
+        queue_name = self._queue_of(task)
+        inbox = retrying(lambda: session.inbox(queue_name))
         previous = self._pending_ack.pop(task, None)
         if previous is not None:  # the caller asks for the next one: the previous one is handled
             session.ack(previous)
+            self._delete_handled_blob(task)
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             try:
@@ -140,6 +207,21 @@ class AmqpTransport(Transport):
             except queue.Empty:
                 return None
             sender = names.platform_user(account, self.broker_vhost) or ""
+            if "wb-blob" in headers:
+                try:
+                    whole = self._fetch_blob(task, sender, headers)
+                except NotFound as exc:  # handled and deleted before: a redelivery after a lost ack
+                    log.info("skipping a message whose blob is gone: %s", exc)
+                    session.ack(tag)
+                    continue
+                except Unavailable:
+                    raise  # not acknowledged: the broker delivers it again
+                except (MalformedMessage, WerkbundError) as exc:
+                    session.ack(tag)
+                    log.warning("malformed blob message from %s in %s: %s", sender, task, exc)
+                    return sender, f"malformed blob message: {exc}".encode()  # decodes as 'malformed' upstream
+                self._pending_ack[task] = tag
+                return sender, whole
             if "wb-chunk-id" not in headers:
                 self._pending_ack[task] = tag
                 return sender, body
@@ -147,6 +229,7 @@ class AmqpTransport(Transport):
                 whole = self._reassembler.add(sender, headers, body)
             except MalformedMessage as exc:
                 session.ack(tag)
+                log.warning("malformed chunk from %s in %s: %s", sender, task, exc)
                 return sender, f"malformed chunk: {exc}".encode()  # decodes as 'malformed' upstream
             if whole is None:
                 session.ack(tag)  # copied into the reassembly buffer
@@ -156,17 +239,83 @@ class AmqpTransport(Transport):
 
     # ------------------------------------------------------------ models
     def put_model(self, task, data, meta):
+        blobs = self.blob_client(task) if len(data) > self.blob_threshold else None
+        if blobs is not None:  # stored once in the blob store; the platform takes it from there
+            ref = blobs.upload(task, data)
+            headers = {"params": json.dumps({"task": task, "meta": meta, "blob": ref["id"]})}
+            return self._rpc(self._session(), self.user, "put_model", b"", headers, MODEL_TIMEOUT)
         headers = {"params": json.dumps({"task": task, "meta": meta})}
         return self._rpc(self._session(), self.user, "put_model", bytes(data), headers, MODEL_TIMEOUT)
 
     def get_model(self, task):
-        return self._rpc(self._session(), self.user, "get_model", json.dumps({"task": task}).encode(),
-                         timeout=MODEL_TIMEOUT)
+        blobs = self.blob_client(task)
+        params = {"task": task, **({"blob": True} if blobs is not None else {})}
+        data, meta, ref = self._rpc(self._session(), self.user, "get_model", json.dumps(params).encode(),
+                                    timeout=MODEL_TIMEOUT)
+        if ref:
+            ref = json.loads(ref)
+            if ref.get("sha256") != meta.get("sha256"):
+                raise WerkbundError("the platform's copy of the model does not match the model's sha256")
+            data = bytes(blobs.download(task, ref["id"], ref["size"], ref["sha256"])[0])
+            _quietly(blobs.delete, task, ref["id"])
+        return data, meta
+
+    # ------------------------------------------------------------ blobs
+    def blob_client(self, task: str) -> BlobClient | None:
+        """A client of the platform's blob store for ``task``, or None when the platform has none."""
+        client, until = self._blob_grants.get(task, (None, 0.0))
+        if until > time.monotonic():
+            return client
+        try:
+            grant = self.call("transfer_token", task=task)
+            client = BlobClient(grant["url"], grant["token"], self.ca_certificate)
+        except Unavailable as exc:
+            log.info("no blob store (%s); large messages travel through the broker in chunks", exc)
+            client = None
+        self._blob_grants[task] = (client, time.monotonic() + BLOB_GRANT_SECONDS)
+        return client
+
+    def _fetch_blob(self, task: str, sender: str, headers: dict) -> CheckedFrame:
+        """The message a blob reference stands for, read and checked on the way (``read_message``)."""
+        try:
+            blob_id, size = str(headers["wb-blob"]), int(headers["wb-size"])
+        except (KeyError, TypeError, ValueError):
+            raise MalformedMessage("a blob reference without valid headers") from None
+        blobs = self.blob_client(task)
+        if blobs is None:
+            raise MalformedMessage("a blob reference, but the platform serves no blob store")
+        for attempt in range(BLOB_ATTEMPTS):  # the platform may be restarting: the message stays unacked
+            try:
+                whole = blobs.download_message(task, blob_id, size, sender)
+                break
+            except Unavailable as exc:
+                if attempt == BLOB_ATTEMPTS - 1:
+                    raise
+                log.warning("%s; trying again", exc)
+                time.sleep(2.0)
+        if headers.get("wb-blob-readers") == "one":  # read once: deleted when the message is handled
+            self._pending_blob[task] = (blobs, blob_id)
+        return whole
+
+    def _delete_handled_blob(self, task: str) -> None:
+        pending = self._pending_blob.pop(task, None)
+        if pending is not None:
+            _quietly(pending[0].delete, task, pending[1])
 
     def close(self):
         if self.session is not None:
             for tag in self._pending_ack.values():
                 self.session.ack(tag)
+            for task in list(self._pending_blob):
+                self._delete_handled_blob(task)
             self._pending_ack.clear()
             self.session.close()
             self.session = None
+
+
+def _quietly(action, *args) -> None:
+    """Tidying up the blob store: a failure only leaves a blob for the platform's sweep."""
+    try:
+        action(*args)
+    except WerkbundError as exc:
+        log.info("could not delete a blob: %s", exc)

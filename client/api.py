@@ -229,9 +229,10 @@ class AggregatorHandle(_TaskHandle):
     def rounds(self) -> list[dict]:
         return self.user.rounds(self.task)
 
-    def finish(self, model: bytes, meta: dict | None = None) -> dict:
+    def finish(self, model: bytes, meta: dict | None = None, reason: str | None = None) -> dict:
         self.transport.put_model(self.task, model, meta or {})
-        self._info = self.transport.call("finish_task", task=self.task)
+        extra = {"reason": reason} if reason else {}
+        self._info = self.transport.call("finish_task", task=self.task, **extra)
         return self._info
 
     def fail(self, reason: str) -> dict:

@@ -23,17 +23,33 @@ def platform_group():
 @click.option("--management", envvar="WERKBUND_BROKER_MANAGEMENT",
               help="RabbitMQ management API (default: http://<broker user>@<broker host>:15672).")
 @click.option("--workers", default=4, show_default=True, type=int, help="Threads answering requests.")
+@click.option("--blob-port", default=0, show_default=True, type=int, envvar="WERKBUND_BLOB_PORT",
+              help="Port of the blob store for large messages and models (0: any free port).")
+@click.option("--blob-host", default="127.0.0.1", show_default=True, help="Address the blob store listens on.")
+@click.option("--blob-url", envvar="WERKBUND_BLOB_URL",
+              help="The blob store's URL as clients reach it (default: http://<blob host>:<blob port>).")
+@click.option("--blob-dir", type=click.Path(file_okay=False), envvar="WERKBUND_BLOB_DIR",
+              help="Where blobs are kept (default: <WERKBUND_HOME>/platform-blobs).")
+@click.option("--blob-tls-cert", type=click.Path(dir_okay=False, exists=True), help="Serve the blob store over HTTPS.")
+@click.option("--blob-tls-key", type=click.Path(dir_okay=False, exists=True))
+@click.option("--no-blobs", is_flag=True, help="No blob store: large messages travel through the broker in chunks.")
 @handle_errors
-def serve(broker, db, management, workers):
+def serve(broker, db, management, workers, blob_port, blob_host, blob_url, blob_dir, blob_tls_cert, blob_tls_key,
+          no_blobs):
     """Answer control requests from the broker until interrupted."""
+    from werkbund.client import state
     from werkbund.platform.amqp_server import AmqpPlatformServer
 
-    server = AmqpPlatformServer(broker, db, management_url=management, workers=workers)
+    server = AmqpPlatformServer(broker, db, management_url=management, workers=workers,
+                                blob_dir=blob_dir or str(state.home() / "platform-blobs"), blob_host=blob_host,
+                                blob_port=None if no_blobs else blob_port, blob_url=blob_url,
+                                blob_certificate=blob_tls_cert, blob_key=blob_tls_key)
     server.setup()
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     p = server.parameters
+    blobs = f", blob store {server.blob_server.url}" if server.blob_server else ""
     click.echo(f"werkbund cloud platform serving on amqp://{p.host}:{p.port}/{server.vhost} "
-               f"(database {server.service.db.engine.url.render_as_string(hide_password=True)})")
+               f"(database {server.service.db.engine.url.render_as_string(hide_password=True)}{blobs})")
     sys.stdout.flush()
     try:
         server.serve_forever()

@@ -51,7 +51,10 @@ class LocalPlatformServer:
                         channel.close()
                 self._server.trigger.close()
 
-            self._server.trigger.pull_trigger(close_all)
+            try:
+                self._server.trigger.pull_trigger(close_all)
+            except OSError:  # the loop is already closing its trigger: close what is left from here
+                self._server.close()
             self._thread.join(timeout=10)
         else:
             self._server.close()

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 
 from werkbund.platform import amqp_names as names
 from werkbund.platform.broker_admin import BrokerAdmin
 from werkbund.platform.commands import dispatch, dispatch_public
-from werkbund.platform.errors import AuthenticationFailed, InvalidInput, PermissionDenied, WerkbundError
+from werkbund.platform.errors import AuthenticationFailed, InvalidInput, PermissionDenied, Unavailable, WerkbundError
 from werkbund.platform.service import PlatformService
 
 log = logging.getLogger("werkbund.platform.amqp")
@@ -54,10 +55,14 @@ class Topology:
         self.channel.exchange_delete(names.task_exchange(task))
 
 
+MODEL_BLOB_BYTES = 8 * 1024 * 1024  # a larger final model goes through the blob store when the client can
+
+
 class AmqpFront:
-    def __init__(self, service: PlatformService, admin: BrokerAdmin):
+    def __init__(self, service: PlatformService, admin: BrokerAdmin, blobs=None, blob_url: str | None = None):
         self.service = service
         self.admin = admin
+        self.blobs, self.blob_url = blobs, blob_url  # the blob store (platform/blob_store.py), if served
 
     def handle(self, caller: str | None, command: str | None, body: bytes, headers: dict,
                topology: Topology) -> tuple[dict, bytes]:
@@ -73,9 +78,15 @@ class AmqpFront:
                 task, meta = params.get("task"), params.get("meta") or {}
                 if not isinstance(meta, dict):
                     raise InvalidInput("model metadata must be a JSON object")
-                return _ok(self.service.put_model(caller, task, bytes(body), meta))
+                if params.get("blob") is None:
+                    return _ok(self.service.put_model(caller, task, bytes(body), meta))
+                return _ok(self._put_model_blob(caller, task, params["blob"], meta))
             if command == "get_model":
-                data, meta = self.service.get_model(caller, _json(body).get("task"))
+                params = _json(body)
+                data, meta = self.service.get_model(caller, params.get("task"))
+                if params.get("blob") and self.blobs is not None and len(data) > MODEL_BLOB_BYTES:
+                    ref = self.blobs.put_bytes(params["task"], uuid.uuid4().hex, data, caller)
+                    return {"status": "ok", "meta": json.dumps(meta), "blob": json.dumps(ref)}, b""
                 return {"status": "ok", "meta": json.dumps(meta)}, data
             return _ok(self._command(caller, command, _json(body), topology))
         except WerkbundError as exc:
@@ -90,15 +101,30 @@ class AmqpFront:
         self.sync_user(data["user"])
         return data
 
+    def _put_model_blob(self, caller: str, task, blob_id, meta: dict) -> dict:
+        if self.blobs is None:
+            raise Unavailable("this platform has no blob store; send the model in the message")
+        uploader = self.blobs.meta(task, blob_id)["uploader"]
+        self.service.check_blob_access(caller, task, "store", uploader)
+        if uploader != caller:
+            raise PermissionDenied("a model is stored from a blob its creator uploaded")
+        result = self.service.put_model(caller, task, self.blobs.read_bytes(task, blob_id), meta)
+        self.blobs.delete(task, blob_id)
+        return result
+
     def _command(self, caller: str, command, params: dict, topology: Topology):
         if not isinstance(command, str):
             raise InvalidInput("a request must name its command in the type property")
+        if command == "transfer_token" and self.blobs is None:
+            raise Unavailable("this platform serves no blob store; large messages travel in chunks")
         before = None
         if command == "delete_task" and isinstance(params.get("task"), str):
             before = self.service.task_info(caller, params["task"])
         result = dispatch(self.service, caller, command, params)
         task = params.get("task")
-        if command == "create_task":
+        if command == "transfer_token":
+            result["url"] = self.blob_url
+        elif command == "create_task":
             topology.declare_task(task)
             self.sync_user(caller)
         elif command == "join_task":
@@ -112,6 +138,8 @@ class AmqpFront:
             for user in [caller, *members]:
                 self.sync_user(user)
             topology.delete_task(task, members)
+            if self.blobs is not None:
+                self.blobs.delete_task(task)
         return result
 
     def sync_user(self, user: str) -> None:

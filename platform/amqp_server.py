@@ -1,10 +1,16 @@
-"""`werkbund platform serve`: worker threads, each with its own broker connection, answering requests."""
+"""`werkbund platform serve`: worker threads, each with its own broker connection, answering requests.
+
+A client that lost its connection repeats its request under the same ``message_id``; the server
+keeps the recent replies by (user, message id) and answers a repetition from there, so a request
+that was done but whose reply was lost (a broker restart) is not done twice.
+"""
 from __future__ import annotations
 
 import logging
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from urllib.parse import urlsplit
 
 import pika
@@ -26,19 +32,59 @@ def default_management_url(broker_url: str) -> str:
     return f"{scheme}://{userinfo}{parts.hostname or '127.0.0.1'}:{15671 if scheme == 'https' else 15672}"
 
 
+class RecentReplies:
+    """Replies to the last ``size`` requests by (user, message id); a repetition waits for the first."""
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self.lock = threading.Lock()
+        self.entries: OrderedDict[tuple, dict] = OrderedDict()
+
+    def claim(self, key) -> tuple[bool, dict]:
+        """(True, a new entry) for the first request with ``key``; (False, its entry) for a repetition."""
+        with self.lock:
+            if key in self.entries:
+                return False, self.entries[key]
+            entry = self.entries[key] = {"done": threading.Event(), "reply": None}
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+            return True, entry
+
+    def forget(self, key, entry: dict) -> None:
+        with self.lock:
+            if self.entries.get(key) is entry:
+                del self.entries[key]
+        entry["done"].set()  # a repetition waiting on it answers with an error; the client asks again
+
+    @staticmethod
+    def settle(entry: dict, reply) -> None:
+        entry["reply"] = reply
+        entry["done"].set()
+
+
 class AmqpPlatformServer:
     """The platform core behind a RabbitMQ broker."""
 
-    def __init__(self, broker_url: str, db_url: str, management_url: str | None = None, workers: int = 4):
+    def __init__(self, broker_url: str, db_url: str, management_url: str | None = None, workers: int = 4,
+                 blob_dir: str | None = None, blob_host: str = "127.0.0.1", blob_port: int | None = None,
+                 blob_url: str | None = None, blob_certificate: str | None = None, blob_key: str | None = None):
         self.parameters = pika.URLParameters(broker_url)
         self.parameters.heartbeat = 30
         self.vhost = self.parameters.virtual_host
         self.admin = BrokerAdmin(management_url or default_management_url(broker_url), self.vhost)
         self.service = PlatformService(Database(db_url))
-        self.front = AmqpFront(self.service, self.admin)
+        self.blob_server = None
+        if blob_port is not None:  # the claim-check path for large messages and models
+            from werkbund.platform.blob_store import BlobServer, BlobStore
+
+            self.blob_server = BlobServer(self.service, BlobStore(blob_dir), blob_host, blob_port, blob_url,
+                                          blob_certificate, blob_key)
+        self.front = AmqpFront(self.service, self.admin, self.blob_server and self.blob_server.store,
+                               self.blob_server and self.blob_server.url)
         self.workers = workers
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.recent = RecentReplies()
 
     def setup(self) -> None:
         """Vhost, permissions of the platform and of the registration account, the request queue."""
@@ -68,6 +114,8 @@ class AmqpPlatformServer:
                               f" (vhost {self.vhost}): {exc!r}") from None
 
     def start(self) -> None:
+        if self.blob_server is not None:
+            self.blob_server.start()
         for i in range(self.workers):
             thread = threading.Thread(target=self._worker, name=f"amqp-worker-{i}", daemon=True)
             thread.start()
@@ -94,22 +142,45 @@ class AmqpPlatformServer:
                 while not self._stop.is_set():
                     connection.process_data_events(time_limit=1.0)
                 connection.close()
-            except (Unavailable, pika.exceptions.AMQPError) as exc:
+            except Exception as exc:  # noqa: BLE001 - AMQPError, Unavailable, pika errors after a loss
                 log.warning("broker connection lost (%r); reconnecting in %.0f s", exc, backoff)
                 time.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, 5.0)
 
     def _on_request(self, channel, method, properties, body) -> None:
         started = time.monotonic()
-        try:
-            headers, reply = self.front.handle(properties.user_id, properties.type, body,
-                                               properties.headers or {}, Topology(channel))
-        except Exception:  # a bug, not a user's mistake: log it, answer, keep serving
-            log.error("request %s from %s failed:\n%s", properties.type, properties.user_id, traceback.format_exc())
-            headers, reply = {"status": "error"}, b'{"error": {"code": "error", "message": "internal platform error"}}'
+        first, entry = True, None
+        if properties.message_id and properties.type != "get_model":  # get_model: repeatable, large reply
+            first, entry = self.recent.claim((properties.user_id, properties.message_id))
+        if first:
+            try:
+                headers, reply = self._handle(channel, properties, body)
+            except pika.exceptions.AMQPConnectionError:  # the connection went mid-way: the repetition runs it again
+                if entry is not None:
+                    self.recent.forget((properties.user_id, properties.message_id), entry)
+                raise
+            if entry is not None:
+                self.recent.settle(entry, (headers, reply))
+        else:
+            log.info("%s repeats request %s; answering the first reply", properties.user_id, properties.message_id)
+            entry["done"].wait(600)
+            headers, reply = entry["reply"] or ({"status": "error"}, _INTERNAL_ERROR)
         if properties.reply_to:
             channel.basic_publish("", properties.reply_to, reply,
                                   pika.BasicProperties(correlation_id=properties.correlation_id, headers=headers))
         channel.basic_ack(method.delivery_tag)
         log.info("%s %s -> %s (%.0f ms)", properties.user_id, properties.type, headers.get("status"),
                  (time.monotonic() - started) * 1000)
+
+    def _handle(self, channel, properties, body) -> tuple[dict, bytes]:
+        try:
+            return self.front.handle(properties.user_id, properties.type, body,
+                                     properties.headers or {}, Topology(channel))
+        except pika.exceptions.AMQPConnectionError:
+            raise
+        except Exception:  # a bug, not a user's mistake: log it, answer, keep serving
+            log.error("request %s from %s failed:\n%s", properties.type, properties.user_id, traceback.format_exc())
+            return {"status": "error"}, _INTERNAL_ERROR
+
+
+_INTERNAL_ERROR = b'{"error": {"code": "error", "message": "internal platform error"}}'

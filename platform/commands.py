@@ -22,8 +22,9 @@ COMMANDS = {
     "start_task": ("start_task", ("task",), ()),
     "record_round": ("record_round", ("task", "number"), ("reported", "rejected", "missing", "metrics")),
     "rounds": ("rounds", ("task",), ()),
-    "finish_task": ("finish_task", ("task",), ()),
+    "finish_task": ("finish_task", ("task",), ("reason",)),
     "fail_task": ("fail_task", ("task", "reason"), ()),
+    "transfer_token": ("transfer_token", ("task",), ()),  # for the cloud platform's blob store
     # the ledger (platform/ledger/service.py), members of the task only
     "set_identity_key": ("ledger.set_identity_key", ("public_key",), ()),
     "identity_key": ("ledger.identity_key", ("user",), ()),
@@ -36,6 +37,11 @@ COMMANDS = {
     "ledger_cosign": ("ledger.cosign", ("task", "size", "signature"), ()),
     "ledger_keys": ("ledger.keys", ("task",), ()),
     "ledger_bundle": ("ledger.bundle", ("task",), ()),
+    # identity key rotation and revocation, recorded on the caller's task logs
+    "ledger_key_logs": ("ledger.key_logs", (), ()),
+    "rotate_identity_key": ("ledger.rotate_identity_key", ("public_key", "entries"), ()),
+    "revoke_identity_key": ("ledger.revoke_identity_key", (), ("reason",)),
+    "key_history": ("ledger.key_history", (), ("user",)),
 }
 # commands that need no logged-in caller
 PUBLIC_COMMANDS = ("register", "login")

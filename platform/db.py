@@ -1,7 +1,8 @@
 """Database engine and session factory for the platform core (SQLAlchemy 2.x)."""
 from __future__ import annotations
 
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -23,10 +24,14 @@ class Database:
         self.url = url
         parsed = make_url(url)
         kwargs: dict = {"future": True}
+        # an in-memory SQLite database is one connection shared by every thread: units of work on it
+        # must take turns, or one thread's commit lands in the middle of another's transaction
+        self._serial = nullcontext()
         if parsed.get_backend_name() == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
             if parsed.database in (None, "", ":memory:"):
                 kwargs["poolclass"] = StaticPool
+                self._serial = threading.RLock()
             else:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         else:
@@ -40,7 +45,7 @@ class Database:
     @contextmanager
     def session(self):
         """A unit of work: committed when the block ends, rolled back on an exception."""
-        with self._sessions() as session:
+        with self._serial, self._sessions() as session:
             try:
                 yield session
                 session.commit()

@@ -37,6 +37,7 @@ log = logging.getLogger("werkbund.platform")
 STATUSES = ("CREATED", "STARTED", "COMPLETE", "FAILED")
 AGGREGATOR_INBOX = "@aggregator"
 SESSION_LIFETIME = timedelta(hours=12)
+TRANSFER_TOKEN_LIFETIME = timedelta(minutes=30)
 # schema fields that every participant of a task must report identically
 AGREED_SCHEMA_KEYS = ("kind", "features", "target")
 
@@ -121,7 +122,7 @@ class PlatformService:
         check_name("task", task)
         definition = validate_definition(definition)
         try:
-            with self.db.session() as s:
+            with self.ledger.writing() as s:  # the task and its task_created entry, together
                 user = self._user(s, caller)
                 if s.scalar(select(Task.id).where(Task.name == task)) is not None:
                     raise TaskExists(f"task {task!r} already exists")
@@ -129,10 +130,12 @@ class PlatformService:
                 s.add(row)
                 s.flush()
                 info = self._task_dict(row, caller)
+                self.ledger.platform_append_in(s, task, "task_created", {
+                    "creator": caller, "public_key": self.ledger._key_of(s, caller),
+                    "definition_sha256": _sha(definition)})
         except IntegrityError:
             raise TaskExists(f"task {task!r} already exists") from None
         log.info("%s created task %s (%s)", caller, task, definition["algorithm"])
-        self.ledger.platform_append(task, "task_created", {"creator": caller, "definition_sha256": _sha(definition)})
         return info
 
     def list_tasks(self, caller: str, status=None, creator=None, algorithm=None, search=None) -> list[dict]:
@@ -163,13 +166,13 @@ class PlatformService:
             return self._task_dict(self._task(s, task), caller)
 
     def delete_task(self, caller: str, task: str) -> dict:
-        with self.db.session() as s:
+        with self.ledger.writing() as s:
             row = self._task(s, task)
             self._require_creator(row, caller, "delete")
             if row.status == "STARTED":
                 raise InvalidState(f"task {task!r} is running; stop its aggregator before deleting it")
             s.delete(row)
-        self.ledger.drop(task)
+            self.ledger.drop(task, s)
         log.info("%s deleted task %s", caller, task)
         return {"task": task, "deleted": True}
 
@@ -178,7 +181,7 @@ class PlatformService:
         if schema is not None and not isinstance(schema, dict):
             raise InvalidInput("a data schema must be a JSON object")
         try:
-            with self.db.session() as s:
+            with self.ledger.writing() as s:  # the membership and its joined entry, together
                 user = self._user(s, caller)
                 row = self._task(s, task, lock=True)
                 if row.creator_id == user.id:
@@ -195,25 +198,26 @@ class PlatformService:
                 row.memberships.append(Membership(user=user, schema=schema))
                 s.flush()
                 info = self._task_dict(row, caller)
+                self.ledger.platform_append_in(s, task, "joined", {
+                    "user": caller, "public_key": self.ledger._key_of(s, caller),
+                    "schema_sha256": _sha(schema) if schema else None})
         except IntegrityError:
             raise AlreadyJoined(f"you have already joined task {task!r}") from None
         log.info("%s joined task %s", caller, task)
-        key = self.ledger.identity_key(caller, caller)["public_key"]
-        self.ledger.platform_append(task, "joined", {"user": caller, "public_key": key,
-                                                     "schema_sha256": _sha(schema) if schema else None})
         return info
 
     def leave_task(self, caller: str, task: str) -> dict:
-        with self.db.session() as s:
-            row = self._task(s, task)
+        with self.ledger.writing() as s:
+            row = self._task(s, task, lock=True)
             membership = self._membership(row, caller)
             if membership is None:
                 raise InvalidInput(f"you are not a participant of task {task!r}")
             if row.status != "CREATED":
                 raise InvalidState(f"task {task!r} is {row.status}; participants can leave only before it starts")
             row.memberships.remove(membership)
+            s.flush()
+            self.ledger.platform_append_in(s, task, "left", {"user": caller})
         log.info("%s left task %s", caller, task)
-        self.ledger.platform_append(task, "left", {"user": caller})
         return {"task": task, "left": True}
 
     def participants(self, caller: str, task: str) -> list[dict]:
@@ -261,30 +265,33 @@ class PlatformService:
             self._require_member_or_creator(row, caller)
             return [self._round_dict(r) for r in row.rounds]
 
-    def finish_task(self, caller: str, task: str) -> dict:
-        with self.db.session() as s:
-            row = self._task(s, task)
+    def finish_task(self, caller: str, task: str, reason: str | None = None) -> dict:
+        """Complete a task; ``reason`` says why it ended before its planned rounds (early stopping, budget)."""
+        with self.ledger.writing() as s:
+            row = self._task(s, task, lock=True)
             self._require_creator(row, caller, "finish")
             if row.status != "STARTED":
                 raise InvalidState(f"task {task!r} is {row.status}; only a STARTED task can complete")
             if s.scalar(select(StoredModel.id).where(StoredModel.task_id == row.id)) is None:
                 raise InvalidState(f"task {task!r} has no final model; upload it before finishing")
             row.status, row.finished_at = "COMPLETE", utcnow()
+            if reason:
+                row.reason = str(reason)[:2000]
             info = self._task_dict(row, caller)
             model_sha = s.scalar(select(StoredModel.sha256).where(StoredModel.task_id == row.id))
-        self.ledger.platform_append(task, "task_finished", {"model_sha256": model_sha})
+            self.ledger.platform_append_in(s, task, "task_finished", {"model_sha256": model_sha})
         log.info("%s finished task %s", caller, task)
         return info
 
     def fail_task(self, caller: str, task: str, reason: str) -> dict:
-        with self.db.session() as s:
-            row = self._task(s, task)
+        with self.ledger.writing() as s:
+            row = self._task(s, task, lock=True)
             self._require_creator(row, caller, "fail")
             if row.status in ("COMPLETE", "FAILED"):
                 raise InvalidState(f"task {task!r} is already {row.status}")
             row.status, row.finished_at, row.reason = "FAILED", utcnow(), str(reason)[:2000]
             info = self._task_dict(row, caller)
-        self.ledger.platform_append(task, "task_failed", {"reason": str(reason)[:2000]})
+            self.ledger.platform_append_in(s, task, "task_failed", {"reason": str(reason)[:2000]})
         log.warning("task %s failed: %s", task, reason)
         return info
 
@@ -310,6 +317,27 @@ class PlatformService:
             if model is None or row.status != "COMPLETE":
                 raise ModelNotFound(f"task {task!r} has no final model yet (status {row.status})")
             return model.data, {"task": task, "sha256": model.sha256, "size": model.size, "meta": model.meta}
+
+    # ------------------------------------------------- large data transfers
+    def transfer_token(self, caller: str, task: str) -> dict:
+        """A short-lived session token for the platform's blob store (large task messages, models),
+        for a caller whom a front already authenticated (the broker, on the cloud platform)."""
+        self.check_blob_access(caller, task, "upload")
+        token, expires = passwords.new_token(), utcnow() + TRANSFER_TOKEN_LIFETIME
+        with self.db.session() as s:
+            s.add(SessionToken(token_sha256=passwords.token_digest(token), user_id=self._user(s, caller).id,
+                               expires_at=expires))
+        return {"task": task, "token": token, "expires_at": _iso(expires)}
+
+    def check_blob_access(self, caller: str, task: str, action: str, uploader: str | None = None) -> None:
+        """Large task data in the blob store: the task's creator and participants upload; the creator
+        reads and deletes all of it, a participant only its own and what the creator uploaded
+        (broadcasts, messages to it, the final model), just as with the task's queues."""
+        with self.db.session() as s:
+            row = self._task(s, task)
+            self._require_member_or_creator(row, caller, "move data of")
+            if action != "upload" and caller != row.creator.name and uploader not in (caller, row.creator.name):
+                raise PermissionDenied(f"participants of task {task!r} may not {action} another participant's data")
 
     # ------------------------------------------------------ message routing
     def route_message(self, caller: str, task: str, to: str) -> list[str]:
@@ -373,6 +401,10 @@ class PlatformService:
 
     @staticmethod
     def _check_schema(row: Task, schema: dict) -> None:
+        declared = row.definition.get("kind")
+        if declared and schema.get("kind", "classification") != declared:
+            raise SchemaMismatch(f"task {row.name!r} is a {declared} task; your data was loaded for "
+                                 f"{schema.get('kind', 'classification')} (join with --kind {declared})")
         for member in row.memberships:
             theirs = member.schema or {}
             for key in AGREED_SCHEMA_KEYS:

@@ -80,18 +80,20 @@ def database(kind: str, tmp: Path):
         admin.dispose()
 
 
-def start_cloud_platform(tmp: Path, db_url: str, vhost: str):
+def start_cloud_platform(tmp: Path, db_url: str, vhost: str, port: int = BROKER_PORT,
+                         management: str = MANAGEMENT):
     """Start `werkbund platform serve`; return (process, the URL clients use)."""
     log = tmp / "cloud-platform.log"
     proc = subprocess.Popen([WERKBUND, "platform", "serve", "--broker",
-                             f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}/{vhost}", "--db", db_url],
+                             f"amqp://guest:guest@{BROKER_HOST}:{port}/{vhost}", "--db", db_url,
+                             "--management", management],
                             env=quiet_env(WERKBUND_HOME=str(tmp / "platform-home")), stdout=subprocess.PIPE,
                             stderr=open(log, "w"), text=True, stdin=subprocess.DEVNULL)
     deadline, line = time.monotonic() + 60, ""
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if "serving on" in line:
-            return proc, f"amqp://{BROKER_HOST}:{BROKER_PORT}/{vhost}"
+            return proc, f"amqp://{BROKER_HOST}:{port}/{vhost}"
         if proc.poll() is not None:
             break
     proc.kill()
@@ -99,15 +101,19 @@ def start_cloud_platform(tmp: Path, db_url: str, vhost: str):
 
 
 @contextlib.contextmanager
-def cloud_platform(tmp: Path, db_kind: str = "sqlite"):
-    """A running cloud platform in a vhost of its own; yields the client URL."""
-    require_broker()
+def cloud_platform(tmp: Path, db_kind: str = "sqlite", node=None):
+    """A running cloud platform in a vhost of its own; yields the client URL.
+
+    ``node``: a broker node of the test's own (tests/broker_node.py) instead of the system broker."""
+    if node is None:
+        require_broker()
     from werkbund.platform.broker_admin import BrokerAdmin
 
+    port, management = (node.port, node.management_url) if node is not None else (BROKER_PORT, MANAGEMENT)
     vhost = f"wb-test-{uuid.uuid4().hex[:8]}"
-    admin = BrokerAdmin(MANAGEMENT, vhost)
+    admin = BrokerAdmin(management, vhost)
     with database(db_kind, tmp) as db_url:
-        proc, url = start_cloud_platform(tmp, db_url, vhost)
+        proc, url = start_cloud_platform(tmp, db_url, vhost, port, management)
         try:
             yield url
         finally:

@@ -25,10 +25,17 @@ def task(tmp_path_factory):
             user.close()
 
 
-def test_a_256_mib_update_round_trips_intact(task):
+@pytest.mark.parametrize("path", ["claim-check", "chunks"])
+def test_a_256_mib_update_round_trips_intact(task, path):
+    """Through the platform's blob store (the default), and in chunks through the broker (without one)."""
     payload = os.urandom(256 * 1024 * 1024 + 12345)  # random: nothing to compress or deduplicate
     digest = hashlib.sha256(payload).hexdigest()
-    task["bob"].participant("big").send("update", payload, round=0)
+    task["bob"].transport.blob_threshold = 1 << 62 if path == "chunks" else 8 * 1024 * 1024
+    try:
+        sent = task["bob"].participant("big").send("update", payload, round=0)
+    finally:
+        task["bob"].transport.blob_threshold = 8 * 1024 * 1024
+    assert ("blob" in sent) == (path == "claim-check")
     del payload
     message = task["alice"].aggregator("big").receive(120)
     assert (message.sender, message.kind, len(message.payload)) == ("bob", "update", 256 * 1024 * 1024 + 12345)

@@ -1,0 +1,383 @@
+"""The cloud platform's blob store: large task messages and models, stored once, streamed.
+
+A sender uploads a large message with ``PUT /blobs/<task>/<id>`` and publishes only a reference
+(id, size, sha256) through the broker (the claim-check pattern); a receiver streams it down with
+``GET`` and checks the sha256. Bodies are streamed in 1 MiB pieces to and from files under the
+platform's data folder, the sha256 computed on the way in, so the platform never holds a blob in
+memory. A caller authenticates with a short-lived session token from the ``transfer_token`` command
+(asked over the broker, where RabbitMQ vouches for the user), and every request is checked by the
+core's rule (``PlatformService.check_blob_access``); this front only translates.
+
+Why the standard library's HTTP server and not waitress: waitress reads a whole request body (to
+a temporary file) before the application sees it, which would write every upload to disk twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from werkbund.platform.definition import check_name
+from werkbund.platform.errors import InvalidInput, NotFound, PayloadTooLarge, Unavailable, WerkbundError
+
+log = logging.getLogger("werkbund.platform.blobs")
+PIECE = 4 << 20
+MAX_BLOB_BYTES = 16 * 1024**3
+BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
+STALL_SECONDS = 60.0  # an upload with no new byte for this long has failed
+
+
+class Upload:
+    """A blob on its way in: readers stream what has arrived and wait for the rest."""
+
+    def __init__(self, target: Path, size: int, uploader: str):
+        self.target, self.size, self.uploader = target, size, uploader
+        self.partial = target.with_name(target.name + ".part")
+        self.partial.write_bytes(b"")
+        self.written, self.state, self.meta = 0, "open", None
+        self.cond = threading.Condition()
+
+    def advance(self, count: int) -> None:
+        with self.cond:
+            self.written += count
+            self.cond.notify_all()
+
+    def finish(self, meta: dict) -> None:
+        with self.cond:  # renamed under the lock: a reader opens the .part file or finds the blob
+            os.replace(self.partial, self.target)
+            self.state, self.meta = "done", meta
+            self.cond.notify_all()
+
+    def fail(self) -> None:
+        with self.cond:
+            self.state = "failed"
+            self.partial.unlink(missing_ok=True)
+            self.cond.notify_all()
+
+    def open_reader(self):
+        """A file handle on the blob as it grows, or None when it is complete already."""
+        with self.cond:
+            if self.state == "open":
+                return open(self.partial, "rb")
+        return None
+
+    def wait_beyond(self, offset: int, stall_s: float) -> int:
+        """How many bytes have arrived, once more than ``offset`` have; Unavailable on a stall or failure."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.written > offset or self.state != "open", timeout=stall_s)
+            if self.written > offset:
+                return self.written
+            raise Unavailable(f"the upload of {self.target.name} {'failed' if self.state == 'failed' else 'stalled'}")
+
+    def wait_done(self, stall_s: float) -> None:
+        with self.cond:
+            while self.state == "open":
+                before = self.written
+                self.cond.wait_for(lambda: self.state != "open" or self.written != before, timeout=stall_s)
+                if self.state == "open" and self.written == before:
+                    raise Unavailable(f"the upload of {self.target.name} stalled")
+            if self.state == "failed":
+                raise Unavailable(f"the upload of {self.target.name} failed")
+
+
+class BlobStore:
+    """Blob files under ``root/<task>/<id>`` with a JSON sidecar (uploader, size, sha256)."""
+
+    def __init__(self, root: Path, max_age_s: float = 24 * 3600):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_age_s = max_age_s
+        self.lock = threading.Lock()
+        self.uploads: dict[tuple, Upload] = {}  # announced or arriving blobs
+
+    def path(self, task: str, blob_id: str) -> Path:
+        check_name("task", task)
+        if not isinstance(blob_id, str) or not BLOB_ID.match(blob_id):
+            raise InvalidInput("a blob id is 32 lowercase hex digits")
+        return self.root / task / blob_id
+
+    def open(self, task: str, blob_id: str, size: int, uploader: str) -> "Upload":
+        """Announce an upload: readers may start streaming the blob before (and while) it arrives."""
+        if not isinstance(size, int) or not 0 <= size <= MAX_BLOB_BYTES:
+            raise PayloadTooLarge(f"a blob has at most {MAX_BLOB_BYTES} bytes")
+        target = self.path(task, blob_id)
+        with self.lock:
+            if target.exists() or (task, blob_id) in self.uploads:
+                raise InvalidInput(f"blob {blob_id} exists already; blobs are written once")
+            target.parent.mkdir(exist_ok=True)
+            upload = self.uploads[(task, blob_id)] = Upload(target, size, uploader)
+        return upload
+
+    def upload_of(self, task: str, blob_id: str) -> "Upload | None":
+        with self.lock:
+            return self.uploads.get((task, blob_id))
+
+    def put(self, task: str, blob_id: str, stream, size: int, uploader: str) -> dict:
+        """Copy ``size`` bytes from ``stream`` into the blob, hashing on the way; returns its metadata."""
+        upload = self.upload_of(task, blob_id)
+        if upload is None or upload.written or upload.state != "open":
+            upload = self.open(task, blob_id, size, uploader)
+        elif (upload.uploader, upload.size) != (uploader, size):
+            raise InvalidInput("the upload does not match the announced blob (uploader, size)")
+        digest, left = hashlib.sha256(), size
+        # hashed beside the socket reads: a piece waits in the queue (4) or is hashed (1) before the
+        # ring of 6 buffers comes back to it, and reused buffers spare the page faults of fresh ones
+        pieces: queue.Queue = queue.Queue(maxsize=4)
+        ring = [memoryview(bytearray(min(PIECE, size))) for _ in range(6 if size > PIECE else 1)]
+        hasher = threading.Thread(target=_hash_pieces, args=(digest, pieces), daemon=True)
+        hasher.start()
+        try:
+            with open(upload.partial, "wb", buffering=0) as out:
+                turn = 0
+                while left:
+                    buffer, turn = ring[turn % len(ring)], turn + 1
+                    got = stream.readinto(buffer[:min(PIECE, left)])
+                    if not got:
+                        raise InvalidInput(f"the upload ended {left} bytes early")
+                    view = buffer[:got]
+                    while view:  # unbuffered: readers see each piece at once
+                        view = view[out.write(view):]
+                    pieces.put(buffer[:got])
+                    left -= got
+                    upload.advance(got)
+            pieces.put(None)
+            hasher.join()
+            meta = {"task": task, "id": blob_id, "size": size, "sha256": digest.hexdigest(), "uploader": uploader}
+            upload.target.with_suffix(".json").write_text(json.dumps(meta))
+            upload.finish(meta)
+        except BaseException:
+            upload.fail()
+            raise
+        finally:
+            if hasher.is_alive():
+                pieces.put(None)
+            with self.lock:
+                if self.uploads.get((task, blob_id)) is upload:
+                    del self.uploads[(task, blob_id)]
+        return meta
+
+    def put_bytes(self, task: str, blob_id: str, data: bytes, uploader: str) -> dict:
+        import io
+
+        return self.put(task, blob_id, io.BytesIO(data), len(data), uploader)
+
+    def finished_meta(self, task: str, blob_id: str, stall_s: float = STALL_SECONDS) -> dict:
+        """The blob's metadata, once its upload (if one is under way) finished."""
+        upload = self.upload_of(task, blob_id)
+        if upload is not None:
+            upload.wait_done(stall_s)
+        return self.meta(task, blob_id)
+
+    def meta(self, task: str, blob_id: str) -> dict:
+        target = self.path(task, blob_id)
+        try:
+            meta = json.loads(target.with_suffix(".json").read_text())
+        except FileNotFoundError:
+            raise NotFound(f"no blob {blob_id} in task {task!r} (deleted, expired or never uploaded)") from None
+        if not target.exists():
+            raise NotFound(f"no blob {blob_id} in task {task!r}")
+        return meta
+
+    def read_bytes(self, task: str, blob_id: str) -> bytes:
+        """The whole blob, checked against its sha256 (for models the core stores itself)."""
+        meta = self.meta(task, blob_id)
+        data = self.path(task, blob_id).read_bytes()
+        if len(data) != meta["size"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            raise WerkbundError(f"blob {blob_id} of task {task!r} is damaged on the platform's disk")
+        return data
+
+    def delete(self, task: str, blob_id: str) -> None:
+        target = self.path(task, blob_id)
+        target.unlink(missing_ok=True)
+        target.with_suffix(".json").unlink(missing_ok=True)
+
+    def delete_task(self, task: str) -> None:
+        check_name("task", task)
+        shutil.rmtree(self.root / task, ignore_errors=True)
+
+    def sweep(self) -> int:
+        """Remove blobs older than ``max_age_s`` (broadcasts nobody deletes); returns how many."""
+        cutoff, removed = time.time() - self.max_age_s, 0
+        for path in self.root.glob("*/*.json"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.with_suffix("").unlink(missing_ok=True)
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            except OSError:
+                pass
+        return removed
+
+
+def _hash_pieces(digest, pieces: queue.Queue) -> None:
+    while (piece := pieces.get()) is not None:
+        digest.update(piece)  # hashlib releases the GIL: runs beside the reads and writes
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "werkbund-blobs"
+    server: "BlobServer"
+
+    def log_message(self, fmt, *args):  # noqa: D401 - quiet; the platform logs what matters
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    def _route(self) -> tuple[str, str, str]:
+        parts = self.path.split("?", 1)[0].strip("/").split("/")
+        if len(parts) != 3 or parts[0] != "blobs":
+            raise NotFound("use /blobs/<task>/<blob id>")
+        token = self.headers.get("Authorization", "")
+        user = self.server.service.authenticate(token[7:] if token.startswith("Bearer ") else "")
+        return user, parts[1], parts[2]
+
+    def _reply(self, status: int, body: dict, extra=None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _guarded(self, work) -> None:
+        try:
+            work()
+        except WerkbundError as exc:
+            self.close_connection = True  # a refused upload's body is not read
+            self._reply(exc.http_status, {"error": exc.to_dict()})
+        except (ConnectionError, TimeoutError) as exc:
+            log.info("blob transfer broken off: %r", exc)
+            self.close_connection = True
+
+    def do_PUT(self):
+        def work():
+            user, task, blob_id = self._route()
+            self.server.service.check_blob_access(user, task, "upload")
+            try:
+                size = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                raise InvalidInput("an upload needs a Content-Length") from None
+            meta = self.server.store.put(task, blob_id, self.rfile, size, user)
+            log.info("%s stored blob %s of task %s (%d bytes)", user, blob_id, task, size)
+            self._reply(201, meta)
+            if self.server.sweep_due():
+                self.server.store.sweep()
+        self._guarded(work)
+
+    def do_POST(self):
+        """Announce an upload (size in X-Werkbund-Size), so readers can stream it while it arrives."""
+        def work():
+            user, task, blob_id = self._route()
+            self.server.service.check_blob_access(user, task, "upload")
+            try:
+                size = int(self.headers.get("X-Werkbund-Size", ""))
+            except ValueError:
+                raise InvalidInput("announcing a blob needs its size in X-Werkbund-Size") from None
+            self.server.store.open(task, blob_id, size, user)
+            self._reply(201, {"id": blob_id, "size": size})
+        self._guarded(work)
+
+    def do_GET(self):
+        """The blob, streamed (while it arrives, if its upload is under way); ``?meta``: its metadata
+        once complete, with the sha256 the platform computed."""
+        def work():
+            user, task, blob_id = self._route()
+            store = self.server.store
+            if self.path.endswith("?meta"):
+                meta = store.finished_meta(task, blob_id)
+                self.server.service.check_blob_access(user, task, "download", meta["uploader"])
+                self._reply(200, meta)
+                return
+            upload = store.upload_of(task, blob_id)
+            handle = upload.open_reader() if upload is not None else None
+            if handle is None:
+                upload, meta = None, store.meta(task, blob_id)
+                handle = open(store.path(task, blob_id), "rb")
+            else:
+                meta = {"size": upload.size, "uploader": upload.uploader}
+                log.info("%s streams blob %s of task %s while it is uploaded", user, blob_id, task)
+            with handle:
+                self.server.service.check_blob_access(user, task, "download", meta["uploader"])
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(meta["size"]))
+                if "sha256" in meta:
+                    self.send_header("X-Werkbund-Sha256", meta["sha256"])
+                self.send_header("X-Werkbund-Uploader", meta["uploader"])
+                self.end_headers()
+                self.wfile.flush()
+                self._send_file(handle, meta["size"], upload)
+        self._guarded(work)
+
+    def _send_file(self, handle, size: int, upload) -> None:
+        sent = 0
+        while sent < size:
+            try:
+                available = size if upload is None else upload.wait_beyond(sent, STALL_SECONDS)
+            except Unavailable as exc:  # the upload failed or stalled: the reader sees a short body
+                log.info("blob transfer broken off: %s", exc)
+                self.close_connection = True
+                return
+            if isinstance(self.connection, ssl.SSLSocket):
+                handle.seek(sent)
+                while sent < available:
+                    piece = handle.read(min(PIECE, available - sent))
+                    self.wfile.write(piece)
+                    sent += len(piece)
+            else:  # zero-copy from the page cache
+                sent += self.connection.sendfile(handle, offset=sent, count=available - sent)
+
+    def do_DELETE(self):
+        def work():
+            user, task, blob_id = self._route()
+            meta = self.server.store.meta(task, blob_id)
+            self.server.service.check_blob_access(user, task, "delete", meta["uploader"])
+            self.server.store.delete(task, blob_id)
+            self._reply(200, {"deleted": blob_id})
+        self._guarded(work)
+
+
+class BlobServer(ThreadingHTTPServer):
+    """The blob store's HTTP endpoint, in a thread of `werkbund platform serve`."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, service, store: BlobStore, host: str = "127.0.0.1", port: int = 0,
+                 public_url: str | None = None, certificate: str | None = None, key: str | None = None):
+        super().__init__((host, port), _Handler)
+        self.service, self.store = service, store
+        scheme = "http"
+        if certificate:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(certificate, key)
+            self.socket = context.wrap_socket(self.socket, server_side=True)
+            scheme = "https"
+        self.url = public_url or f"{scheme}://{host}:{self.server_address[1]}"
+        self._last_sweep = 0.0
+        self._thread: threading.Thread | None = None
+
+    def sweep_due(self) -> bool:
+        if time.monotonic() - self._last_sweep < 600:
+            return False
+        self._last_sweep = time.monotonic()
+        return True
+
+    def start(self) -> "BlobServer":
+        self._thread = threading.Thread(target=self.serve_forever, name="werkbund-blobs", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
