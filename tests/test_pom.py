@@ -270,3 +270,13 @@ def test_pom2_and_pom3_tasks_run_end_to_end_as_separate_processes(any_platform, 
     assert "CKKS key made by bob" in logs["private-3-alice"]
     listed = cli.run("bob", "list")
     assert "private-2" in listed.stdout and "private-3" in listed.stdout
+
+
+def test_packed_blobs_round_trip_and_cut_or_padded_ones_are_refused():
+    from werkbund.algorithms.privacy.pom_wire import PomError, pack_blobs
+
+    blobs = [b"a", b"", b"xyz" * 5]
+    assert unpack_blobs(pack_blobs(blobs)) == blobs
+    for bad in (b"\x00", pack_blobs(blobs)[:-1], pack_blobs(blobs) + b"!", (10**6).to_bytes(4, "big")):
+        with pytest.raises(PomError):
+            unpack_blobs(bad)

@@ -15,6 +15,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from werkbund.algorithms.privacy.secagg_errors import SecAggError
+from werkbund.algorithms.privacy.secagg_messages import pack, unpack
 
 _BYTES = "$b"
 MAX_BLOBS = 100_000
@@ -73,29 +74,22 @@ def vector_from(payload: bytes, dtype, length: int) -> np.ndarray:
 
 
 def pack_blobs(blobs: list[bytes]) -> bytes:
-    """A count, then each blob prefixed by its 4-byte length."""
-    return len(blobs).to_bytes(4, "big") + b"".join(len(b).to_bytes(4, "big") + bytes(b) for b in blobs)
+    """A count, then each blob prefixed by its 4-byte length (``secagg_messages.pack``)."""
+    return len(blobs).to_bytes(4, "big") + pack(*(bytes(b) for b in blobs))
 
 
 def unpack_blobs(data: bytes) -> list[bytes]:
-    view = memoryview(data)
-    if len(view) < 4:
+    if len(data) < 4:
         raise PomError("a packed message is truncated")
-    count, pos, out = int.from_bytes(view[:4], "big"), 4, []
+    count = int.from_bytes(data[:4], "big")
     if count > MAX_BLOBS:
         raise PomError(f"a packed message claims {count} parts")
-    for _ in range(count):
-        if pos + 4 > len(view):
-            raise PomError("a packed message is truncated")
-        size = int.from_bytes(view[pos:pos + 4], "big")
-        pos += 4
-        if pos + size > len(view):
-            raise PomError("a packed message is truncated")
-        out.append(bytes(view[pos:pos + size]))
-        pos += size
-    if pos != len(view):
-        raise PomError("a packed message has trailing bytes")
-    return out
+    try:
+        return unpack(memoryview(data)[4:], count)
+    except PomError:
+        raise
+    except SecAggError as exc:
+        raise PomError(str(exc)) from None
 
 
 # -- model weights as one flat vector ----------------------------------------------------------
