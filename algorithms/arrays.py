@@ -52,3 +52,11 @@ def check_weights(weights: list[np.ndarray], expected: list[tuple[tuple[int, ...
 def signature(weights: list[np.ndarray]) -> list[tuple[tuple[int, ...], str]]:
     """The (shape, dtype) of every tensor, as ``decode_weights`` expects them."""
     return [(tuple(w.shape), str(w.dtype)) for w in weights]
+
+
+def sample_count(message) -> int:
+    """The positive integer sample count an update declares in its header, or UpdateRejected."""
+    n_samples = message.get("n_samples")
+    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples <= 0:
+        raise UpdateRejected(f"the update's sample count {n_samples!r} is not a positive integer")
+    return n_samples

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from werkbund.algorithms.arrays import UpdateRejected, check_weights, decode_weights, encode_weights, signature
+from werkbund.algorithms.arrays import check_weights, decode_weights, encode_weights, sample_count, signature
 from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
 from werkbund.algorithms.engine.participant import RoundParticipant
 from werkbund.algorithms.metrics import classification_metrics, regression_metrics
@@ -148,9 +148,7 @@ class _LinearAggregator(RoundAggregator):
         self.strategy.begin_round(self.weights)
 
     def accept_update(self, message):
-        n_samples = message.get("n_samples")
-        if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples <= 0:
-            raise UpdateRejected(f"the update's sample count {n_samples!r} is not a positive integer")
+        n_samples = sample_count(message)
         self.strategy.add(decode_weights(message.payload, self.expected), n_samples, message.sender)
 
     def aggregate(self, number):

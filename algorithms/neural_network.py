@@ -25,7 +25,8 @@ import os
 
 import numpy as np
 
-from werkbund.algorithms.arrays import UpdateRejected, check_weights, decode_weights, encode_weights, signature
+from werkbund.algorithms.arrays import (UpdateRejected, check_weights, decode_weights, encode_weights, sample_count,
+                                        signature)
 from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
 from werkbund.algorithms.engine.participant import RoundParticipant
 from werkbund.algorithms.privacy import dp_rounds
@@ -137,9 +138,7 @@ class NeuralNetworkAggregator(RoundAggregator):
         self.strategy.begin_round(self.weights)
 
     def accept_update(self, message):
-        n_samples = message.get("n_samples")
-        if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples <= 0:
-            raise UpdateRejected(f"the update's sample count {n_samples!r} is not a positive integer")
+        n_samples = sample_count(message)
         if self.dp is not None and not message.get("aggregate_of"):  # POM 2/3 record each update's DP header
             self.dp.record(message.sender, message)
         self.strategy.add(decode_weights(message.payload, self.expected), n_samples, message.sender)
