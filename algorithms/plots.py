@@ -27,10 +27,7 @@ def plot_accuracy(history: list[dict], path, title: str = "accuracy per round") 
     ax.grid(alpha=0.3)
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return str(path)
+    return _save(fig, path)
 
 
 def _projection(reference: np.ndarray, features: list[str]):
@@ -77,10 +74,7 @@ def plot_clusters(path, centroids, features: list[str], x=None, labels=None, siz
     ax.grid(alpha=0.3)
     ax.set_title(title)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return str(path)
+    return _save(fig, path)
 
 
 def plot_metric(history: list[dict], metric: str, path, title: str | None = None) -> str:
@@ -101,10 +95,7 @@ def plot_metric(history: list[dict], metric: str, path, title: str | None = None
     ax.grid(alpha=0.3)
     ax.set_title(title or f"{metric} per round")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return str(path)
+    return _save(fig, path)
 
 
 def plot_confusion_matrix(confusion, classes: list, path, title: str = "confusion matrix") -> str:
@@ -124,10 +115,7 @@ def plot_confusion_matrix(confusion, classes: list, path, title: str = "confusio
         ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
                 color="white" if count > threshold else "black")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return str(path)
+    return _save(fig, path)
 
 
 def plot_curves(curves: dict[str, list], path, title: str, ylabel: str, watermark: str | None = None) -> str:
@@ -155,6 +143,11 @@ def plot_curves(curves: dict[str, list], path, title: str, ylabel: str, watermar
     if watermark:
         ax.text(0.5, 0.5, watermark, transform=ax.transAxes, fontsize=40, color="grey", alpha=0.25,
                 ha="center", va="center", rotation=20)
+    return _save(fig, path)
+
+
+def _save(fig, path) -> str:
+    """Lay out, write and close a figure; returns the path as a string."""
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,6 +1,7 @@
 """Shared fixtures: a real local platform process and a way to run the real `werkbund` CLI."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -76,20 +77,28 @@ def local_platform(tmp_path_factory):
     proc.wait(timeout=20)
 
 
-@pytest.fixture(scope="module", params=["local", "cloud-sqlite", "cloud-postgres"])
-def platform_under_test(request, tmp_path_factory):
-    """(platform kind, URL): the local platform, or the cloud platform on SQLite or PostgreSQL."""
-    tmp = tmp_path_factory.mktemp(request.param)
-    if request.param == "local":
+@contextlib.contextmanager
+def running_platform(kind: str, tmp):
+    """(platform kind, URL) of a platform started for a test: "local", "cloud-sqlite" or "cloud-postgres"."""
+    if kind == "local":
         proc, url = start_local_platform(tmp)
-        yield "local", url
-        proc.terminate()
-        proc.wait(timeout=20)
+        try:
+            yield "local", url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
         return
     from cloud_support import cloud_platform
 
-    with cloud_platform(tmp, request.param.split("-")[1]) as url:
+    with cloud_platform(tmp, kind.split("-")[1]) as url:
         yield "cloud", url
+
+
+@pytest.fixture(scope="module", params=["local", "cloud-sqlite", "cloud-postgres"])
+def platform_under_test(request, tmp_path_factory):
+    """(platform kind, URL): the local platform, or the cloud platform on SQLite or PostgreSQL."""
+    with running_platform(request.param, tmp_path_factory.mktemp(request.param)) as platform:
+        yield platform
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,7 @@ UPDATE = {"round": 0, "sha256": "ab" * 32}
 @pytest.fixture
 def site(tmp_path, monkeypatch):
     """alice created "weld" and "cast"; bob joined both, carol joined weld."""
-    s = Site(tmp_path, monkeypatch)
-    for user, org in (("alice", "acme"), ("bob", "beta"), ("carol", "gamma")):
-        result = s.cli(user, "register", "--org", org)
-        assert result.exit_code == 0, result.output
+    s = Site(tmp_path, monkeypatch).register()
     alice, bob, carol = s.api("alice"), s.api("bob"), s.api("carol")
     for task in ("weld", "cast"):
         alice.create_task(task, {"algorithm": "neural_network", "quorum": 1, "max_participants": 5})

@@ -42,6 +42,12 @@ class Site:
         self.monkeypatch.setenv("WERKBUND_HOME", str(self.tmp / user))
         return connect(url=self.url, user=user, password=PASSWORDS[user], identity=state.load_identity(self.url, user))
 
+    def register(self, users=(("alice", "acme"), ("bob", "beta"), ("carol", "gamma"))) -> "Site":
+        for user, org in users:
+            result = self.cli(user, "register", "--org", org)
+            assert result.exit_code == 0, result.output
+        return self
+
     def sql(self, statement, *args):
         with sqlite3.connect(self.db) as db:
             db.execute(statement, args)
@@ -50,10 +56,7 @@ class Site:
 @pytest.fixture
 def site(tmp_path, monkeypatch):
     """A task whose ledger holds 8 entries by the platform, alice, bob and carol."""
-    s = Site(tmp_path, monkeypatch)
-    for user, org in (("alice", "acme"), ("bob", "beta"), ("carol", "gamma")):
-        result = s.cli(user, "register", "--org", org)
-        assert result.exit_code == 0, result.output
+    s = Site(tmp_path, monkeypatch).register()
     alice, bob, carol = s.api("alice"), s.api("bob"), s.api("carol")
     alice.create_task("weld", {"algorithm": "neural_network", "quorum": 2})       # 0
     bob.join_task("weld")                                                          # 1

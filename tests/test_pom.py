@@ -206,22 +206,13 @@ def test_strategies_that_need_each_update_are_refused(strategy):
     assert json.dumps(alice.task_info("ok")["pom"]) == "2"
 
 
-@pytest.fixture(params=["local", "cloud"])
+@pytest.fixture(params=["local", "cloud-sqlite"])
 def any_platform(request, tmp_path_factory):
     """(kind, URL) of a running local platform, or of the cloud platform (RabbitMQ, SQLite)."""
-    from conftest import start_local_platform
+    from conftest import running_platform
 
-    tmp = tmp_path_factory.mktemp(request.param)
-    if request.param == "local":
-        proc, url = start_local_platform(tmp)
-        yield "local", url
-        proc.terminate()
-        proc.wait(timeout=20)
-        return
-    from cloud_support import cloud_platform
-
-    with cloud_platform(tmp, "sqlite") as url:
-        yield "cloud", url
+    with running_platform(request.param, tmp_path_factory.mktemp(request.param)) as platform:
+        yield platform
 
 
 @pytest.mark.slow
