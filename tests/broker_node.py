@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -31,10 +32,27 @@ def _script(name: str) -> str | None:
     return shutil.which(name)
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range. A port the kernel hands out (bind to 0) is
+    ephemeral: while the node is down, any outgoing connection of the suite may take it as its own
+    local port, and the node then fails to listen on restart (seen: eaddrinuse)."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class BrokerNode:
@@ -42,7 +60,12 @@ class BrokerNode:
 
     def __init__(self, base: Path, name: str = "wbtest"):
         self.base = base
-        self.port, self.management_port, self.dist_port = free_port(), free_port(), free_port()
+        ports: list[int] = []
+        while len(ports) < 3:  # AMQP, management, Erlang distribution: three different ports
+            port = free_port()
+            if port not in ports:
+                ports.append(port)
+        self.port, self.management_port, self.dist_port = ports
         self.node = f"{name}{self.port}@localhost"
         self.host = "127.0.0.1"
         self.management_url = f"http://guest:guest@127.0.0.1:{self.management_port}"
