@@ -3,10 +3,16 @@
     .venv/bin/python bench/privacy.py                                 # 10 participants, ~100k parameters
     .venv/bin/python bench/privacy.py --participants 5 --rounds 2 --skip-dp
 
-One run, one task per mode, each on a fresh in-process platform (``client/inproc_transport.py``: the real
-platform core and mailboxes, no HTTP): the ``neural_network`` algorithm with a 64-256-320-10 MLP
-(102,090 weights, plus the standardization layer), the digits data split over the participants
-(one thread each), ``--rounds`` rounds of ``--epochs`` epoch(s), FedAvg. The round time is the
+    .venv/bin/python bench/privacy.py --processes --skip-dp           # participants as processes, over HTTP
+
+One run, one task per mode, each on a fresh platform: by default the in-process platform
+(``client/inproc_transport.py``: the real platform core and mailboxes, no HTTP) with one thread per
+participant; with ``--processes`` a local platform (Flask over HTTP, SQLite) with every participant
+a process of its own, as in a real deployment, where a participant's masking or encryption does not
+wait for the others' (in one process it holds the interpreter lock that all threads share). The job:
+the ``neural_network`` algorithm with a 64-256-320-10 MLP (102,090 weights, plus the
+standardization layer), the digits data split over the participants, ``--rounds`` rounds of
+``--epochs`` epoch(s), FedAvg. The round time is the
 aggregator's ``duration_s`` of a round (broadcast, every extra POM exchange, collection,
 unmasking or decryption, aggregation); the first round is left out of the median because it
 includes Keras' warm-up. Per participant and round: the time to mask or encrypt its update
@@ -22,9 +28,11 @@ import argparse
 import importlib.util
 import json
 import logging
+import multiprocessing
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,22 +50,16 @@ def architecture(n_features: int, n_classes: int, hidden=(256, 320)) -> dict:
     return json.loads(model.to_json()), int(model.count_params())
 
 
-def run_mode(pom: int, participants: int, rounds: int, epochs: int, model: dict, seed: int = 0) -> dict:
-    from werkbund.algorithms.arrays import encode_weights
+def _site_data(index: int, participants: int, seed: int):
     from werkbund.algorithms.data import load_dataset
-    from werkbund.algorithms.neural_network import NeuralNetworkAggregator, NeuralNetworkParticipant
-    from werkbund.client.api import register
-    from werkbund.client.inproc_transport import InProcPlatform
 
-    platform = InProcPlatform()
-    creator = register("creator", "creator-password", "acme", platform="inproc", inproc=platform,
-                       identity=Ed25519PrivateKey.generate())
-    creator.create_task("bench", {"pom": pom, "quorum": participants, "rounds": rounds, "epochs": epochs,
-                                  "batch_size": 32, "learning_rate": 0.002, "round_timeout": 1800, "seed": seed,
-                                  "model": model})
-    digits = load_dataset("builtin:digits")
-    per_round: list[dict] = []
-    lock = threading.Lock()
+    data = load_dataset("builtin:digits").shard(index + 1, participants)
+    return data, data.split(0.2, seed)
+
+
+def _run_site(user, train, test, per_round: list, lock, errors: list) -> None:
+    """One participant, recording per round its masking/encryption time, bytes sent and decryption time."""
+    from werkbund.algorithms.neural_network import NeuralNetworkParticipant
 
     class Measured(NeuralNetworkParticipant):
         def train(self, message):
@@ -67,64 +69,116 @@ def run_mode(pom: int, participants: int, rounds: int, epochs: int, model: dict,
                     per_round.append({"round": message.get("round"), "protect_s": 0.0, "bytes": len(payload)})
             return payload, header
 
-    threads, errors = [], []
+    try:
+        part = Measured(user.participant("bench"), train, test)
+        if part.pom is not None:
+            protect, handle = part.pom.protect, part.pom.handle
+
+            def measured_protect(message, payload, header):
+                out = protect(message, payload, header)
+                with lock:
+                    per_round.append({"round": message.get("round"), **part.pom.stats})
+                return out
+
+            def measured_handle(message):
+                handle(message)
+                if message.kind == "pom3_decrypt" and "decrypt_s" in part.pom.stats:
+                    with lock:
+                        per_round.append({"round": message.get("round"), "decrypt_s": part.pom.stats["decrypt_s"]})
+            part.pom.protect, part.pom.handle = measured_protect, measured_handle
+        part.run()
+    except Exception as exc:  # reported below; the aggregator fails the task too
+        errors.append(repr(exc))
+
+
+def _site_process(url: str, name: str, password: str, identity: bytes, index: int, participants: int,
+                  seed: int, out: str) -> None:
+    """A participant in a process of its own, over HTTP to the local platform (``--processes``)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.basicConfig(level=logging.WARNING)
+    from werkbund.algorithms import keras_models  # noqa: F401  (TenSEAL before TensorFlow)
+    from werkbund.client.api import connect
+
+    user = connect(platform="local", url=url, user=name, password=password,
+                   identity=Ed25519PrivateKey.from_private_bytes(identity))
+    _, (train, test) = _site_data(index, participants, seed)
+    per_round, errors = [], []
+    _run_site(user, train, test, per_round, threading.Lock(), errors)
+    Path(out).write_text(json.dumps({"per_round": per_round, "errors": errors}))
+
+
+def run_mode(pom: int, participants: int, rounds: int, epochs: int, model: dict, seed: int = 0,
+             processes: bool = False) -> dict:
+    from cryptography.hazmat.primitives import serialization
+
+    from werkbund.algorithms.arrays import encode_weights
+    from werkbund.algorithms.neural_network import NeuralNetworkAggregator
+    from werkbund.client.api import register
+    from werkbund.client.inproc_transport import InProcPlatform
+    from werkbund.local_platform.server import LocalPlatformServer
+    from werkbund.platform.db import sqlite_url
+
+    workdir = tempfile.TemporaryDirectory(prefix="werkbund-bench-privacy-")
+    if processes:
+        server = LocalPlatformServer(sqlite_url(Path(workdir.name) / "platform.sqlite")).start()
+        where = {"url": server.url}
+    else:
+        server, where = None, {"platform": "inproc", "inproc": InProcPlatform()}
+    creator = register("creator", "creator-password", "acme", identity=Ed25519PrivateKey.generate(), **where)
+    creator.create_task("bench", {"pom": pom, "quorum": participants, "rounds": rounds, "epochs": epochs,
+                                  "batch_size": 32, "learning_rate": 0.002, "round_timeout": 1800, "seed": seed,
+                                  "model": model})
+    per_round: list[dict] = []
+    lock = threading.Lock()
+    sites, errors = [], []
     for i in range(participants):
         name = f"site{i:02d}"
-        user = register(name, f"{name}-password", name, platform="inproc", inproc=platform,
-                        identity=Ed25519PrivateKey.generate())
-        data = digits.shard(i + 1, participants)
+        identity = Ed25519PrivateKey.generate()
+        user = register(name, f"{name}-password", name, identity=identity, **where)
+        data, (train, test) = _site_data(i, participants, seed)
         user.join_task("bench", data.schema())
-        train, test = data.split(0.2, seed)
-
-        def work(user=user, train=train, test=test):
-            try:
-                part = Measured(user.participant("bench"), train, test)
-                if part.pom is not None:
-                    protect, handle = part.pom.protect, part.pom.handle
-
-                    def measured_protect(message, payload, header):
-                        out = protect(message, payload, header)
-                        with lock:
-                            per_round.append({"round": message.get("round"), **part.pom.stats})
-                        return out
-
-                    def measured_handle(message):
-                        handle(message)
-                        if message.kind == "pom3_decrypt" and "decrypt_s" in part.pom.stats:
-                            with lock:
-                                per_round.append({"round": message.get("round"),
-                                                  "decrypt_s": part.pom.stats["decrypt_s"]})
-                    part.pom.protect, part.pom.handle = measured_protect, measured_handle
-                part.run()
-            except Exception as exc:  # reported below; the aggregator fails the task too
-                errors.append(repr(exc))
-        threads.append(threading.Thread(target=work, daemon=True))
-    for t in threads:
-        t.start()
+        if processes:
+            raw = identity.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                         serialization.NoEncryption())
+            out = str(Path(workdir.name) / f"{name}.json")
+            sites.append((multiprocessing.get_context("spawn").Process(
+                target=_site_process, args=(server.url, name, f"{name}-password", raw, i, participants, seed, out),
+                daemon=True), out))
+        else:
+            sites.append((threading.Thread(target=_run_site, args=(user, train, test, per_round, lock, errors),
+                                           daemon=True), None))
+    for site, _ in sites:
+        site.start()
     aggregator = NeuralNetworkAggregator(creator.aggregator("bench"))
     setup_s = None
+    stage_s: list[dict] = []
     if aggregator.pom is not None:
-        pom_setup = aggregator.pom.setup
+        pom_setup, after_round = aggregator.pom.setup, aggregator.pom.after_round
 
         def timed_setup():
             nonlocal setup_s
             started = time.perf_counter()
             pom_setup()
             setup_s = time.perf_counter() - started
-        aggregator.pom.setup = timed_setup
-    stage_s: list[dict] = []
-    if aggregator.pom is not None:
-        after_round = aggregator.pom.after_round
 
         def recorded_after_round(number, collected):
             after_round(number, collected)
             stage_s.append({k: v for k, v in aggregator.pom.stats.items() if k.endswith("_s")})
-        aggregator.pom.after_round = recorded_after_round
+        aggregator.pom.setup, aggregator.pom.after_round = timed_setup, recorded_after_round
     started = time.perf_counter()
-    outcome = aggregator.run()
-    wall = time.perf_counter() - started
-    for t in threads:
-        t.join(timeout=120)
+    try:
+        outcome = aggregator.run()
+    finally:
+        wall = time.perf_counter() - started
+        for site, out in sites:
+            site.join(timeout=120)
+            if out and Path(out).exists():
+                got = json.loads(Path(out).read_text())
+                per_round += got["per_round"]
+                errors += got["errors"]
+        if server is not None:
+            server.stop()
+        workdir.cleanup()
     durations = [h["duration_s"] for h in outcome["history"]]
     later = durations[1:] or durations
     protect = [r["protect_s"] + r.get("keys_s", 0.0) for r in per_round
@@ -183,6 +237,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the modes this many times in turn (1,2,3,1,2,3...) and pool the rounds, "
                              "so that a change of load on the machine hits every mode alike")
+    parser.add_argument("--processes", action="store_true",
+                        help="run each participant as a process of its own over HTTP to a local platform, as "
+                             "`werkbund participate` does, instead of a thread on the in-process platform")
     parser.add_argument("--skip-dp", action="store_true", help="do not run bench/privacy_dp.py at the end")
     parser.add_argument("--data-dir", default=os.environ.get("WERKBUND_DATA_DIR", "../shared/datasets"))
     parser.add_argument("--json", help="also write the figures to this file")
@@ -195,10 +252,13 @@ def main() -> None:
         for pom in [int(m) for m in args.modes.split(",")]:
             print(f"  POM {pom}: {args.participants} participants, {args.rounds} rounds ...", file=sys.stderr,
                   flush=True)
-            results.setdefault(pom, []).append(run_mode(pom, args.participants, args.rounds, args.epochs, model))
+            results.setdefault(pom, []).append(run_mode(pom, args.participants, args.rounds, args.epochs, model,
+                                                        processes=args.processes))
     results = {pom: pooled(runs) for pom, runs in results.items()}
     print(f"model: {n_params} trainable parameters (+ standardization); {args.participants} participants, "
-          f"{args.rounds} rounds of {args.epochs} epoch(s), digits; in-process platform; {os.cpu_count()} CPU(s)")
+          f"{args.rounds} rounds of {args.epochs} epoch(s), digits; "
+          + ("local platform over HTTP, one process per participant" if args.processes
+             else "in-process platform, one thread per participant") + f"; {os.cpu_count()} CPU(s)")
     print(f"{'mode':<6} {'round s (median, all)':<34} {'x POM 1':>8} {'protect ms':>11} {'update bytes':>13} "
           f"{'decrypt ms':>11} {'setup s':>8} {'accuracy':>9}")
     base = results.get(1, {}).get("median_round_s")

@@ -71,7 +71,8 @@ class Membership(Base):
     schema: Mapped[dict | None] = mapped_column(JSON, default=None)
 
     task: Mapped[Task] = relationship(back_populates="memberships")
-    user: Mapped[User] = relationship()
+    # loaded with the membership: routing a message reads every member's name (one query, not one per member)
+    user: Mapped[User] = relationship(lazy="joined", innerjoin=True)
 
 
 class RoundRecord(Base):

@@ -33,11 +33,14 @@ class RecordingParticipant(NeuralNetworkParticipant):
     def __init__(self, *args, record, vanish_at=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.record, self.vanish_at = record, vanish_at
-        if self.pom is not None and vanish_at:
-            handle = self.pom.handle
+        if self.pom is not None:
+            handle, seen = self.pom.handle, record.setdefault("seen", [])
+
+            kind, at_round = vanish_at if isinstance(vanish_at, tuple) else (vanish_at, None)
 
             def vanishing(message):
-                if message.kind == vanish_at:
+                seen.append((self.channel.name, message.kind))
+                if message.kind == kind and at_round in (None, message.get("round")):
                     raise TaskEnded(f"{self.channel.name} vanished at {vanish_at}")
                 handle(message)
             self.pom.handle = vanishing
@@ -149,6 +152,23 @@ def test_pom2_survives_a_dropout_after_masking_and_keeps_its_input():
     assert entry["metrics"]["pom"]["threshold"] == 2 and entry["metrics"]["pom"]["dropped"] == []
 
 
+def test_pom2_later_rounds_take_their_keys_from_the_round_before_and_a_dropout_falls_back():
+    # dave vanishes after sending his masked input of round 1 (of 0, 1, 2): round 0 runs the key stages
+    # as exchanges, round 1 gets its keys with round 0's messages, round 2 (without dave) runs them
+    # again as exchanges, since dave's keys for it never came
+    aggregator, alice, outcome, record = federation(dict(BASE, pom=2, rounds=3, round_timeout=10),
+                                                    vanish={"dave": ("secagg_unmask", 1)})
+    assert alice.task_info("t")["status"] == "COMPLETE", getattr(aggregator, "failure", None)
+    entries = alice.rounds("t")
+    assert [e["metrics"]["pom"]["keys_with_previous_round"] for e in entries] == [False, True, False]
+    assert [e["metrics"]["pom"]["survivors"] for e in entries] == [list(SITES), list(SITES), ["bob", "carol"]]
+    assert [e["metrics"]["pom"]["participants"] for e in entries] == [3, 3, 2]
+    for number, names in ((0, list(SITES)), (1, list(SITES)), (2, ["bob", "carol"])):
+        expected = plain_fedavg(record, names, number)
+        assert max(float(np.max(np.abs(a - b))) for a, b in zip(aggregator.after[number], expected)) < 1e-6
+    assert all(isinstance(outcome[s], dict) for s in ("bob", "carol"))
+
+
 def test_pom2_fails_clearly_below_the_threshold():
     aggregator, alice, outcome, record = federation(dict(BASE, pom=2, round_timeout=15,
                                                          pom_options={"threshold": 3}),
@@ -180,6 +200,18 @@ def test_pom3_aggregator_cannot_decrypt_and_the_sum_matches_fedavg():
     with pytest.raises(ValueError, match="secret"):
         he_ckks.read_ciphertexts(context, blobs, size)[0].decrypt()
     expected = plain_fedavg(record, list(SITES[:2]), 0)
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(aggregator.after[0], expected)) < 1e-5
+
+
+def test_pom3_asks_only_the_decryptors_and_one_that_vanishes_is_covered_by_the_other():
+    aggregator, alice, outcome, record = federation(dict(BASE, pom=3, round_timeout=10),
+                                                    vanish={"bob": "pom3_decrypt"})
+    assert alice.task_info("t")["status"] == "COMPLETE", getattr(aggregator, "failure", None)
+    pom = alice.rounds("t")[0]["metrics"]["pom"]
+    assert pom["contributors"] == list(SITES) and pom["decrypted_by"] == ["carol"]
+    asked = sorted(name for name, kind in record["seen"] if kind == "pom3_decrypt")
+    assert asked == ["bob", "carol"]  # dave, not a decryptor, never received the encrypted sum
+    expected = plain_fedavg(record, list(SITES), 0)
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(aggregator.after[0], expected)) < 1e-5
 
 

@@ -184,11 +184,21 @@ class RoundAggregator:
             "stop_reason": self.stop_reason, "early_stopping": early, "algorithm": meta})
 
     def exchange(self, kind: str, payload: bytes = b"", expect: str = "", number: int = -1,
-                 handler=None, **header) -> Collected:
-        """Broadcast a request and collect the replies of kind ``expect`` until all active answered."""
-        self.channel.broadcast(kind, payload, round=number, **header)
+                 handler=None, among: list[str] | None = None, minimum: int | None = None,
+                 **header) -> Collected:
+        """Broadcast a request and collect the replies of kind ``expect`` until all active answered.
+
+        ``among``: ask only these active participants (one message each instead of a broadcast);
+        ``minimum``: the fewest valid replies that let the task go on (default: ``min_updates``).
+        """
+        if among is None:
+            self.channel.broadcast(kind, payload, round=number, **header)
+            waiting = set(self.active)
+        else:
+            waiting = {p for p in among if p in self.active}
+            for participant in sorted(waiting):
+                self.channel.send(participant, kind, payload, round=number, **header)
         collected = Collected()
-        waiting = set(self.active)
         deadline = time.monotonic() + float(self.definition["round_timeout"])
         while waiting:
             remaining = deadline - time.monotonic()
@@ -227,7 +237,7 @@ class RoundAggregator:
             self.progress.message(f"no answer from {', '.join(collected.missing)} before the deadline; "
                                   "going on without them")
             self.active = [p for p in self.active if p not in waiting]
-        minimum = self.definition["min_updates"]
+        minimum = self.definition["min_updates"] if minimum is None else minimum
         if len(collected.accepted) < minimum:
             raise TaskFailure(
                 f"round {number}: only {len(collected.accepted)} valid {expect or 'replies'} "
@@ -242,8 +252,8 @@ class RoundAggregator:
         self.begin_round(number)
         payload, header = self.global_payload()
         self._publish("round_started", {"round": number, "global_sha256": _sha(payload)})
-        if self.pom is not None:
-            self.pom.before_round(number)
+        if self.pom is not None:  # may add header fields (POM 2: the next round's key set-up)
+            header = {**header, **(self.pom.before_round(number) or {})}
         collected = self.exchange("round", payload, expect="update", number=number,
                                   handler=self._checked_accept(number), **header)
         if self.pom is not None:  # unmask or decrypt the sum; hands accept_update one averaged update

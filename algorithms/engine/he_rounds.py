@@ -13,8 +13,8 @@ Once per task, after the algorithm's setup (all with round -1):
 
 Every round: the ``update`` is ``n_samples * (weights - global)``, flattened, as CKKS ciphertexts of
 4096 values each. The aggregator adds them and sends the encrypted sum with the total sample
-count (``pom3_decrypt``); two contributors (the lowest names; the next two if both vanish)
-decrypt it, once per round each, divide by the total and send the mean change back
+count (``pom3_decrypt``, sent to the decryptors only); two contributors (the lowest names; the next
+two if both vanish) decrypt it, once per round each, divide by the total and send the mean change back
 (``pom3_plain``); the others answer empty. The two replies must agree (CKKS decryption is
 deterministic), else the round fails. So the aggregator learns the aggregate, as in POM 2, and never one update,
 as long as it follows the protocol (see algorithms/privacy/README.md for what this does not cover).
@@ -121,7 +121,7 @@ class EncryptedAggregator(AggregatorMode):
 
             self.agg.exchange("pom3_decrypt", summed, expect="pom3_plain", number=number, total=self._total,
                               contributors=sorted(self._contributors), decryptors=decryptors,
-                              handler=_rejecting(on_plain))
+                              handler=_rejecting(on_plain), among=decryptors, minimum=0)
         if not plain:
             raise TaskFailure(f"round {number}: no participant decrypted the aggregate")
         names = sorted(plain)

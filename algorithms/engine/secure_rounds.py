@@ -17,6 +17,8 @@ POM 2 round (Bonawitz et al. 2017, staged as Flower's SecAgg+; the core is
 ``secagg_share`` -> encrypted Shamir shares, routed to each recipient as ``secagg_delivery``,
 ``round`` -> masked update, ``secagg_unmask`` -> the shares that remove the masks. Keys and
 seeds are fresh in every round. Sample counts are sent in the clear, as the core's README says.
+From the second round on, the first two stages travel with the previous round's broadcast, updates
+and unmask exchange, so that a round costs one extra exchange, not three (``SecureAggregator``).
 """
 from __future__ import annotations
 
@@ -170,7 +172,21 @@ class AggregatorMode:
 
 
 class SecureAggregator(AggregatorMode):
-    """POM 2 on the aggregator: runs the SecAgg stages and unmasks only the sum."""
+    """POM 2 on the aggregator: runs the SecAgg stages and unmasks only the sum.
+
+    From the second round on, a round's key stages ride on the previous round's messages instead of
+    two exchanges of their own: the round broadcast carries the next round's set-up, every update
+    carries its sender's signed announcement for the next round, and the unmask request carries the
+    next round's key broadcast, answered together with the encrypted shares for the next round.
+    A round for which not every active participant advertised and shared its keys that way
+    (someone dropped out or was refused, or the task resumed from a checkpoint) runs the two key
+    stages as exchanges first, as the first round does. Keys stay fresh in every round.
+    """
+
+    def __init__(self, aggregator):
+        super().__init__(aggregator)
+        self.server: SecAggServer | None = None
+        self._next: SecAggServer | None = None  # the following round's keys, gathered during this one
 
     def setup(self) -> None:
         from werkbund.algorithms.engine.aggregator import TaskFailure
@@ -191,40 +207,70 @@ class SecureAggregator(AggregatorMode):
                               f"but only {n} are left: {', '.join(self.agg.active) or 'none'}")
         return t
 
-    def before_round(self, number: int) -> None:
+    def _new_server(self, number: int, roster: list[str]) -> SecAggServer:
+        config = SecAggConfig(round_id=f"{self.channel.task}/{number}", participants=tuple(roster),
+                              threshold=self._threshold(len(roster), number),
+                              vector_length=int(self._global_flat.size),
+                              clip_range=float(self.options["clip_range"]),
+                              max_weight=float(self.options["max_samples"]))
+        return SecAggServer(config, registered_identity_keys(self.channel, roster, self._keys))
+
+    def _key_stages(self, number: int) -> dict[str, str]:
+        """Advertise and share keys as two exchanges; returns who was refused and why."""
+        keys = self.agg.exchange("secagg_setup", expect="secagg_keys", number=number,
+                                 setup=self.server.setup_message(), handler=_rejecting(
+                                     lambda m: self.server.receive_announcement(_own(m, "announcement"))))
+        shares = self.agg.exchange("secagg_share", expect="secagg_shares", number=number,
+                                   broadcast=to_header(self.server.key_broadcast()), handler=_rejecting(
+                                       lambda m: self.server.receive_shares(_own(m, "shares"))))
+        return {**shares.rejected, **keys.rejected}
+
+    def before_round(self, number: int) -> dict:
         from werkbund.algorithms.engine.aggregator import TaskFailure
 
         started = time.perf_counter()
         self._global_weights, self._global_flat = self._global()
         roster = sorted(self.agg.active)
+        prepared, self._next = self._next, None
+        pipelined = (prepared is not None and list(prepared.config.participants) == roster
+                     and prepared.shared == roster and prepared.config.vector_length == self._global_flat.size)
         try:
-            config = SecAggConfig(round_id=f"{self.channel.task}/{number}", participants=tuple(roster),
-                                  threshold=self._threshold(len(roster), number),
-                                  vector_length=int(self._global_flat.size),
-                                  clip_range=float(self.options["clip_range"]),
-                                  max_weight=float(self.options["max_samples"]))
-            self.server = SecAggServer(config, registered_identity_keys(self.channel, roster, self._keys))
-            keys = self.agg.exchange("secagg_setup", expect="secagg_keys", number=number,
-                                     setup=self.server.setup_message(), handler=_rejecting(
-                                         lambda m: self.server.receive_announcement(_own(m, "announcement"))))
-            shares = self.agg.exchange("secagg_share", expect="secagg_shares", number=number,
-                                       broadcast=to_header(self.server.key_broadcast()), handler=_rejecting(
-                                           lambda m: self.server.receive_shares(_own(m, "shares"))))
+            if pipelined:
+                self.server, rejected = prepared, {}
+            else:
+                self.server = self._new_server(number, roster)
+                rejected = self._key_stages(number)
             for recipient, delivery in self.server.share_deliveries().items():
                 self.channel.send(recipient, "secagg_delivery", round=number, delivery=to_header(delivery))
         except SecAggError as exc:
             raise TaskFailure(f"round {number}: secure aggregation failed: {exc}") from None
         # a participant refused at a key stage is out of this round; the round record says why
-        self._excluded = {p: f"secure aggregation: {why}" for p, why in {**shares.rejected, **keys.rejected}.items()}
+        self._excluded = {p: f"secure aggregation: {why}" for p, why in rejected.items()}
+        config = self.server.config
         self._dtype = config.encoder().dtype
         self._n = config.vector_length
         self.stats = {"threshold": config.threshold, "participants": len(roster), "bytes_in": 0,
-                      "key_stages_s": time.perf_counter() - started}
+                      "keys_with_previous_round": pipelined, "key_stages_s": time.perf_counter() - started}
+        return self._prepare_next(number, roster)
+
+    def _prepare_next(self, number: int, roster: list[str]) -> dict:
+        """The next round's set-up, to go out with this round's broadcast ({} after the last round)."""
+        from werkbund.algorithms.engine.aggregator import TaskFailure
+
+        if number + 1 >= self.agg.definition["rounds"]:
+            return {}
+        try:
+            self._next = self._new_server(number + 1, roster)
+        except (TaskFailure, SecAggError) as exc:  # the next round will say so with its own key stages
+            log.info("round %d: the next round's keys are not prepared early: %s", number, exc)
+            return {}
+        return {"secagg_next": self._next.setup_message()}
 
     def take_update(self, message) -> None:
         _rejecting(self._take)(message)
 
     def _take(self, message) -> None:
+        self._take_next(message, "secagg_next_keys", lambda nxt, value: nxt.receive_announcement(value))
         weight = self._n_samples(message)
         masked = vector_from(message.payload, self._dtype, self._n)
         self._check_header(message)
@@ -232,14 +278,33 @@ class SecureAggregator(AggregatorMode):
         self.server.receive_masked_input({"stage": "masked_input", "round_id": self.server.config.round_id,
                                           "sender": message.sender, "weight": weight, "masked": masked})
 
+    def _take_next(self, message, key: str, take) -> None:
+        """Hand the next round's part of a message to its server; a refusal only costs the early keys."""
+        if self._next is None or message.get(key) is None:
+            return
+        try:
+            take(self._next, _own(message, key))
+        except (SecAggError, KeyError, TypeError, ValueError) as exc:
+            log.warning("the next round's keys from %s were refused (%s); that round runs its own key stages",
+                        message.sender, exc)
+
+    def _take_unmask(self, message) -> None:
+        self.server.receive_unmask(_own(message, "shares"))
+        self._take_next(message, "secagg_next_shares", lambda nxt, value: nxt.receive_shares(value))
+
     def after_round(self, number: int, collected) -> None:
         from werkbund.algorithms.engine.aggregator import TaskFailure
 
         started = time.perf_counter()
+        upcoming = {}
+        if self._next is not None and self._next.advertised == list(self._next.config.participants):
+            upcoming["secagg_next"] = to_header(self._next.key_broadcast())
+        else:
+            self._next = None
         try:
             request = self.server.unmask_request()
             self.agg.exchange("secagg_unmask", expect="secagg_unmasked", number=number, request=to_header(request),
-                              handler=_rejecting(lambda m: self.server.receive_unmask(_own(m, "shares"))))
+                              handler=_rejecting(self._take_unmask), **upcoming)
             result = self.server.finalize()
         except SecAggError as exc:
             raise TaskFailure(f"round {number}: secure aggregation failed: {exc}") from None
@@ -276,15 +341,18 @@ class ParticipantMode:
 
 
 class SecureParticipant(ParticipantMode):
-    """POM 2 on the participant: fresh SecAgg state per round; only the masked vector leaves."""
+    """POM 2 on the participant: fresh SecAgg state per round; only the masked vector leaves.
+
+    It holds at most two rounds' states: the running round's, until its unmask request, and the
+    next round's, made when the running round's broadcast brought its set-up (see SecureAggregator).
+    """
 
     kinds = frozenset({"secagg_setup", "secagg_share", "secagg_delivery", "secagg_unmask"})
 
     def __init__(self, participant):
         super().__init__(participant)
-        self.state: SecAggParticipant | None = None
-        self.round: int | None = None
-        self.delivery: dict | None = None
+        self.states: dict[int, SecAggParticipant] = {}
+        self.deliveries: dict[int, dict] = {}
         self._keys_s = 0.0
 
     def handle(self, message) -> None:
@@ -294,44 +362,75 @@ class SecureParticipant(ParticipantMode):
         finally:
             self._keys_s += time.perf_counter() - started
 
+    def _start(self, number, setup: dict) -> dict:
+        """Fresh keys for round ``number`` from its set-up; returns the signed announcement."""
+        expected = f"{self.channel.task}/{number}"
+        if not isinstance(setup, dict) or setup.get("round_id") != expected:
+            raise PomError(f"the secure-aggregation setup names round "
+                           f"{setup.get('round_id') if isinstance(setup, dict) else None!r}, expected {expected!r}")
+        if (setup.get("clip_range") != float(self.options["clip_range"])
+                or setup.get("max_weight") != float(self.options["max_samples"])):
+            raise PomError("the secure-aggregation setup does not use the task's pom_options "
+                           f"(clip_range {setup.get('clip_range')}, max_weight {setup.get('max_weight')})")
+        roster = list(setup.get("participants") or [])
+        state = SecAggParticipant(setup, self.channel.name, own_identity(self.channel),
+                                  registered_identity_keys(self.channel, roster, self._keys))
+        for old in [r for r in self.states if r < number - 1 or r == number]:  # a resend replaces a round
+            self.states.pop(old)
+            self.deliveries.pop(old, None)
+        self.states[number] = state
+        return state.advertise_keys()
+
     def _handle(self, message) -> None:
         number = message.get("round")
         if message.kind == "secagg_setup":
-            self._keys_s = 0.0
-            setup = message.get("setup") or {}
-            expected = f"{self.channel.task}/{number}"
-            if setup.get("round_id") != expected:
-                raise PomError(f"the secure-aggregation setup names round {setup.get('round_id')!r}, "
-                               f"expected {expected!r}")
-            roster = list(setup.get("participants") or [])
-            if (setup.get("clip_range") != float(self.options["clip_range"])
-                    or setup.get("max_weight") != float(self.options["max_samples"])):
-                raise PomError("the secure-aggregation setup does not use the task's pom_options "
-                               f"(clip_range {setup.get('clip_range')}, max_weight {setup.get('max_weight')})")
-            self.state = SecAggParticipant(setup, self.channel.name, own_identity(self.channel),
-                                           registered_identity_keys(self.channel, roster, self._keys))
-            self.round, self.delivery = number, None
-            self.channel.send("secagg_keys", round=number, announcement=to_header(self.state.advertise_keys()))
+            announcement = self._start(number, message.get("setup") or {})
+            self.channel.send("secagg_keys", round=number, announcement=to_header(announcement))
             return
-        if self.state is None or number != self.round:
+        state = self.states.get(number)
+        if state is None:
             raise PomError(f"{message.kind} for round {number} without this round's secure-aggregation setup")
         if message.kind == "secagg_share":
-            shares = self.state.share_keys(from_header(message.get("broadcast")))
+            shares = state.share_keys(from_header(message.get("broadcast")))
             self.channel.send("secagg_shares", round=number, shares=to_header(shares))
         elif message.kind == "secagg_delivery":
-            self.delivery = from_header(message.get("delivery"))
+            self.deliveries[number] = from_header(message.get("delivery"))
         elif message.kind == "secagg_unmask":
-            shares = self.state.unmask(from_header(message.get("request")))
-            self.state = None
-            self.channel.send("secagg_unmasked", round=number, shares=to_header(shares))
+            shares = state.unmask(from_header(message.get("request")))
+            self.states.pop(number)
+            self.deliveries.pop(number, None)
+            upcoming = {}
+            if number + 1 in self.states and message.get("secagg_next") is not None:
+                upcoming = self._early(number + 1, lambda: {"secagg_next_shares": to_header(
+                    self.states[number + 1].share_keys(from_header(message.get("secagg_next"))))})
+            self.channel.send("secagg_unmasked", round=number, shares=to_header(shares), **upcoming)
+
+    def _early(self, number: int, step) -> dict:
+        """The next round's key step, sent along with this round's message; a failure costs only the
+        head start (the aggregator then runs that round's key stages as exchanges)."""
+        try:
+            return step()
+        except (SecAggError, KeyError, TypeError, ValueError) as exc:
+            log.warning("round %s: could not prepare the secure-aggregation keys early: %s", number, exc)
+            self.states.pop(number, None)
+            return {}
 
     def protect(self, message, payload: bytes, header: dict) -> tuple[bytes, dict]:
         number = message.get("round")
-        if self.state is None or number != self.round or self.delivery is None:
+        state, delivery = self.states.get(number), self.deliveries.get(number)
+        if state is None or delivery is None:
             raise PomError(f"round {number}: no secure-aggregation keys were shared with this participant")
         started = time.perf_counter()
         change, n = self._change(message, payload, header)
-        masked = self.state.masked_input(self.delivery, change, n)
+        masked = state.masked_input(delivery, change, n)
         body = vector_bytes(masked["masked"], masked["masked"].dtype)
-        self.stats = {"protect_s": time.perf_counter() - started, "keys_s": self._keys_s, "bytes": len(body)}
-        return body, dict(header, weight=n)
+        protect_s = time.perf_counter() - started
+        header = dict(header, weight=n)
+        if message.get("secagg_next") is not None:  # announce the next round's keys with this update
+            started = time.perf_counter()
+            header.update(self._early(number + 1, lambda: {"secagg_next_keys": to_header(
+                self._start(number + 1, message.get("secagg_next")))}))
+            self._keys_s += time.perf_counter() - started
+        self.stats = {"protect_s": protect_s, "keys_s": self._keys_s, "bytes": len(body)}
+        self._keys_s = 0.0
+        return body, header

@@ -63,6 +63,16 @@ class SecAggServer:
         self._b_shares: dict[str, dict[str, bytes]] = {}    # responder -> owner -> share
         self._s_shares: dict[str, dict[str, bytes]] = {}
 
+    @property
+    def advertised(self) -> list[str]:
+        """The participants whose key announcement was accepted (U1)."""
+        return sorted(self._keys)
+
+    @property
+    def shared(self) -> list[str]:
+        """The participants whose encrypted shares were accepted (U2)."""
+        return sorted(self._shares)
+
     def setup_message(self) -> dict:
         """The round's parameters for every participant (``SecAggConfig.to_message``)."""
         return self.config.to_message()
