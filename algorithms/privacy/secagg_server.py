@@ -62,6 +62,7 @@ class SecAggServer:
         self._dropped: list[str] = []
         self._b_shares: dict[str, dict[str, bytes]] = {}    # responder -> owner -> share
         self._s_shares: dict[str, dict[str, bytes]] = {}
+        self._unmasked: np.ndarray | None = None            # the stripped sum, once t shares are in
 
     @property
     def advertised(self) -> list[str]:
@@ -166,6 +167,13 @@ class SecAggServer:
         if set(b) != set(self._survivors) or set(s) != set(self._dropped):
             raise SecAggError(f"{sender!r} answered the unmask request with the wrong set of shares")
         self._b_shares[sender], self._s_shares[sender] = b, s
+        if len(self._b_shares) == self.config.threshold:
+            # enough shares to strip every mask: do it now, while the other responders are still
+            # answering; a failed check is left for finalize to report
+            try:
+                self._unmasked = self._strip_masks(list(self._b_shares))
+            except SecAggError:
+                self._unmasked = None
 
     def finalize(self) -> SecAggResult:
         """Reconstruct (and check) the seeds, strip the masks and decode the weighted sum."""
@@ -173,11 +181,20 @@ class SecAggServer:
         cfg = self.config
         cfg.require(len(self._b_shares), "answered the unmask request")
         self._stage = 5
-        enc = cfg.encoder()
-        n, dt, rid = cfg.vector_length, enc.dtype, cfg.round_id
-        # any t responders determine every secret; interpolating through more costs O(n^2) GF(2^128)
-        # products in pure Python for nothing (a wrong share is caught by the check either way)
-        responders = sorted(self._b_shares, key=cfg.index)[:cfg.threshold]
+        total = self._unmasked
+        if total is None:
+            # any t responders determine every secret; interpolating through more costs O(n^2)
+            # GF(2^128) products in pure Python for nothing (a wrong share is caught by the check)
+            total = self._strip_masks(sorted(self._b_shares, key=cfg.index)[:cfg.threshold])
+        weighted = cfg.encoder().decode(total)
+        return SecAggResult(weighted, float(sum(self._weights[u] for u in self._survivors)),
+                            tuple(self._survivors), tuple(self._dropped))
+
+    def _strip_masks(self, responders: list[str]) -> np.ndarray:
+        """The survivors' masked inputs summed, with every self-mask and dropped peer's mask removed,
+        from the shares of ``responders`` (t of them)."""
+        cfg = self.config
+        n, dt, rid = cfg.vector_length, cfg.encoder().dtype, cfg.round_id
         total = np.zeros(n, dtype=dt)
         for u in self._survivors:
             total += self._masked[u]
@@ -202,6 +219,4 @@ class SecAggServer:
                     total -= mask
                 else:
                     total += mask
-        weighted = enc.decode(total)
-        return SecAggResult(weighted, float(sum(self._weights[u] for u in self._survivors)),
-                            tuple(self._survivors), tuple(self._dropped))
+        return total
