@@ -208,10 +208,11 @@ def test_a_budget_too_small_for_one_round_fails_the_task_with_the_reason():
 
 
 @pytest.mark.slow
-def test_dp_is_accounted_under_secure_aggregation():
-    """POM 2: the aggregator never sees an update, but it still checks and accounts each one's DP header."""
+@pytest.mark.parametrize("pom", [2, 3])
+def test_dp_is_accounted_under_secure_aggregation_and_encryption(pom):
+    """POM 2 and 3: the aggregator never sees an update, but it still checks and accounts each one's DP header."""
     definition = {"quorum": 3, "rounds": 2, "epochs": 1, "batch_size": 30, "learning_rate": 0.01, "round_timeout": 60,
-                  "pom": 2, "dp": {"epsilon": 3.0, "delta": DELTA}}
+                  "pom": pom, "dp": {"epsilon": 3.0, "delta": DELTA}}
     alice, threads, outcome = federation(definition, sizes=(150, 150, 200))
     result = ALGORITHM.aggregator(alice.aggregator("dp")).run()
     for t in threads:
