@@ -28,7 +28,7 @@ import uuid
 import pika
 
 from werkbund.client.amqp_blobs import BlobClient
-from werkbund.client.amqp_chunks import CHUNK_BYTES, Reassembler, split
+from werkbund.client.amqp_chunks import CHUNK_BYTES, Reassembler, StreamedFrame, split
 from werkbund.client.amqp_session import AmqpSession, ConnectionLost
 from werkbund.client.messages import CheckedFrame, MalformedMessage
 from werkbund.client.transport import Transport
@@ -149,9 +149,43 @@ class AmqpTransport(Transport):
         return self._rpc(self._session(), self.user, command, json.dumps(params).encode())
 
     # ------------------------------------------------------------ messages
-    def send(self, task, to, body):
+    def send_message(self, task, to, kind, payload, header):
+        """A message too large for one chunk and not for the blob store is cut into chunks straight
+        from its payload (``StreamedFrame``), without building its frame first."""
+        whole = super().send_message
+        if not isinstance(payload, (bytes, bytearray, memoryview)) or not memoryview(payload).c_contiguous:
+            return whole(task, to, kind, payload, header)
+        size = memoryview(payload).nbytes
+        if size < self.chunk_bytes or (size > self.blob_threshold and self.blob_client(task) is not None):
+            return whole(task, to, kind, payload, header)
+        try:
+            frame = StreamedFrame(task, kind, payload, header, self.chunk_bytes)
+        except ValueError:  # a header as large as a chunk (tiny chunks): the frame is built and split
+            return whole(task, to, kind, payload, header)
+        self._publish_chunks(task, to, frame.chunks)
+        return {"delivered_to": to, "size": frame.size}
+
+    def _publish_chunks(self, task: str, to: str, chunks) -> None:
+        """Publish ``chunks(transfer)``, one in flight while the next is cut; all again after a lost connection."""
         session, exchange, key = self._session(), names.task_exchange(task), names.routing_key(to)
         transfer = uuid.uuid4().hex
+
+        def attempt():
+            pending = None
+            for headers, chunk in chunks(transfer):
+                properties = pika.BasicProperties(user_id=names.broker_user(self.user, self.broker_vhost),
+                                                  delivery_mode=pika.DeliveryMode.Persistent,
+                                                  content_type="application/octet-stream", headers=headers or None)
+                future = session.publish(exchange, key, chunk, properties, wait=False)
+                if pending is not None:
+                    session.wait(pending)
+                pending = future
+            session.wait(pending)
+
+        retrying(attempt)
+
+    def send(self, task, to, body):
+        session, exchange, key = self._session(), names.task_exchange(task), names.routing_key(to)
         blobs = self.blob_client(task) if len(body) > self.blob_threshold else None
         if blobs is not None:
             try:
@@ -166,19 +200,7 @@ class AmqpTransport(Transport):
                 ref = blobs.upload(task, body, blob_id)
                 return {"delivered_to": to, "size": len(body), "blob": ref["id"], "sha256": ref["sha256"]}
 
-        def attempt():
-            pending = None  # one chunk in flight while the next is cut and hashed
-            for headers, chunk in split(body, self.chunk_bytes, transfer):
-                properties = pika.BasicProperties(user_id=names.broker_user(self.user, self.broker_vhost),
-                                                  delivery_mode=pika.DeliveryMode.Persistent,
-                                                  content_type="application/octet-stream", headers=headers or None)
-                future = session.publish(exchange, key, chunk, properties, wait=False)
-                if pending is not None:
-                    session.wait(pending)
-                pending = future
-            session.wait(pending)
-
-        retrying(attempt)
+        self._publish_chunks(task, to, lambda transfer: split(body, self.chunk_bytes, transfer))
         return {"delivered_to": to, "size": len(body)}
 
     def _queue_of(self, task: str) -> str:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from werkbund.client.ledger import LedgerChannel
-from werkbund.client.messages import MalformedMessage, TaskMessage, decode_message, encode_message
+from werkbund.client.messages import MalformedMessage, TaskMessage, decode_message
 from werkbund.client.transport import Transport
 from werkbund.platform.errors import InvalidInput, InvalidState
 
@@ -217,10 +217,10 @@ class AggregatorHandle(_TaskHandle):
         return self._info
 
     def broadcast(self, kind: str, payload: bytes = b"", **header) -> dict:
-        return self.transport.send(self.task, "all", encode_message(self.task, kind, payload, **header))
+        return self.transport.send_message(self.task, "all", kind, payload, header)
 
     def send(self, to: str, kind: str, payload: bytes = b"", **header) -> dict:
-        return self.transport.send(self.task, to, encode_message(self.task, kind, payload, **header))
+        return self.transport.send_message(self.task, to, kind, payload, header)
 
     def record_round(self, number: int, reported=(), rejected=None, missing=(), metrics=None) -> dict:
         return self.transport.call("record_round", task=self.task, number=number, reported=list(reported),
@@ -251,4 +251,4 @@ class ParticipantHandle(_TaskHandle):
             raise InvalidInput(f"you have not joined task {task!r}; run `werkbund join` first")
 
     def send(self, kind: str, payload: bytes = b"", **header) -> dict:
-        return self.transport.send(self.task, "aggregator", encode_message(self.task, kind, payload, **header))
+        return self.transport.send_message(self.task, "aggregator", kind, payload, header)

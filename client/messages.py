@@ -56,7 +56,7 @@ class CheckedFrame:
         return len(self.payload)
 
 
-def _header_bytes(header: dict) -> bytes:
+def header_bytes(header: dict) -> bytes:
     head_bytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
     if len(head_bytes) > MAX_HEADER_BYTES:
         raise ValueError("a message header may have at most 1 MiB")
@@ -69,22 +69,22 @@ def encode_message(task: str, kind: str, payload: bytes = b"", **header) -> byte
     source = memoryview(payload).cast("B")
     if len(source) < HASH_BESIDE:
         head = dict(header, kind=kind, task=task, size=len(source), sha256=hashlib.sha256(source).hexdigest())
-        head_bytes = _header_bytes(head)
+        head_bytes = header_bytes(head)
         return b"".join([MAGIC, struct.pack(">I", len(head_bytes)), head_bytes, source])
     # a sha256 has 64 hex digits: the header's length is known before the hash, so the payload is
     # copied into the frame while a second thread hashes it
     head = dict(header, kind=kind, task=task, size=len(source), sha256="0" * 64)
-    head_len = len(_header_bytes(head))
+    head_len = len(header_bytes(head))
     frame = BytesBuilder(8 + head_len + len(source))
     head["sha256"] = _copy_while_hashing(frame.view[8 + head_len:], source)
-    head_bytes = _header_bytes(head)
+    head_bytes = header_bytes(head)
     if len(head_bytes) != head_len:  # cannot happen with a hex digest; never ship a frame that lies
         raise ValueError("the message header changed length while it was encoded")
     frame.view[:8 + head_len] = MAGIC + struct.pack(">I", head_len) + head_bytes
     return frame.finish()
 
 
-def _parse_header(head_bytes) -> dict:
+def parse_header(head_bytes) -> dict:
     try:
         header = json.loads(bytes(head_bytes).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -103,7 +103,7 @@ def decode_message(frame: bytes, sender: str = "") -> TaskMessage:
     (head_len,) = struct.unpack(">I", view[4:8])
     if head_len > MAX_HEADER_BYTES or 8 + head_len > len(view):
         raise MalformedMessage("message header length is out of range")
-    header = _parse_header(view[8:8 + head_len])
+    header = parse_header(view[8:8 + head_len])
     source = view[8 + head_len:]
     if header.get("size") != len(source):
         raise MalformedMessage(f"payload has {len(source)} bytes, header says {header.get('size')}")
@@ -148,7 +148,7 @@ def read_message(readinto, size: int) -> CheckedFrame:
     (head_len,) = struct.unpack(">I", prefix[4:8])
     if head_len > MAX_HEADER_BYTES or 8 + head_len > size:
         raise MalformedMessage("message header length is out of range")
-    header = _parse_header(_read_exactly(readinto, head_len, size))
+    header = parse_header(_read_exactly(readinto, head_len, size))
     length = size - 8 - head_len
     if header.get("size") != length:
         raise MalformedMessage(f"payload has {length} bytes, header says {header.get('size')}")

@@ -29,6 +29,12 @@ class Transport(ABC):
     def send(self, task: str, to: str, body: bytes) -> dict:
         """Deliver a message frame to 'aggregator', 'all' or one participant."""
 
+    def send_message(self, task: str, to: str, kind: str, payload: bytes, header: dict) -> dict:
+        """Frame a task message and send it; a transport may stream a large one without the frame."""
+        from werkbund.client.messages import encode_message
+
+        return self.send(task, to, encode_message(task, kind, payload, **header))
+
     @abstractmethod
     def receive(self, task: str, timeout: float) -> tuple[str, bytes] | None:
         """The caller's next (sender, frame) in ``task``, or None after ``timeout`` seconds."""

@@ -2,13 +2,14 @@
 import hashlib
 import os
 import time
+import zlib
 
 import pytest
 
 from cloud_support import cloud_platform
-from werkbund.client.amqp_chunks import Reassembler, split
+from werkbund.client.amqp_chunks import Reassembler, StreamedFrame, split
 from werkbund.client.api import register
-from werkbund.client.messages import MalformedMessage
+from werkbund.client.messages import CheckedFrame, MalformedMessage, decode_message, encode_message
 
 PASSWORD = "a-long-password-1"
 
@@ -53,6 +54,45 @@ def test_chunks_are_checked_and_reassembled_in_any_order():
     headers, chunk = chunks[0]
     with pytest.raises(MalformedMessage, match="checksum"):
         broken.add("bob", headers, b"x" + chunk[1:])
+
+
+def test_a_framed_message_is_checked_while_its_chunks_arrive():
+    payload = os.urandom(20_000)
+    frame = encode_message("big", "update", payload, round=3)
+    chunks = list(split(frame, 3_000))
+    receiver = Reassembler()
+    whole = [receiver.add("bob", h, c) for h, c in chunks][-1]
+    assert isinstance(whole, CheckedFrame)  # hashed on the way: decoding neither copies nor hashes again
+    message = decode_message(whole, "bob")
+    assert (message.kind, message.get("round"), message.payload) == ("update", 3, payload)
+    later_first = Reassembler()  # the first chunk comes last: the frame is collected and checked as a whole
+    assert decode_message([later_first.add("bob", h, c) for h, c in reversed(chunks)][-1]).payload == payload
+    # a payload changed after framing, each chunk's CRC-32 made to fit: the frame's sha256 still catches it
+    tampered = bytearray(frame)
+    tampered[-5] ^= 1
+    forged = [(dict(h, **{"wb-chunk-crc32": zlib.crc32(c)}), c) for h, c in split(bytes(tampered), 3_000)]
+    receiver = Reassembler()
+    for h, c in forged[:-1]:
+        assert receiver.add("bob", h, c) is None
+    with pytest.raises(MalformedMessage, match="sha256"):
+        receiver.add("bob", *forged[-1])
+
+
+def test_a_streamed_frame_carries_its_sha256_after_the_last_chunk():
+    """The sender cuts chunks straight from the payload; the sha256 follows with the last chunk."""
+    payload = os.urandom(20_000)
+    chunks = list(StreamedFrame("big", "update", payload, {"round": 2}, 3_000).chunks("t1"))
+    assert "wb-payload-sha256" in chunks[-1][0] and all("wb-payload-sha256" not in h for h, _ in chunks[:-1])
+    for order in (chunks, chunks[::-1]):  # first chunk first: hashed on the way; last: checked at the end
+        receiver = Reassembler()
+        whole = [receiver.add("bob", h, c) for h, c in order][-1]
+        message = decode_message(whole, "bob")
+        assert (message.kind, message.get("round"), message.payload) == ("update", 2, payload)
+        assert message.get("sha256") == hashlib.sha256(payload).hexdigest()
+    wrong = [(dict(h, **{"wb-payload-sha256": "1" * 64}) if "wb-payload-sha256" in h else h, c) for h, c in chunks]
+    receiver = Reassembler()
+    with pytest.raises(MalformedMessage, match="sha256"):
+        [receiver.add("bob", h, c) for h, c in wrong]
 
 
 def test_a_lost_connection_is_reestablished_and_nothing_is_lost(task):
