@@ -207,6 +207,34 @@ def test_a_budget_too_small_for_one_round_fails_the_task_with_the_reason():
     assert all(isinstance(outcome[s], TaskEnded) for s in ("site1", "site2"))
 
 
+def test_a_resumed_aggregator_keeps_the_privacy_accounting_of_its_checkpoint():
+    from werkbund.algorithms.privacy.dp_budget import AggregatorBudget
+    from werkbund.algorithms.privacy.dp_rounds import restore_budget
+
+    definition = {"batch_size": 30, "epochs": 1, "rounds": 6, "dp": {"epsilon": 2.0, "delta": DELTA}}
+    budget = AggregatorBudget(definition, {"site1": 150, "site2": 400})
+    for number in range(3):  # three rounds' updates, each as planned
+        for site in ("site1", "site2"):
+            budget.records[site].append(budget.planned(site))
+        before = budget.after_round(number, ["site1", "site2"])
+    saved = json.loads(json.dumps(budget.state()))  # what the checkpoint file holds
+    resumed = restore_budget(definition, saved)
+    assert resumed.noise == budget.noise and resumed.spent() == budget.spent()
+    assert resumed.spent()["participants"]["site1"] == pytest.approx(
+        reference_epsilon([budget.planned("site1").as_header()] * 3, DELTA), rel=1e-6)
+    records = []
+    for b in (budget, resumed):  # the rest of the task is accounted alike
+        for number in range(3, 6):
+            for site in ("site1", "site2"):
+                b.records[site].append(b.planned(site))
+            entry = b.after_round(number, ["site1", "site2"])
+        records.append(entry)
+    assert records[0] == records[1]
+    assert before["dp"]["epsilon"] < records[1]["dp"]["epsilon"] <= 2.0
+    with pytest.raises(TaskFailure, match="holds no privacy accounting"):
+        restore_budget(definition, None)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("pom", [2, 3])
 def test_dp_is_accounted_under_secure_aggregation_and_encryption(pom):
