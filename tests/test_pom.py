@@ -16,6 +16,7 @@ from werkbund.algorithms.arrays import decode_weights
 from werkbund.algorithms.data import load_dataset
 from werkbund.algorithms.engine.aggregator import TaskFailure
 from werkbund.algorithms.engine.participant import TaskEnded
+from werkbund.algorithms.engine.progress import Progress
 from werkbund.algorithms.neural_network import NeuralNetworkAggregator, NeuralNetworkParticipant
 from werkbund.algorithms.privacy import he_ckks
 from werkbund.algorithms.privacy.pom_wire import flatten, unpack_blobs, vector_from
@@ -71,8 +72,22 @@ class RecordingAggregator(NeuralNetworkAggregator):
         self.after[number] = [w.copy() for w in self.weights]
 
 
-def federation(definition, sites=SITES, vanish=None, forged=()):
-    """Run a task in-process; returns (aggregator or exception, participants' outcomes, records)."""
+class CrashAfter(Progress):
+    """Stands for a Ctrl-C right after round ``number`` was aggregated and checkpointed."""
+
+    def __init__(self, number: int):
+        self.number = number
+
+    def round_done(self, number, total, summary):
+        if number == self.number:
+            raise KeyboardInterrupt
+
+
+def federation(definition, sites=SITES, vanish=None, forged=(), crash_after=None, checkpoints=None):
+    """Run a task in-process; returns (aggregator or exception, participants' outcomes, records).
+
+    With ``crash_after`` the aggregator is interrupted after that round and resumed from its
+    checkpoints (in ``checkpoints``) by a new aggregator."""
     platform = InProcPlatform()
     alice = register("alice", "alice-password", "acme", platform="inproc", inproc=platform,
                      identity=Ed25519PrivateKey.generate())
@@ -99,10 +114,15 @@ def federation(definition, sites=SITES, vanish=None, forged=()):
         threads.append(threading.Thread(target=run, daemon=True))
     for t in threads:
         t.start()
-    aggregator = RecordingAggregator(alice.aggregator("t"))
+    crash = CrashAfter(crash_after) if crash_after is not None else None
+    aggregator = RecordingAggregator(alice.aggregator("t"), progress=crash, checkpoint_dir=checkpoints)
     try:
         aggregator.quorum_timeout = 60
-        aggregator.run()
+        try:
+            aggregator.run()
+        except KeyboardInterrupt:
+            aggregator = RecordingAggregator(alice.aggregator("t"), checkpoint_dir=checkpoints)
+            aggregator.run(resume=True)
     except TaskFailure as exc:
         aggregator.failure = exc
     for t in threads:
@@ -167,6 +187,32 @@ def test_pom2_later_rounds_take_their_keys_from_the_round_before_and_a_dropout_f
         expected = plain_fedavg(record, names, number)
         assert max(float(np.max(np.abs(a - b))) for a, b in zip(aggregator.after[number], expected)) < 1e-6
     assert all(isinstance(outcome[s], dict) for s in ("bob", "carol"))
+
+
+def test_pom2_resumed_aggregator_runs_the_key_stages_again_then_pipelines(tmp_path):
+    # interrupted after round 1, when the participants already hold their keys for round 2: the new
+    # aggregator knows nothing of them, so round 2 gets fresh keys through the key stages
+    aggregator, alice, outcome, record = federation(dict(BASE, pom=2, rounds=4), crash_after=1,
+                                                    checkpoints=tmp_path)
+    assert alice.task_info("t")["status"] == "COMPLETE", getattr(aggregator, "failure", None)
+    entries = alice.rounds("t")
+    assert [e["metrics"]["pom"]["keys_with_previous_round"] for e in entries] == [False, True, False, True]
+    for number in (2, 3):
+        expected = plain_fedavg(record, list(SITES), number)
+        assert max(float(np.max(np.abs(a - b))) for a, b in zip(aggregator.after[number], expected)) < 1e-6
+    assert all(isinstance(outcome[s], dict) for s in SITES)
+
+
+def test_pom2_shares_go_one_message_per_participant_when_a_large_roster_would_swell_the_broadcast(monkeypatch):
+    from werkbund.algorithms.engine import secure_rounds
+
+    monkeypatch.setattr(secure_rounds, "DELIVERIES_WITH_BROADCAST", 0)  # as if the roster were in the hundreds
+    aggregator, alice, outcome, record = federation(dict(BASE, pom=2, rounds=2))
+    assert alice.task_info("t")["status"] == "COMPLETE", getattr(aggregator, "failure", None)
+    assert sorted(n for n, kind in record["seen"] if kind == "secagg_delivery") == sorted(SITES * 2)
+    for number in (0, 1):
+        expected = plain_fedavg(record, list(SITES), number)
+        assert max(float(np.max(np.abs(a - b))) for a, b in zip(aggregator.after[number], expected)) < 1e-6
 
 
 def test_pom2_fails_clearly_below_the_threshold():

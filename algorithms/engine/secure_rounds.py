@@ -14,7 +14,8 @@ the platform refuses the others for POM 2 and 3 (``platform/definition.py``).
 
 POM 2 round (Bonawitz et al. 2017, staged as Flower's SecAgg+; the core is
 ``algorithms/privacy/secagg_*``): ``secagg_setup`` -> signed key announcements,
-``secagg_share`` -> encrypted Shamir shares, routed to each recipient as ``secagg_delivery``,
+``secagg_share`` -> encrypted Shamir shares, routed to each recipient with the round broadcast
+(or as ``secagg_delivery`` messages for a large roster),
 ``round`` -> masked update, ``secagg_unmask`` -> the shares that remove the masks. Keys and
 seeds are fresh in every round. Sample counts are sent in the clear, as the core's README says.
 From the second round on, the first two stages travel with the previous round's broadcast, updates
@@ -22,6 +23,7 @@ and unmask exchange, so that a round costs one extra exchange, not three (``Secu
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ log = logging.getLogger("werkbund.pom")
 
 DEFAULT_CLIP_RANGE = 64.0          # |weight change| per round and entry; larger values are clipped
 DEFAULT_MAX_SAMPLES = 1 << 20      # largest sample count (the weight of an update) a participant may have
+DELIVERIES_WITH_BROADCAST = 256 * 1024  # JSON bytes of all shares up to which they ride on the round broadcast
 MODES = {1: "plain", 2: "secure aggregation", 3: "homomorphic encryption (CKKS)"}
 
 
@@ -240,8 +243,7 @@ class SecureAggregator(AggregatorMode):
             else:
                 self.server = self._new_server(number, roster)
                 rejected = self._key_stages(number)
-            for recipient, delivery in self.server.share_deliveries().items():
-                self.channel.send(recipient, "secagg_delivery", round=number, delivery=to_header(delivery))
+            shares = self._deliver(number, self.server.share_deliveries())
         except SecAggError as exc:
             raise TaskFailure(f"round {number}: secure aggregation failed: {exc}") from None
         # a participant refused at a key stage is out of this round; the round record says why
@@ -251,7 +253,18 @@ class SecureAggregator(AggregatorMode):
         self._n = config.vector_length
         self.stats = {"threshold": config.threshold, "participants": len(roster), "bytes_in": 0,
                       "keys_with_previous_round": pipelined, "key_stages_s": time.perf_counter() - started}
-        return self._prepare_next(number, roster)
+        return {**shares, **self._prepare_next(number, roster)}
+
+    def _deliver(self, number: int, deliveries: dict[str, dict]) -> dict:
+        """Each participant's encrypted shares: with the round broadcast while they are small (every
+        share is AES-GCM-encrypted to its recipient, so the others learn nothing from it), else one
+        ``secagg_delivery`` message per recipient (the total grows with the square of the roster)."""
+        encoded = {recipient: to_header(delivery) for recipient, delivery in deliveries.items()}
+        if len(json.dumps(encoded)) <= DELIVERIES_WITH_BROADCAST:
+            return {"secagg_deliveries": encoded}
+        for recipient, delivery in encoded.items():
+            self.channel.send(recipient, "secagg_delivery", round=number, delivery=delivery)
+        return {}
 
     def _prepare_next(self, number: int, roster: list[str]) -> dict:
         """The next round's set-up, to go out with this round's broadcast ({} after the last round)."""
@@ -418,6 +431,9 @@ class SecureParticipant(ParticipantMode):
     def protect(self, message, payload: bytes, header: dict) -> tuple[bytes, dict]:
         number = message.get("round")
         state, delivery = self.states.get(number), self.deliveries.get(number)
+        if delivery is None and isinstance(message.get("secagg_deliveries"), dict):
+            delivery = message.get("secagg_deliveries").get(self.channel.name)
+            delivery = from_header(delivery) if delivery is not None else None
         if state is None or delivery is None:
             raise PomError(f"round {number}: no secure-aggregation keys were shared with this participant")
         started = time.perf_counter()
