@@ -3,13 +3,14 @@
     .venv/bin/python bench/privacy.py                                 # 10 participants, ~100k parameters
     .venv/bin/python bench/privacy.py --participants 5 --rounds 2 --skip-dp
 
-    .venv/bin/python bench/privacy.py --processes --skip-dp           # participants as processes, over HTTP
+    .venv/bin/python bench/privacy.py --threads --skip-dp             # participants as threads, in-process
 
-One run, one task per mode, each on a fresh platform: by default the in-process platform
+One run, one task per mode, each on a fresh platform: by default a local platform (Flask over HTTP,
+SQLite) with every participant a process of its own, as in a deployment, where a participant's
+masking or encryption does not wait for the others'; with ``--threads`` the in-process platform
 (``client/inproc_transport.py``: the real platform core and mailboxes, no HTTP) with one thread per
-participant; with ``--processes`` a local platform (Flask over HTTP, SQLite) with every participant
-a process of its own, as in a real deployment, where a participant's masking or encryption does not
-wait for the others' (in one process it holds the interpreter lock that all threads share). The job:
+participant, where TenSEAL's encryption, which holds the interpreter lock, runs one participant
+after the other. On 2 cores both share the machine among 10 participants. The job:
 the ``neural_network`` algorithm with a 64-256-320-10 MLP (102,090 weights, plus the
 standardization layer), the digits data split over the participants, ``--rounds`` rounds of
 ``--epochs`` epoch(s), FedAvg. The round time is the
@@ -93,7 +94,7 @@ def _run_site(user, train, test, per_round: list, lock, errors: list) -> None:
 
 def _site_process(url: str, name: str, password: str, identity: bytes, index: int, participants: int,
                   seed: int, out: str) -> None:
-    """A participant in a process of its own, over HTTP to the local platform (``--processes``)."""
+    """A participant in a process of its own, over HTTP to the local platform (the default)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.basicConfig(level=logging.WARNING)
     from werkbund.algorithms import keras_models  # noqa: F401  (TenSEAL before TensorFlow)
@@ -237,9 +238,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the modes this many times in turn (1,2,3,1,2,3...) and pool the rounds, "
                              "so that a change of load on the machine hits every mode alike")
-    parser.add_argument("--processes", action="store_true",
-                        help="run each participant as a process of its own over HTTP to a local platform, as "
-                             "`werkbund participate` does, instead of a thread on the in-process platform")
+    parser.add_argument("--threads", action="store_true",
+                        help="run each participant as a thread on the in-process platform instead of a process "
+                             "of its own over HTTP to a local platform (faster to start; the participants' "
+                             "masking and encryption then queue for one interpreter lock)")
     parser.add_argument("--skip-dp", action="store_true", help="do not run bench/privacy_dp.py at the end")
     parser.add_argument("--data-dir", default=os.environ.get("WERKBUND_DATA_DIR", "../shared/datasets"))
     parser.add_argument("--json", help="also write the figures to this file")
@@ -253,11 +255,11 @@ def main() -> None:
             print(f"  POM {pom}: {args.participants} participants, {args.rounds} rounds ...", file=sys.stderr,
                   flush=True)
             results.setdefault(pom, []).append(run_mode(pom, args.participants, args.rounds, args.epochs, model,
-                                                        processes=args.processes))
+                                                        processes=not args.threads))
     results = {pom: pooled(runs) for pom, runs in results.items()}
     print(f"model: {n_params} trainable parameters (+ standardization); {args.participants} participants, "
           f"{args.rounds} rounds of {args.epochs} epoch(s), digits; "
-          + ("local platform over HTTP, one process per participant" if args.processes
+          + ("local platform over HTTP, one process per participant" if not args.threads
              else "in-process platform, one thread per participant") + f"; {os.cpu_count()} CPU(s)")
     print(f"{'mode':<6} {'round s (median, all)':<34} {'x POM 1':>8} {'protect ms':>11} {'update bytes':>13} "
           f"{'decrypt ms':>11} {'setup s':>8} {'accuracy':>9}")
