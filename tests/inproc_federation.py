@@ -8,6 +8,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from werkbund.algorithms.engine.progress import Progress
 from werkbund.algorithms.registry import get_algorithm
 from werkbund.client.api import register
 from werkbund.client.inproc_transport import InProcPlatform
@@ -51,3 +52,14 @@ def run_federation(definition: dict, sites: dict, holdout=None, test_size: float
         for thread in threads:
             thread.join(timeout=60)
     return creator, aggregator, outcome, results
+
+
+class CrashAfter(Progress):
+    """Stands for a Ctrl-C right after round ``number`` (0-based) was aggregated and checkpointed."""
+
+    def __init__(self, number: int):
+        self.number = number
+
+    def round_done(self, number, total, summary):
+        if number == self.number:
+            raise KeyboardInterrupt

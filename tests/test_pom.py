@@ -11,12 +11,12 @@ import threading
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from inproc_federation import CrashAfter
 
 from werkbund.algorithms.arrays import decode_weights
 from werkbund.algorithms.data import load_dataset
 from werkbund.algorithms.engine.aggregator import TaskFailure
 from werkbund.algorithms.engine.participant import TaskEnded
-from werkbund.algorithms.engine.progress import Progress
 from werkbund.algorithms.neural_network import NeuralNetworkAggregator, NeuralNetworkParticipant
 from werkbund.algorithms.privacy import he_ckks
 from werkbund.algorithms.privacy.pom_wire import flatten, unpack_blobs, vector_from
@@ -71,16 +71,6 @@ class RecordingAggregator(NeuralNetworkAggregator):
         super().aggregate(number)
         self.after[number] = [w.copy() for w in self.weights]
 
-
-class CrashAfter(Progress):
-    """Stands for a Ctrl-C right after round ``number`` was aggregated and checkpointed."""
-
-    def __init__(self, number: int):
-        self.number = number
-
-    def round_done(self, number, total, summary):
-        if number == self.number:
-            raise KeyboardInterrupt
 
 
 def federation(definition, sites=SITES, vanish=None, forged=(), crash_after=None, checkpoints=None):

@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 import pytest
+from inproc_federation import CrashAfter
 
 from werkbund.algorithms.arrays import decode_weights, encode_weights
 from werkbund.algorithms.data import Dataset
 from werkbund.algorithms.engine.checkpoint import Checkpoint, CheckpointError
-from werkbund.algorithms.engine.progress import Progress
 from werkbund.algorithms.neural_network import ALGORITHM
 from werkbund.client.api import register
 from werkbund.client.inproc_transport import InProcPlatform
@@ -65,16 +65,6 @@ def federation(tmp_path, definition, losses=None):
         threads[-1].start()
     return alice, logs, threads
 
-
-class CrashAfter(Progress):
-    """Stands for a Ctrl-C right after round ``number`` (0-based) was aggregated and checkpointed."""
-
-    def __init__(self, number: int):
-        self.number = number
-
-    def round_done(self, number, total, summary):
-        if number == self.number:
-            raise KeyboardInterrupt
 
 
 def test_early_stopping_on_the_participants_combined_loss_completes_the_task_early(tmp_path):
