@@ -109,7 +109,7 @@ def _site_process(url: str, name: str, password: str, identity: bytes, index: in
 
 
 def run_mode(pom: int, participants: int, rounds: int, epochs: int, model: dict, seed: int = 0,
-             processes: bool = False) -> dict:
+             processes: bool = True) -> dict:
     from cryptography.hazmat.primitives import serialization
 
     from werkbund.algorithms.arrays import encode_weights

@@ -113,19 +113,17 @@ class _Transfer:
 
     def put(self, index: int, chunk: bytes) -> None:
         start = index * self.stride
+        self.seen.add(index)
         if self.header is None:
             self.buffer[start:start + len(chunk)] = chunk
-        else:
-            skip = max(0, self.offset - start)  # the first chunk carries the frame's header first
-            self.payload.view[start + skip - self.offset:start + len(chunk) - self.offset] = \
-                memoryview(chunk)[skip:]
-        self.seen.add(index)
-        if self.header is not None:
-            while self.hashed in self.seen:  # hash what is contiguous from the start
-                first = self.hashed * self.stride
-                self.digest.update(self.payload.view[max(0, first - self.offset):
-                                                     min(self.size, first + self.stride) - self.offset])
-                self.hashed += 1
+            return
+        skip = max(0, self.offset - start)  # the first chunk carries the frame's header first
+        self.payload.view[start + skip - self.offset:start + len(chunk) - self.offset] = memoryview(chunk)[skip:]
+        while self.hashed in self.seen:  # hash what is contiguous from the start
+            first = self.hashed * self.stride
+            self.digest.update(self.payload.view[max(0, first - self.offset):
+                                                 min(self.size, first + self.stride) - self.offset])
+            self.hashed += 1
 
     def expected(self, header: dict) -> dict:
         """The frame's header with the payload's sha256 in place (a streamed frame's came last)."""

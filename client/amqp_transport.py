@@ -152,16 +152,16 @@ class AmqpTransport(Transport):
     def send_message(self, task, to, kind, payload, header):
         """A message too large for one chunk and not for the blob store is cut into chunks straight
         from its payload (``StreamedFrame``), without building its frame first."""
-        whole = super().send_message
-        if not isinstance(payload, (bytes, bytearray, memoryview)) or not memoryview(payload).c_contiguous:
-            return whole(task, to, kind, payload, header)
-        size = memoryview(payload).nbytes
-        if size < self.chunk_bytes or (size > self.blob_threshold and self.blob_client(task) is not None):
-            return whole(task, to, kind, payload, header)
-        try:
-            frame = StreamedFrame(task, kind, payload, header, self.chunk_bytes)
-        except ValueError:  # a header as large as a chunk (tiny chunks): the frame is built and split
-            return whole(task, to, kind, payload, header)
+        view = memoryview(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else None
+        frame = None
+        if (view is not None and view.c_contiguous and view.nbytes >= self.chunk_bytes
+                and not (view.nbytes > self.blob_threshold and self.blob_client(task) is not None)):
+            try:
+                frame = StreamedFrame(task, kind, payload, header, self.chunk_bytes)
+            except ValueError:  # a header as large as a chunk (tiny chunks): the frame is built and split
+                pass
+        if frame is None:  # one message, the claim-check path, or an odd payload: the whole frame
+            return super().send_message(task, to, kind, payload, header)
         self._publish_chunks(task, to, frame.chunks)
         return {"delivered_to": to, "size": frame.size}
 

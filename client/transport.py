@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from werkbund.client.messages import encode_message
+
 
 class Transport(ABC):
     """What the client API needs from a platform connection."""
@@ -31,8 +33,6 @@ class Transport(ABC):
 
     def send_message(self, task: str, to: str, kind: str, payload: bytes, header: dict) -> dict:
         """Frame a task message and send it; a transport may stream a large one without the frame."""
-        from werkbund.client.messages import encode_message
-
         return self.send(task, to, encode_message(task, kind, payload, **header))
 
     @abstractmethod

@@ -15,7 +15,7 @@ Every round: the ``update`` is ``n_samples * (weights - global)``, flattened, as
 4096 values each. The aggregator adds them and sends the encrypted sum with the total sample
 count (``pom3_decrypt``, sent to the decryptors only); two contributors (the lowest names; the next
 two if both vanish) decrypt it, once per round each, divide by the total and send the mean change back
-(``pom3_plain``); the others answer empty. The two replies must agree (CKKS decryption is
+(``pom3_plain``); a participant asked without being named a decryptor answers empty. The two replies must agree (CKKS decryption is
 deterministic), else the round fails. So the aggregator learns the aggregate, as in POM 2, and never one update,
 as long as it follows the protocol (see algorithms/privacy/README.md for what this does not cover).
 """
