@@ -1,17 +1,21 @@
-"""Pictures of a task's results: accuracy per round, clusters in two dimensions."""
+"""Pictures of a task's results: accuracy per round, clusters in two dimensions.
+
+Every ``plot_*`` function writes a PNG to ``path`` and returns the path as a string; with
+``path=None`` it returns the matplotlib Figure instead (what a notebook shows). Figures are made
+with ``matplotlib.figure.Figure``, not pyplot: no global state, no GUI backend, safe in threads.
+"""
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def plot_accuracy(history: list[dict], path, title: str = "accuracy per round") -> str:
     """Combined and per-participant test accuracy (and the aggregator's held-out accuracy) per round."""
     rounds = [h["round"] + 1 for h in history]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig, ax = _subplots(figsize=(7, 4.2), dpi=110)
     if any("accuracy" in h for h in history):
         ax.plot(rounds, [h.get("accuracy") for h in history], "o-", lw=2.5, color="black", label="all participants")
     names = sorted({p for h in history for p in h.get("participants", {})})
@@ -57,8 +61,8 @@ def plot_clusters(path, centroids, features: list[str], x=None, labels=None, siz
     reference = np.asarray(x, dtype=np.float64) if x is not None and len(x) > 2 else centroids
     reference = reference[~np.isnan(reference).any(axis=1)]
     project, names = _projection(reference if len(reference) > 1 else centroids, list(features))
-    colours = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=110)
+    colours = matplotlib.colormaps["tab10"]
+    fig, ax = _subplots(figsize=(6.4, 5.2), dpi=110)
     if x is not None and len(x):
         points = project(np.asarray(x, dtype=np.float64))
         ax.scatter(points[:, 0], points[:, 1], s=9, alpha=0.55,
@@ -81,7 +85,7 @@ def plot_metric(history: list[dict], metric: str, path, title: str | None = None
     """Any per-round metric (``rmse``, ``mae``, ``loss``, ``accuracy``): combined, per participant and
     the aggregator's held-out figure, per round."""
     rounds = [h["round"] + 1 for h in history]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig, ax = _subplots(figsize=(7, 4.2), dpi=110)
     if any(metric in h for h in history):
         ax.plot(rounds, [h.get(metric) for h in history], "o-", lw=2.5, color="black", label="all participants")
     for name in sorted({p for h in history for p in h.get("participants", {})}):
@@ -103,7 +107,7 @@ def plot_confusion_matrix(confusion, classes: list, path, title: str = "confusio
     matrix = np.asarray(confusion, dtype=np.int64)
     labels = [str(c) for c in classes] if len(classes) == len(matrix) else [str(i) for i in range(len(matrix))]
     size = max(4.0, 0.55 * len(matrix) + 2.5)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=110)
+    fig, ax = _subplots(figsize=(size, size * 0.85), dpi=110)
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(len(matrix)), labels, rotation=45 if max(map(len, labels), default=0) > 3 else 0)
@@ -122,7 +126,7 @@ def plot_curves(curves: dict[str, list], path, title: str, ylabel: str, watermar
     """Several models' metric per round on one axis (e.g. local at each site, central, federated);
     ``watermark`` is written large across the plot (SYNTHETIC data says so on every picture). A
     logarithmic axis where the values span more than a factor of 20 (an error that explodes)."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.4), dpi=110)
+    fig, ax = _subplots(figsize=(7.5, 4.4), dpi=110)
     styles = {"federated": ("o-", 2.5, "black"), "central (pooled data)": ("s--", 2.0, "tab:purple")}
     for name, values in curves.items():
         if not values:
@@ -146,9 +150,16 @@ def plot_curves(curves: dict[str, list], path, title: str, ylabel: str, watermar
     return _save(fig, path)
 
 
-def _save(fig, path) -> str:
-    """Lay out, write and close a figure; returns the path as a string."""
+def _subplots(figsize, dpi):
+    fig = Figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots()
+
+
+def _save(fig, path):
+    """Lay out a figure and write it to ``path`` (returns the path as a string), or return the
+    figure itself when ``path`` is None."""
     fig.tight_layout()
+    if path is None:
+        return fig
     fig.savefig(path)
-    plt.close(fig)
     return str(path)

@@ -193,11 +193,17 @@ class AggregatorHandle(_TaskHandle):
     def participants(self) -> list[dict]:
         return self.transport.call("participants", task=self.task)
 
-    def wait_for_quorum(self, timeout: float | None = None, poll: float = 1.0, on_progress=None) -> list[dict]:
-        """Block until the quorum has joined; returns the participants."""
+    def wait_for_quorum(self, timeout: float | None = None, poll: float = 1.0, on_progress=None,
+                        check=None) -> list[dict]:
+        """Block until the quorum has joined; returns the participants.
+
+        ``check`` is called before every look at the task (it may raise to stop the wait).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         last = -1
         while True:
+            if check is not None:
+                check()
             info = self.info()
             if info["status"] != "CREATED":
                 raise InvalidState(f"task {self.task!r} is {info['status']}; it cannot start again")

@@ -138,3 +138,76 @@ class LedgerChannel:
         signature = E.encode_signature(E.cosign_checkpoint(cp, self.user.identity))
         self.transport.call("ledger_cosign", task=self.task, size=cp["size"], signature=signature)
         return {"size": cp["size"], "root": cp["root"], "own_entries": len(state["own"])}
+
+
+# ------------------------------------------------------------------ verification (CLI and Python API)
+def bundle_pairs(bundle: dict) -> list:
+    """The (entry, signature) pairs of a ledger bundle."""
+    return [(item.get("entry"), item.get("signature")) for item in bundle.get("entries", [])]
+
+
+def entry_leaf(entry) -> str | None:
+    """An entry's Merkle leaf hash (hex), or None for an entry that cannot be hashed."""
+    try:
+        return E.entry_leaf_hash(entry).hex()
+    except (E.EntryError, TypeError, ValueError):
+        return None
+
+
+def bundle_report(bundle: dict, view: dict | None = None, consistency: list | None = None,
+                  pinned_key: str | None = None):
+    """Verify a ledger bundle: signatures, seq, prev links, Merkle root, the checkpoint; with
+    ``view`` (what this member saw last time) also consistency and the entries seen before."""
+    from werkbund.platform.ledger import verify_log
+
+    latest = bundle["latest"]
+    platform_key = pinned_key or bundle["platform_key"]
+    kwargs = {}
+    if view is not None:
+        kwargs = dict(previous_checkpoint=view["checkpoint"], previous_signature=view["signature"],
+                      consistency_proof=consistency)
+    report = verify_log(bundle_pairs(bundle), bundle["keys"], latest["checkpoint"], latest["signature"],
+                        platform_key, cosignatures=latest.get("cosignatures") or None, **kwargs)
+    if pinned_key and bundle["platform_key"] != pinned_key:
+        report.new("platform key").fail(f"the platform key is now {bundle['platform_key']}, "
+                                        f"not {pinned_key} as first seen")
+    if view is not None:  # name the first entry that differs from what this member saw before
+        check = report.new("entries seen before")
+        leaves = [entry_leaf(e) for e, _ in bundle_pairs(bundle)]
+        for seq, old in enumerate(view.get("leaf_hashes", [])):
+            now = leaves[seq] if seq < len(leaves) else None
+            if now != old:
+                check.fail(f"entry {seq} " + ("is gone" if now is None else "differs from the one you saw")
+                           + f" at checkpoint size {view['checkpoint']['size']}", seq)
+                break
+        if check.ok:
+            check.detail = f"entries 0..{len(view.get('leaf_hashes', [])) - 1} unchanged since you saw them"
+    return report
+
+
+def verify_task_ledger(user, url: str | None, task: str) -> tuple:
+    """Verify a task's ledger online as its member ``user`` (a ``werkbund.client.api.User``).
+
+    Checks the bundle against what this member saw last time (kept under WERKBUND_HOME), remembers
+    the new view when it verifies, and cosigns the checkpoint with the member's identity key.
+    Returns (report, bundle).
+    """
+    from werkbund.client import state
+
+    bundle = user.transport.call("ledger_bundle", task=task)
+    view = state.load_ledger_view(url, user.name, task)
+    consistency = None
+    if view is not None and view["checkpoint"]["size"] <= bundle["latest"]["checkpoint"]["size"]:
+        consistency = user.transport.call("ledger_consistency", task=task, old_size=view["checkpoint"]["size"],
+                                          new_size=bundle["latest"]["checkpoint"]["size"])["proof"]
+    report = bundle_report(bundle, view, consistency, view.get("platform_key") if view else None)
+    if report.ok:
+        cp = bundle["latest"]["checkpoint"]
+        state.save_ledger_view(url, user.name, task, {
+            "platform_key": bundle["platform_key"], "checkpoint": cp, "signature": bundle["latest"]["signature"],
+            "leaf_hashes": [entry_leaf(e) for e, _ in bundle_pairs(bundle)][:cp["size"]]})
+        if user.identity is not None:
+            sig = E.encode_signature(E.cosign_checkpoint(cp, user.identity))
+            user.transport.call("ledger_cosign", task=task, size=cp["size"], signature=sig)
+            report.new("cosigned").detail = f"you cosigned checkpoint {cp['size']}"
+    return report, bundle

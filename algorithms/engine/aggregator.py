@@ -199,6 +199,7 @@ class RoundAggregator:
             for participant in sorted(waiting):
                 self.channel.send(participant, kind, payload, round=number, **header)
         collected = Collected()
+        leaving: set[str] = set()
         deadline = time.monotonic() + float(self.definition["round_timeout"])
         while waiting:
             remaining = deadline - time.monotonic()
@@ -215,6 +216,8 @@ class RoundAggregator:
                 reason = f"malformed message: {message.extra.get('error')}"
             elif message.kind == "error":
                 reason = f"participant reported: {message.get('reason', 'an error')}"
+                if message.get("leaving") is True:  # it stopped: no later round waits for it
+                    leaving.add(sender)
             elif message.kind != expect or message.get("round") != number:
                 log.info("ignoring stale %s (round %s) from %s", message.kind, message.get("round"), sender)
                 continue
@@ -233,6 +236,9 @@ class RoundAggregator:
             log.warning("round %d: rejected %s from %s: %s", number, expect or kind, sender, reason)
             self.progress.message(f"rejected {expect or kind} from {sender}: {reason}")
         collected.missing = sorted(waiting)
+        if leaving:
+            self.progress.message(f"{', '.join(sorted(leaving))} stopped taking part; going on without them")
+            self.active = [p for p in self.active if p not in leaving]
         if collected.missing:
             self.progress.message(f"no answer from {', '.join(collected.missing)} before the deadline; "
                                   "going on without them")
