@@ -10,8 +10,9 @@ import click
 
 from werkbund.client import state
 from werkbund.client.cli_common import (
-    Connection, emit_json, handle_errors, platform_options, setup_logging,
+    LOGIN_ENVIRONMENT, Connection, emit_json, environment, handle_errors, platform_options, setup_logging,
 )
+from werkbund.platform.definition import FIELDS
 from werkbund.platform.errors import InvalidInput
 
 DEFINITION_OPTIONS = ("algorithm", "quorum", "rounds", "epochs", "batch_size", "learning_rate",
@@ -20,19 +21,40 @@ DEFINITION_OPTIONS = ("algorithm", "quorum", "rounds", "epochs", "batch_size", "
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(version("werkbund"), prog_name="werkbund")
-@click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging (default: info).")
 def cli(verbose):
-    """werkbund: train one model on data that none of the companies may share."""
+    """werkbund: train one model on data that none of the companies may share.
+
+    `werkbund COMMAND --help` tells what a command does, its options with their defaults and the
+    environment variables it reads.
+
+    \b
+    Environment:
+      WERKBUND_HOME  Where session tokens, identity keys, joined datasets,
+                     checkpoints, models and results are kept
+                     (default: ~/.werkbund).
+    """
     setup_logging(verbose)
+
+
+def _field(what: str, field: str, fallback: str | None = None) -> str:
+    """Help for an option that overrides a task definition field, with the platform's default."""
+    default = FIELDS[field][1]
+    return f"{what} (default: the definition file's value, else {fallback or default})."
 
 
 # ------------------------------------------------------------------ accounts
 @cli.command()
+@environment(*LOGIN_ENVIRONMENT)
 @platform_options
-@click.option("--org", required=True, help="Your organisation.")
+@click.option("--org", help="Your organisation (default: the credentials file's org; one of the two is needed).")
 @handle_errors
 def register(conn: Connection, org):
-    """Create an account (the password is asked for, or taken from WERKBUND_PASSWORD)."""
+    """Create an account and an identity key (the password is asked for, or taken from
+    WERKBUND_PASSWORD or the credentials file; WERKBUND_KEY_PASSPHRASE, if set, encrypts the key)."""
+    org = org or conn.creds.get("org")
+    if not org:
+        raise click.UsageError("no organisation: give --org or put org in the credentials file")
     transport = conn.transport()
     password = conn.password(confirm=True)
     key_path, made = state.identity_path(conn.url, conn.user), False
@@ -58,6 +80,7 @@ def register(conn: Connection, org):
 
 
 @cli.command()
+@environment(*LOGIN_ENVIRONMENT)
 @platform_options
 @handle_errors
 def login(conn: Connection):
@@ -67,6 +90,7 @@ def login(conn: Connection):
 
 
 @cli.command()
+@environment("WERKBUND_HOME")
 @platform_options
 @handle_errors
 def logout(conn: Connection):
@@ -90,21 +114,28 @@ def _definition(path, options: dict) -> dict:
 
 
 @cli.command()
+@environment(*LOGIN_ENVIRONMENT)
 @platform_options
 @click.option("--task", required=True, help="A unique task name.")
-@click.option("--definition", type=click.Path(exists=True, dir_okay=False), help="Task definition (JSON).")
-@click.option("--algorithm")
-@click.option("--quorum", type=int)
-@click.option("--rounds", type=int)
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--learning-rate", type=float)
-@click.option("--max-participants", type=int)
-@click.option("--min-updates", type=int)
-@click.option("--round-timeout", type=float, help="Seconds to wait for the updates of one round.")
+@click.option("--definition", type=click.Path(exists=True, dir_okay=False),
+              help="Task definition (a JSON object; fields the options below do not cover, e.g. pom, dp, model, "
+                   "go here) (default: none, the platform's defaults).")
+@click.option("--algorithm", help=_field("Algorithm (see `werkbund algorithms`)", "algorithm"))
+@click.option("--quorum", type=int, help=_field("Participants needed before the task starts", "quorum"))
+@click.option("--rounds", type=int, help=_field("Training rounds", "rounds"))
+@click.option("--epochs", type=int, help=_field("Local epochs per round", "epochs"))
+@click.option("--batch-size", type=int, help=_field("Local batch size", "batch_size"))
+@click.option("--learning-rate", type=float, help=_field("Local learning rate", "learning_rate"))
+@click.option("--max-participants", type=int,
+              help=_field("Most participants that may join", "max_participants", "the quorum"))
+@click.option("--min-updates", type=int,
+              help=_field("Fewest participants' updates a round needs (after the round timeout)", "min_updates"))
+@click.option("--round-timeout", type=float,
+              help=_field("Seconds to wait for the updates of one round", "round_timeout"))
 @click.option("--kind", type=click.Choice(["classification", "regression"]),
-              help="What the participants' target must be (checked when they join).")
-@click.option("--json", "as_json", is_flag=True)
+              help=_field("What the participants' target must be (checked when they join)", "kind",
+                          "any, not checked"))
+@click.option("--json", "as_json", is_flag=True, help="Print the created task as JSON (default: one line of text).")
 @handle_errors
 def create(conn: Connection, task, definition, as_json, **options):
     """Create a learning task (options override the definition file)."""
@@ -116,12 +147,14 @@ def create(conn: Connection, task, definition, as_json, **options):
 
 
 @cli.command("list")
+@environment(*LOGIN_ENVIRONMENT)
 @platform_options
-@click.option("--status", type=click.Choice(["CREATED", "STARTED", "COMPLETE", "FAILED"]))
-@click.option("--creator")
-@click.option("--algorithm")
-@click.option("--search", help="Text to look for in name, creator, organisation, description.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--status", type=click.Choice(["CREATED", "STARTED", "COMPLETE", "FAILED"]),
+              help="Only tasks in this status (default: any).")
+@click.option("--creator", help="Only tasks created by this user (default: anyone's).")
+@click.option("--algorithm", help="Only tasks of this algorithm (default: any).")
+@click.option("--search", help="Text to look for in name, creator, organisation, description (default: none).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (default: a table).")
 @handle_errors
 def list_tasks(conn: Connection, status, creator, algorithm, search, as_json):
     """List tasks: name, creator, status, algorithm, quorum, joined, created."""
@@ -139,9 +172,10 @@ def list_tasks(conn: Connection, status, creator, algorithm, search, as_json):
 
 
 @cli.command()
+@environment(*LOGIN_ENVIRONMENT)
 @platform_options
-@click.option("--task", required=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--task", required=True, help="The task's name.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, with every round's record (default: text).")
 @handle_errors
 def info(conn: Connection, task, as_json):
     """Show a task: status, definition, participants, rounds."""
@@ -177,8 +211,9 @@ def info(conn: Connection, task, as_json):
 
 
 @cli.command()
+@environment(*LOGIN_ENVIRONMENT)
 @platform_options
-@click.option("--task", required=True)
+@click.option("--task", required=True, help="The task's name.")
 @handle_errors
 def delete(conn: Connection, task):
     """Delete a task you created (not while it runs)."""
@@ -187,14 +222,16 @@ def delete(conn: Connection, task):
 
 
 @cli.command()
+@environment(*LOGIN_ENVIRONMENT, "WERKBUND_MNIST_DIR")
 @platform_options
-@click.option("--task", required=True)
+@click.option("--task", required=True, help="The task's name.")
 @click.option("--data", "data_spec", required=True,
               help="Your local data: a .csv, a .npz, builtin:digits or builtin:mnist. It never leaves this machine.")
-@click.option("--target", help="Target column of a CSV.")
+@click.option("--target", help="Target column of a CSV, which needs one (default: none; a .npz or builtin: dataset has its own).")
 @click.option("--features", help="Comma-separated feature columns of a CSV (default: all but the target).")
-@click.option("--shard", help="Use part i of n of the data, e.g. 1/2 (for demos).")
-@click.option("--hide-size", is_flag=True, help="Do not tell the platform how many rows you have.")
+@click.option("--shard", help="Use part i of n of the data, e.g. 1/2 (for demos) (default: all of it).")
+@click.option("--hide-size", is_flag=True,
+              help="Do not tell the platform how many rows you have (default: the row count is reported).")
 @click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification",
               show_default=True,
               help="What the target is: classes, or a number to predict (e.g. remaining useful life).")
@@ -215,8 +252,9 @@ def join(conn: Connection, task, data_spec, target, features, shard, hide_size, 
 
 
 @cli.command()
+@environment(*LOGIN_ENVIRONMENT)
 @platform_options
-@click.option("--task", required=True)
+@click.option("--task", required=True, help="The task's name.")
 @handle_errors
 def leave(conn: Connection, task):
     """Leave a task before it starts."""
@@ -225,9 +263,11 @@ def leave(conn: Connection, task):
 
 
 @cli.command()
+@environment(*LOGIN_ENVIRONMENT)
 @platform_options
-@click.option("--task", required=True)
-@click.option("--out", type=click.Path(dir_okay=False), help="Where to write the .keras file.")
+@click.option("--task", required=True, help="The task's name.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Where to write the .keras file, its metadata going to OUT.json (default: TASK.keras).")
 @handle_errors
 def model(conn: Connection, task, out):
     """Download the final model of a COMPLETE task (creator and participants)."""
@@ -240,8 +280,11 @@ def model(conn: Connection, task, out):
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=int)
+@environment(("WERKBUND_HOME", "Where the default SQLite database goes (default: ~/.werkbund)."),
+             ("WERKBUND_LEDGER_KEY", "The platform's ledger signing key file (default: beside a SQLite "
+                                     "database, else WERKBUND_HOME/platform/ledger-key-*.pem)."))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=5000, show_default=True, type=int, help="Port to listen on.")
 @click.option("--db", help="SQLAlchemy database URL (default: SQLite under WERKBUND_HOME).")
 @handle_errors
 def local_platform(host, port, db):

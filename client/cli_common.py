@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
 import sys
+import textwrap
 
 import click
 
@@ -18,14 +20,57 @@ log = logging.getLogger("werkbund.cli")
 EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_TASK_FAILED = 1, 3, 4
 
 
+# The keys of a credentials file (--credentials) that the CLI reads; options and environment variables win.
+CREDENTIALS_KEYS = ("platform", "url", "user", "password", "org", "vhost", "ca_certificate")
+CREDENTIALS_HELP = ("JSON file with the keys platform (local or cloud), url, user, password, org (read by "
+                    "register), vhost and ca_certificate (cloud: the broker's virtual host and the CA file for "
+                    "amqps). All are optional; options and environment variables win over it (default: none).")
+
+# Environment variables that commands read besides their options' own (shown as [env var: ...]).
+ENVIRONMENT = {
+    "WERKBUND_PASSWORD": "Your password (default: the credentials file's, else asked for at a terminal).",
+    "WERKBUND_HOME": "Where session tokens, identity keys, joined datasets, checkpoints, models and results "
+                     "are kept (default: ~/.werkbund).",
+    "WERKBUND_KEY_PASSPHRASE": "Passphrase of your identity key file (default: none, the key is not encrypted).",
+    "WERKBUND_BLOB_THRESHOLD": "Cloud platform: messages larger than this many bytes go through the blob store "
+                               "(default: 8388608, 8 MiB).",
+    "WERKBUND_MNIST_DIR": "Where builtin:mnist is read from: a folder with the four MNIST IDX .gz files or "
+                          "an mnist.npz (no default).",
+    "WERKBUND_LEDGER_KEY": "The platform's ledger signing key file (default: beside a SQLite database, else "
+                           "WERKBUND_HOME/platform/ledger-key-*.pem).",
+}
+# What every command that logs in to a platform reads.
+LOGIN_ENVIRONMENT = ("WERKBUND_PASSWORD", "WERKBUND_HOME", "WERKBUND_KEY_PASSPHRASE", "WERKBUND_BLOB_THRESHOLD")
+
+
+def environment(*names):
+    """Append an "Environment:" paragraph naming ``names`` to a command's help: keys of ENVIRONMENT,
+    or (name, description) pairs where a command reads a variable for its own purpose.
+
+    Goes below ``@cli.command()`` (it edits the docstring the command is made from)."""
+    def decorate(func):
+        lines = []
+        for item in names:
+            name, text = item if isinstance(item, tuple) else (item, ENVIRONMENT[item])
+            wrapped = textwrap.wrap(text, 48) or [""]  # lines within 80 columns
+            lines.append(f"  {name:<24} {wrapped[0]}")
+            lines.extend(f"  {'':<24} {more}" for more in wrapped[1:])
+        func.__doc__ = (inspect.cleandoc(func.__doc__ or "") + "\n\n\b\nEnvironment:\n" + "\n".join(lines))
+        return func
+    return decorate
+
+
 def platform_options(func):
     """--platform, --url, --user, --credentials, as every command that talks to a platform takes them."""
-    @click.option("--credentials", type=click.Path(dir_okay=False), envvar="WERKBUND_CREDENTIALS",
-                  help="JSON file with platform, url, user (and optionally password, org).")
-    @click.option("--user", "-u", envvar="WERKBUND_USER", help="Your user name.")
-    @click.option("--url", envvar="WERKBUND_URL", help="Platform address, e.g. http://127.0.0.1:5000.")
+    @click.option("--credentials", type=click.Path(dir_okay=False), envvar="WERKBUND_CREDENTIALS", show_envvar=True,
+                  help=CREDENTIALS_HELP)
+    @click.option("--user", "-u", envvar="WERKBUND_USER", show_envvar=True,
+                  help="Your user name (default: the credentials file's user).")
+    @click.option("--url", envvar="WERKBUND_URL", show_envvar=True,
+                  help="Platform address, e.g. http://127.0.0.1:5000 or amqp://broker:5672/werkbund "
+                       "(default: the credentials file's url).")
     @click.option("--platform", "platform_kind", type=click.Choice(["local", "cloud"]), envvar="WERKBUND_PLATFORM",
-                  help="Which platform (default: local, or the credentials file's).")
+                  show_envvar=True, help="Which platform (default: the credentials file's, else local).")
     @functools.wraps(func)
     def wrapper(*args, platform_kind, url, user, credentials, **kwargs):
         creds = load_credentials(credentials) if credentials else {}

@@ -14,7 +14,9 @@ import rfc8785
 
 from werkbund.client import state
 from werkbund.client.cli import cli
-from werkbund.client.cli_common import Connection, emit_json, handle_errors, platform_options
+from werkbund.client.cli_common import (
+    CREDENTIALS_HELP, LOGIN_ENVIRONMENT, Connection, emit_json, environment, handle_errors, platform_options,
+)
 from werkbund.client.identity import generate_identity, load_identity
 from werkbund.client.ledger import LedgerError, publish, rotate_key
 from werkbund.platform.errors import InvalidInput
@@ -39,9 +41,11 @@ def _leaf(entry) -> str | None:
 
 
 @ledger.command()
+@environment(*LOGIN_ENVIRONMENT)
 @platform_options
-@click.option("--task", required=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--task", required=True, help="The task's name.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the whole bundle (entries, keys, checkpoint) as JSON (default: one line per entry).")
 @handle_errors
 def show(conn: Connection, task, as_json):
     """List the entries of a task's ledger and its latest signed checkpoint."""
@@ -96,14 +100,20 @@ def _finish(report) -> None:
 
 
 @ledger.command()
-@click.option("--task", help="Verify the task's ledger on the platform.")
+@environment(*LOGIN_ENVIRONMENT)
+@click.option("--task", help="Verify the task's ledger on the platform (default: none; give it or --bundle).")
 @click.option("--bundle", "bundle_file", type=click.Path(exists=True, dir_okay=False),
-              help="Verify an exported bundle offline instead.")
-@click.option("--platform-key", help="The platform key you trust (base64), for --bundle.")
-@click.option("--url", envvar="WERKBUND_URL")
-@click.option("--user", "-u", envvar="WERKBUND_USER")
-@click.option("--credentials", type=click.Path(dir_okay=False), envvar="WERKBUND_CREDENTIALS")
-@click.option("--platform", "platform_kind", type=click.Choice(["local", "cloud"]), envvar="WERKBUND_PLATFORM")
+              help="Verify an exported bundle offline instead (default: none, verify online).")
+@click.option("--platform-key",
+              help="The platform key you trust (base64), for --bundle (default: the key in the bundle).")
+@click.option("--url", envvar="WERKBUND_URL", show_envvar=True,
+              help="Platform address, for --task (default: the credentials file's url).")
+@click.option("--user", "-u", envvar="WERKBUND_USER", show_envvar=True,
+              help="Your user name, for --task (default: the credentials file's user).")
+@click.option("--credentials", type=click.Path(dir_okay=False), envvar="WERKBUND_CREDENTIALS", show_envvar=True,
+              help=CREDENTIALS_HELP)
+@click.option("--platform", "platform_kind", type=click.Choice(["local", "cloud"]), envvar="WERKBUND_PLATFORM",
+              show_envvar=True, help="Which platform, for --task (default: the credentials file's, else local).")
 @handle_errors
 def verify(task, bundle_file, platform_key, url, user, credentials, platform_kind):
     """Check every signature, seq, prev link, the Merkle root, consistency with what you saw before."""
@@ -139,9 +149,10 @@ def verify(task, bundle_file, platform_key, url, user, credentials, platform_kin
 
 
 @ledger.command()
+@environment(*LOGIN_ENVIRONMENT)
 @platform_options
-@click.option("--task", required=True)
-@click.option("--out", type=click.Path(dir_okay=False), help="Bundle file (default TASK-ledger.json).")
+@click.option("--task", required=True, help="The task's name.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Bundle file (default: TASK-ledger.json).")
 @handle_errors
 def export(conn: Connection, task, out):
     """Write the entries, keys and signed checkpoint to a file for offline verification."""
@@ -158,11 +169,13 @@ def _passphrase():
 
 
 @ledger.command("rotate-key")
+@environment(*LOGIN_ENVIRONMENT)
 @platform_options
 @handle_errors
 def rotate_key_command(conn: Connection):
     """Replace your identity key by a new one made here; the change, signed with the old key,
-    goes on the ledger of every task you are in. Later entries must use the new key."""
+    goes on the ledger of every task you are in. Later entries must use the new key.
+    WERKBUND_KEY_PASSPHRASE, if set, unlocks the old key and encrypts the new one."""
     me = conn.login()
     if me.identity is None:
         raise InvalidInput("you have no identity key here to rotate; after a lost key use "
@@ -183,9 +196,12 @@ def rotate_key_command(conn: Connection):
 
 
 @ledger.command("revoke-key")
+@environment(*LOGIN_ENVIRONMENT)
 @platform_options
-@click.option("--reason", default="", help="Why (e.g. 'laptop lost'); goes on the ledger.")
-@click.option("--new-key", is_flag=True, help="Make and register a new key right after.")
+@click.option("--reason", default="", help="Why (e.g. 'laptop lost'); goes on the ledger (default: empty).")
+@click.option("--new-key", is_flag=True,
+              help="Make and register a new key right after, encrypted with WERKBUND_KEY_PASSPHRASE if set "
+                   "(default: no new key).")
 @handle_errors
 def revoke_key_command(conn: Connection, reason, new_key):
     """Revoke your identity key (lost or compromised): recorded on the ledger of every task you
@@ -212,9 +228,10 @@ def commitment(record: dict) -> str:
 
 
 @ledger.command()
+@environment(*LOGIN_ENVIRONMENT)
 @platform_options
-@click.option("--task", required=True)
-@click.option("--machine", required=True)
+@click.option("--task", required=True, help="The task's name.")
+@click.option("--machine", required=True, help="The machine the event happened to.")
 @click.option("--event", required=True, help="What happened (maintenance, failure, ...).")
 @handle_errors
 def maintenance(conn: Connection, task, machine, event):
@@ -255,14 +272,18 @@ def _check_proof(proof: dict) -> list[str]:
 
 
 @ledger.command()
-@click.option("--task")
+@environment("WERKBUND_PASSWORD", "WERKBUND_HOME", "WERKBUND_KEY_PASSPHRASE")
+@click.option("--task", help="The task's name, with --record (default: none).")
 @click.option("--record", "record_file", type=click.Path(exists=True, dir_okay=False),
-              help="A tuple file written by `ledger maintenance`.")
+              help="A tuple file written by `ledger maintenance`, under WERKBUND_HOME (default: none).")
 @click.option("--proof", "proof_file", type=click.Path(exists=True, dir_okay=False),
-              help="Check a proof file offline.")
-@click.option("--out", type=click.Path(dir_okay=False), help="Write a self-contained proof here.")
-@click.option("--url", envvar="WERKBUND_URL")
-@click.option("--user", "-u", envvar="WERKBUND_USER")
+              help="Check a proof file offline instead (default: none, ask the platform).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Write a self-contained proof here (default: none, only check).")
+@click.option("--url", envvar="WERKBUND_URL", show_envvar=True,
+              help="Address of the local platform, with --record (default: none).")
+@click.option("--user", "-u", envvar="WERKBUND_USER", show_envvar=True,
+              help="Your user name, with --record (default: none).")
 @handle_errors
 def prove(task, record_file, proof_file, out, url, user):
     """Show that a maintenance tuple was recorded on the ledger, and when."""

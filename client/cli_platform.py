@@ -7,7 +7,7 @@ import sys
 import click
 
 from werkbund.client.cli import cli
-from werkbund.client.cli_common import handle_errors
+from werkbund.client.cli_common import environment, handle_errors
 
 
 @cli.group("platform")
@@ -16,23 +16,28 @@ def platform_group():
 
 
 @platform_group.command()
-@click.option("--broker", required=True, envvar="WERKBUND_BROKER",
+@environment(("WERKBUND_HOME", "Home of the default --blob-dir and ledger key (default: ~/.werkbund)."),
+             "WERKBUND_LEDGER_KEY")
+@click.option("--broker", required=True, envvar="WERKBUND_BROKER", show_envvar=True,
               help="The platform's own broker account and vhost, e.g. amqp://admin:pw@host:5672/werkbund.")
-@click.option("--db", required=True, envvar="WERKBUND_DB",
+@click.option("--db", required=True, envvar="WERKBUND_DB", show_envvar=True,
               help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/werkbund or sqlite:///werkbund.db.")
-@click.option("--management", envvar="WERKBUND_BROKER_MANAGEMENT",
+@click.option("--management", envvar="WERKBUND_BROKER_MANAGEMENT", show_envvar=True,
               help="RabbitMQ management API (default: http://<broker user>@<broker host>:15672).")
 @click.option("--workers", default=4, show_default=True, type=int, help="Threads answering requests.")
-@click.option("--blob-port", default=0, show_default=True, type=int, envvar="WERKBUND_BLOB_PORT",
+@click.option("--blob-port", default=0, show_default=True, type=int, envvar="WERKBUND_BLOB_PORT", show_envvar=True,
               help="Port of the blob store for large messages and models (0: any free port).")
 @click.option("--blob-host", default="127.0.0.1", show_default=True, help="Address the blob store listens on.")
-@click.option("--blob-url", envvar="WERKBUND_BLOB_URL",
+@click.option("--blob-url", envvar="WERKBUND_BLOB_URL", show_envvar=True,
               help="The blob store's URL as clients reach it (default: http://<blob host>:<blob port>).")
-@click.option("--blob-dir", type=click.Path(file_okay=False), envvar="WERKBUND_BLOB_DIR",
+@click.option("--blob-dir", type=click.Path(file_okay=False), envvar="WERKBUND_BLOB_DIR", show_envvar=True,
               help="Where blobs are kept (default: <WERKBUND_HOME>/platform-blobs).")
-@click.option("--blob-tls-cert", type=click.Path(dir_okay=False, exists=True), help="Serve the blob store over HTTPS.")
-@click.option("--blob-tls-key", type=click.Path(dir_okay=False, exists=True))
-@click.option("--no-blobs", is_flag=True, help="No blob store: large messages travel through the broker in chunks.")
+@click.option("--blob-tls-cert", type=click.Path(dir_okay=False, exists=True),
+              help="Certificate file: serve the blob store over HTTPS, with --blob-tls-key (default: plain HTTP).")
+@click.option("--blob-tls-key", type=click.Path(dir_okay=False, exists=True),
+              help="Private key file of --blob-tls-cert (default: none).")
+@click.option("--no-blobs", is_flag=True,
+              help="No blob store: large messages travel through the broker in chunks (default: a blob store).")
 @handle_errors
 def serve(broker, db, management, workers, blob_port, blob_host, blob_url, blob_dir, blob_tls_cert, blob_tls_key,
           no_blobs):

@@ -10,7 +10,7 @@ import click
 
 from werkbund.client import state
 from werkbund.client.cli import cli
-from werkbund.client.cli_common import Connection, handle_errors, platform_options
+from werkbund.client.cli_common import LOGIN_ENVIRONMENT, Connection, environment, handle_errors, platform_options
 from werkbund.platform.errors import InvalidInput
 
 
@@ -49,17 +49,23 @@ def write_results(out: Path, task: str, outcome: dict) -> None:
 
 
 @cli.command()
+@environment(*LOGIN_ENVIRONMENT, "WERKBUND_MNIST_DIR")
 @platform_options
-@click.option("--task", required=True)
-@click.option("--data", "data_spec", help="Optional held-out data of your own to evaluate every round's model.")
-@click.option("--target", help="Target column of a CSV.")
-@click.option("--quorum-timeout", type=float, help="Give up if the quorum is not met in this many seconds.")
+@click.option("--task", required=True, help="The task's name.")
+@click.option("--data", "data_spec",
+              help="Held-out data of your own (.csv, .npz, builtin:digits or builtin:mnist) to evaluate every "
+                   "round's model (default: none, only the participants evaluate).")
+@click.option("--target", help="Target column of the --data CSV (default: none; needed for a CSV).")
+@click.option("--quorum-timeout", type=float,
+              help="Give up if the quorum is not met in this many seconds (default: wait for ever).")
 @click.option("--results", type=click.Path(file_okay=False),
-              help="Where to write history.json and the plots (accuracy or RMSE per round, confusion matrix).")
+              help="Where to write history.json and the plots (accuracy or RMSE per round, confusion matrix) "
+                   "(default: WERKBUND_HOME/results/TASK).")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False),
               help="Where the checkpoint after every round goes (default: WERKBUND_HOME/checkpoints/TASK).")
 @click.option("--resume", is_flag=True,
-              help="Continue a STARTED task from its last checkpoint (after the aggregator was stopped or killed).")
+              help="Continue a STARTED task from its last checkpoint (after the aggregator was stopped or killed) "
+                   "(default: start from round 1).")
 @handle_errors
 def aggregate(conn: Connection, task, data_spec, target, quorum_timeout, results, checkpoint_dir, resume):
     """Run the aggregator of a task you created: wait for the quorum, then run the rounds."""
@@ -93,14 +99,16 @@ def aggregate(conn: Connection, task, data_spec, target, quorum_timeout, results
 
 
 @cli.command()
+@environment(*LOGIN_ENVIRONMENT, "WERKBUND_MNIST_DIR")
 @platform_options
-@click.option("--task", required=True)
-@click.option("--data", "data_spec", help="Override the data chosen at join.")
-@click.option("--target")
+@click.option("--task", required=True, help="The task's name.")
+@click.option("--data", "data_spec", help="Override the data chosen at join (default: the data given to join).")
+@click.option("--target", help="Target column of the --data CSV (default: the one given to join).")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Where to write the final model (.keras; .safetensors or .json for kmeans, the linear models "
-                   "and statistics).")
-@click.option("--hold-back", help="Comma-separated columns to keep to yourself (algorithms that allow it: statistics).")
+                   "and statistics) (default: WERKBUND_HOME/models/USER/TASK.keras, or that suffix).")
+@click.option("--hold-back", help="Comma-separated columns to keep to yourself (algorithms that allow it: statistics) "
+                                  "(default: none).")
 @handle_errors
 def participate(conn: Connection, task, data_spec, target, out, hold_back):
     """Train in a task you joined, round after round, until the final model arrives."""
@@ -147,11 +155,17 @@ def algorithms():
 
 
 @cli.command()
-@click.option("--participants", "-n", default=3, show_default=True, type=click.IntRange(1))
-@click.option("--rounds", default=5, show_default=True, type=click.IntRange(1))
-@click.option("--epochs", default=2, show_default=True, type=click.IntRange(1))
-@click.option("--dataset", default="digits", show_default=True, type=click.Choice(["digits", "mnist"]))
-@click.option("--out", default="werkbund-demo", show_default=True, type=click.Path(file_okay=False))
+@environment("WERKBUND_MNIST_DIR",
+             ("WERKBUND_LEDGER_KEY", "The demo platform's ledger signing key file (default: beside its "
+                                     "database, OUT/platform.sqlite)."))
+@click.option("--participants", "-n", default=3, show_default=True, type=click.IntRange(1),
+              help="How many participant processes share the data.")
+@click.option("--rounds", default=5, show_default=True, type=click.IntRange(1), help="Training rounds.")
+@click.option("--epochs", default=2, show_default=True, type=click.IntRange(1), help="Local epochs per round.")
+@click.option("--dataset", default="digits", show_default=True, type=click.Choice(["digits", "mnist"]),
+              help="Built-in data (mnist is read from WERKBUND_MNIST_DIR).")
+@click.option("--out", default="werkbund-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the platform database, models and the accuracy plot.")
 @handle_errors
 def demo(participants, rounds, epochs, dataset, out):
     """Run a whole federated task on built-in data: a local platform, an aggregator, N participants."""

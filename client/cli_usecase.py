@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from werkbund.client.cli import cli
-from werkbund.client.cli_common import handle_errors
+from werkbund.client.cli_common import environment, handle_errors
 from werkbund.platform.errors import InvalidInput
 
 SCENARIOS = ("ai4i", "ai4i_type", "cmapss", "welding")
@@ -49,20 +49,26 @@ class _Ticker:
 
 
 @usecase.command()
-@click.option("--data-dir", type=click.Path(file_okay=False), envvar="WERKBUND_DATA_DIR",
-              help="Folder with ai4i2020/ and cmapss/ (env WERKBUND_DATA_DIR). Welding data is generated.")
+@environment(("WERKBUND_LEDGER_KEY", "The federation platform's ledger signing key file (default: a "
+                                     "throw-away key for the run)."))
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar="WERKBUND_DATA_DIR", show_envvar=True,
+              help="Folder with ai4i2020/ and cmapss/; welding data is generated (default: none, welding only).")
 @click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIOS),
               help="Run only these (repeatable; default: all, or only welding without --data-dir).")
 @click.option("--rows", type=click.IntRange(20), help="Limit the data: AI4I rows of the file, C-MAPSS training "
-              "rows per operator, welding records per robot.")
-@click.option("--rounds", default=10, show_default=True, type=click.IntRange(1))
+              "rows per operator, welding records per robot (default: all rows; the generator's own count of "
+              "welding records).")
+@click.option("--rounds", default=10, show_default=True, type=click.IntRange(1), help="Federated rounds.")
 @click.option("--epochs", default=2, show_default=True, type=click.IntRange(1), help="Local epochs per round.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--learning-rate", default=0.002, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Batch size.")
+@click.option("--learning-rate", default=0.002, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Learning rate.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the splits, the initial models and the generated welding data.")
 @click.option("--platform", "platform_kind", default="local", show_default=True, type=click.Choice(["local", "inproc"]),
               help="Federate through a local platform server (HTTP), or the in-process platform core.")
-@click.option("--out", default="werkbund-usecase", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", default="werkbund-usecase", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the Markdown report, the plots and the generated welding data.")
 @click.pass_context
 @handle_errors
 def pdm(ctx, data_dir, scenarios, rows, rounds, epochs, batch_size, learning_rate, seed, platform_kind, out):
