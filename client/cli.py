@@ -55,28 +55,13 @@ def register(conn: Connection, org):
     org = org or conn.creds.get("org")
     if not org:
         raise click.UsageError("no organisation: give --org or put org in the credentials file")
+    from werkbund.client.python_api.session import register_account
+
     transport = conn.transport()
     password = conn.password(confirm=True)
-    key_path, made = state.identity_path(conn.url, conn.user), False
-    if not key_path.exists():  # the ledger identity key, made here and never sent anywhere
-        from werkbund.client.identity import generate_identity
-
-        generate_identity(key_path, os.environ.get("WERKBUND_KEY_PASSPHRASE") or None)
-        made = True
-    try:
-        data = transport.register(conn.user, password, org)
-    except Exception:
-        if made:
-            key_path.unlink(missing_ok=True)
-        raise
-    login = transport.login(conn.user, password)
-    if login.get("token"):
-        state.save_token(conn.url, conn.user, login["token"])
-    from werkbund.client.identity import public_key_b64
-
-    public_key = public_key_b64(state.load_identity(conn.url, conn.user))
-    transport.call("set_identity_key", public_key=public_key)
-    click.echo(f"registered {data['user']} ({data['org']}); identity key {key_path} (public {public_key})")
+    data = register_account(transport, conn.url, conn.user, password, org)
+    click.echo(f"registered {data['user']} ({data['org']}); identity key {data['key_path']} "
+               f"(public {data['public_key']})")
 
 
 @cli.command()
@@ -226,8 +211,10 @@ def delete(conn: Connection, task):
 @platform_options
 @click.option("--task", required=True, help="The task's name.")
 @click.option("--data", "data_spec", required=True,
-              help="Your local data: a .csv, a .npz, builtin:digits or builtin:mnist. It never leaves this machine.")
-@click.option("--target", help="Target column of a CSV, which needs one (default: none; a .npz or builtin: dataset has its own).")
+              help="Your local data: a .csv, a .parquet, a .npz, builtin:digits or builtin:mnist. It never leaves "
+                   "this machine.")
+@click.option("--target", help="Target column of a CSV or Parquet file, which needs one (default: none; a .npz or "
+                               "builtin: dataset has its own).")
 @click.option("--features", help="Comma-separated feature columns of a CSV (default: all but the target).")
 @click.option("--shard", help="Use part i of n of the data, e.g. 1/2 (for demos) (default: all of it).")
 @click.option("--hide-size", is_flag=True,
@@ -235,20 +222,23 @@ def delete(conn: Connection, task):
 @click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification",
               show_default=True,
               help="What the target is: classes, or a number to predict (e.g. remaining useful life).")
+@click.option("--missing", type=click.Choice(["drop", "mean", "error"]), default="drop", show_default=True,
+              help="Rows with missing values: drop them, fill features with the column mean, or refuse the data; "
+                   "the columns and counts are named either way.")
 @handle_errors
-def join(conn: Connection, task, data_spec, target, features, shard, hide_size, kind):
+def join(conn: Connection, task, data_spec, target, features, shard, hide_size, kind, missing):
     """Join a task with your local data (only its schema summary is reported)."""
-    from werkbund.algorithms.data import load_dataset
+    from werkbund.client.python_api.session import Session
 
+    handle = Session(conn.login(), conn.platform, conn.url).task(task)
     features_list = [f.strip() for f in features.split(",")] if features else None
-    data = load_dataset(data_spec, target=target, shard=shard, features=features_list, kind=kind)
-    user = conn.login()
-    user.join_task(task, data.schema(share_size=not hide_size))
-    spec = data_spec if data_spec.startswith("builtin:") else str(Path(data_spec).expanduser().resolve())
-    state.save_join(conn.url, conn.user, task, {"data": spec, "target": target, "features": features_list,
-                                                "shard": shard, "kind": kind})
+    handle.join(data_spec, target=target, features=features_list, kind=kind, shard=shard, hide_size=hide_size,
+                missing=missing)
+    data = handle.joined_data
+    dropped = data.meta.get("dropped_rows")
     click.echo(f"joined task {task} with {len(data)} rows, {len(data.features)} features, "
-               + (f"classes {data.classes}" if kind == "classification" else f"{kind} target {data.target!r}"))
+               + (f"classes {data.classes}" if kind == "classification" else f"{kind} target {data.target!r}")
+               + (f"; {dropped} rows with missing values dropped ({data.meta.get('missing')})" if dropped else ""))
 
 
 @cli.command()

@@ -18,26 +18,15 @@ from werkbund.client.cli_common import (
     CREDENTIALS_HELP, LOGIN_ENVIRONMENT, Connection, emit_json, environment, handle_errors, platform_options,
 )
 from werkbund.client.identity import generate_identity, load_identity
-from werkbund.client.ledger import LedgerError, publish, rotate_key
+from werkbund.client.ledger import LedgerError, bundle_report, publish, rotate_key, verify_task_ledger
 from werkbund.platform.errors import InvalidInput
 from werkbund.platform.ledger import entries as E
-from werkbund.platform.ledger import keys_in_force, merkle, verify_log
+from werkbund.platform.ledger import keys_in_force, merkle
 
 
 @cli.group()
 def ledger():
     """The task's tamper-evident ledger: show, verify, export, maintenance, prove, keys."""
-
-
-def _pairs(bundle: dict) -> list:
-    return [(item.get("entry"), item.get("signature")) for item in bundle.get("entries", [])]
-
-
-def _leaf(entry) -> str | None:
-    try:
-        return E.entry_leaf_hash(entry).hex()
-    except (E.EntryError, TypeError, ValueError):
-        return None
 
 
 @ledger.command()
@@ -63,32 +52,6 @@ def show(conn: Connection, task, as_json):
                f"platform key {bundle['platform_key']}")
     cosigners = ", ".join(sorted(latest.get("cosignatures") or {})) or "nobody yet"
     click.echo(f"cosigned by: {cosigners}")
-
-
-def _report(bundle: dict, view: dict | None, consistency: list | None, pinned_key: str | None):
-    latest = bundle["latest"]
-    platform_key = pinned_key or bundle["platform_key"]
-    kwargs = {}
-    if view is not None:
-        kwargs = dict(previous_checkpoint=view["checkpoint"], previous_signature=view["signature"],
-                      consistency_proof=consistency)
-    report = verify_log(_pairs(bundle), bundle["keys"], latest["checkpoint"], latest["signature"],
-                        platform_key, cosignatures=latest.get("cosignatures") or None, **kwargs)
-    if pinned_key and bundle["platform_key"] != pinned_key:
-        report.new("platform key").fail(f"the platform key is now {bundle['platform_key']}, "
-                                        f"not {pinned_key} as first seen")
-    if view is not None:  # name the first entry that differs from what this member saw before
-        check = report.new("entries seen before")
-        leaves = [_leaf(e) for e, _ in _pairs(bundle)]
-        for seq, old in enumerate(view.get("leaf_hashes", [])):
-            now = leaves[seq] if seq < len(leaves) else None
-            if now != old:
-                check.fail(f"entry {seq} " + ("is gone" if now is None else "differs from the one you saw")
-                           + f" at checkpoint size {view['checkpoint']['size']}", seq)
-                break
-        if check.ok:
-            check.detail = f"entries 0..{len(view.get('leaf_hashes', [])) - 1} unchanged since you saw them"
-    return report
 
 
 def _finish(report) -> None:
@@ -120,7 +83,7 @@ def verify(task, bundle_file, platform_key, url, user, credentials, platform_kin
     if bundle_file:
         bundle = json.loads(Path(bundle_file).read_text())
         click.echo(f"offline verification of {bundle_file} (task {bundle.get('task')})")
-        return _finish(_report(bundle, None, None, platform_key))
+        return _finish(bundle_report(bundle, None, None, platform_key))
     if not task:
         raise InvalidInput("give --task (online) or --bundle FILE (offline)")
     from werkbund.client.api import load_credentials
@@ -128,23 +91,7 @@ def verify(task, bundle_file, platform_key, url, user, credentials, platform_kin
     creds = load_credentials(credentials) if credentials else {}
     conn = Connection(platform_kind or creds.get("platform", "local"), url or creds.get("url"),
                       user or creds.get("user"), creds)
-    me = conn.login()
-    bundle = me.transport.call("ledger_bundle", task=task)
-    view = state.load_ledger_view(conn.url, conn.user, task)
-    consistency = None
-    if view is not None and view["checkpoint"]["size"] <= bundle["latest"]["checkpoint"]["size"]:
-        consistency = me.transport.call("ledger_consistency", task=task, old_size=view["checkpoint"]["size"],
-                                        new_size=bundle["latest"]["checkpoint"]["size"])["proof"]
-    report = _report(bundle, view, consistency, view.get("platform_key") if view else None)
-    if report.ok:
-        cp = bundle["latest"]["checkpoint"]
-        state.save_ledger_view(conn.url, conn.user, task, {
-            "platform_key": bundle["platform_key"], "checkpoint": cp, "signature": bundle["latest"]["signature"],
-            "leaf_hashes": [_leaf(e) for e, _ in _pairs(bundle)][:cp["size"]]})
-        if me.identity is not None:
-            sig = E.encode_signature(E.cosign_checkpoint(cp, me.identity))
-            me.transport.call("ledger_cosign", task=task, size=cp["size"], signature=sig)
-            report.new("cosigned").detail = f"you cosigned checkpoint {cp['size']}"
+    report, _ = verify_task_ledger(conn.login(), conn.url, task)
     _finish(report)
 
 

@@ -1,8 +1,6 @@
 """The `werkbund` commands that run training: aggregate, participate, demo, algorithms."""
 from __future__ import annotations
 
-import inspect
-import json
 import sys
 from pathlib import Path
 
@@ -11,41 +9,17 @@ import click
 from werkbund.client import state
 from werkbund.client.cli import cli
 from werkbund.client.cli_common import LOGIN_ENVIRONMENT, Connection, environment, handle_errors, platform_options
-from werkbund.platform.errors import InvalidInput
 
 
-def make_progress():
-    from werkbund.algorithms.engine.progress import Progress, RichProgress
-
-    return RichProgress() if sys.stderr.isatty() else Progress()
-
-
-def load_local_data(data_spec, target, features=None, shard=None, kind=None):
-    from werkbund.algorithms.data import load_dataset
-
-    if not data_spec:
-        return None
-    return load_dataset(data_spec, target=target, shard=shard, features=features, kind=kind or "classification")
+def _progress():
+    """Bars on a terminal; otherwise the engine's log records (through the CLI's logging handler)."""
+    return "terminal" if sys.stderr.isatty() else False
 
 
-def write_results(out: Path, task: str, outcome: dict) -> None:
-    """history.json and the pictures: the metric per round and the final combined confusion matrix."""
-    from werkbund.algorithms.plots import plot_accuracy, plot_confusion_matrix, plot_metric
+def _task(conn: Connection, task: str):
+    from werkbund.client.python_api.session import Session
 
-    out.mkdir(parents=True, exist_ok=True)
-    history = outcome["history"]
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    if not history:
-        return
-    if any("accuracy" in h for h in history):
-        plot_accuracy(history, out / "accuracy.png", f"{task}: test accuracy per round")
-    for metric in ("rmse", "mae"):
-        if any(metric in h for h in history):
-            plot_metric(history, metric, out / f"{metric}.png", f"{task}: test {metric.upper()} per round")
-    last = history[-1]
-    if last.get("confusion"):
-        plot_confusion_matrix(last["confusion"], outcome.get("classes") or [], out / "confusion.png",
-                              f"{task}: confusion matrix, all participants, round {last['round'] + 1}")
+    return Session(conn.login(), conn.platform, conn.url).task(task)
 
 
 @cli.command()
@@ -69,32 +43,16 @@ def write_results(out: Path, task: str, outcome: dict) -> None:
 @handle_errors
 def aggregate(conn: Connection, task, data_spec, target, quorum_timeout, results, checkpoint_dir, resume):
     """Run the aggregator of a task you created: wait for the quorum, then run the rounds."""
-    from werkbund.algorithms.engine.checkpoint import CheckpointError
     from werkbund.algorithms.metrics import headline
-    from werkbund.algorithms.registry import get_algorithm
 
-    user = conn.login()
-    channel = user.aggregator(task)
-    algorithm = get_algorithm(channel.definition["algorithm"])
-    holdout = load_local_data(data_spec, target)
-    checkpoints = Path(checkpoint_dir) if checkpoint_dir else state.home() / "checkpoints" / task
-    progress = make_progress()
-    try:
-        aggregator = algorithm.aggregator(channel, holdout=holdout, progress=progress, quorum_timeout=quorum_timeout,
-                                          checkpoint_dir=checkpoints)
-        outcome = aggregator.run(resume=resume)
-    except CheckpointError as exc:
-        raise InvalidInput(f"cannot resume task {task!r}: {exc}") from None
-    finally:
-        progress.close()
     out = Path(results) if results else state.results_dir(task)
-    outcome["classes"] = (channel.info().get("schema") or {}).get("classes")
-    write_results(out, task, outcome)
-    if hasattr(aggregator, "write_results"):  # an algorithm's own results (clusters.png, statistics.md, ...)
-        aggregator.write_results(out)
-    final = outcome["history"][-1] if outcome["history"] else {}
+    result = _task(conn, task).aggregate(holdout=data_spec or None, target=target, progress=_progress(),
+                                         quorum_timeout=quorum_timeout, checkpoint_dir=checkpoint_dir,
+                                         resume=resume, results=out)
+    history = result.outcome.get("history") or []
+    final = history[-1] if history else {}
     figures = f", final {headline(final)}" if headline(final) else ""
-    stopped = f"; {outcome['stopped_early']}" if outcome.get("stopped_early") else ""
+    stopped = f"; {result.outcome['stopped_early']}" if result.outcome.get("stopped_early") else ""
     click.echo(f"task {task} COMPLETE{figures}; results in {out}{stopped}")
 
 
@@ -112,36 +70,13 @@ def aggregate(conn: Connection, task, data_spec, target, quorum_timeout, results
 @handle_errors
 def participate(conn: Connection, task, data_spec, target, out, hold_back):
     """Train in a task you joined, round after round, until the final model arrives."""
-    from werkbund.algorithms.registry import get_algorithm
-
-    choice = state.load_join(conn.url, conn.user, task) or {}
-    if data_spec:
-        choice = {"data": data_spec, "target": target or choice.get("target"), "kind": choice.get("kind")}
-    if not choice.get("data"):
-        raise InvalidInput(f"no data chosen for task {task!r}: join it with --data, or give --data here")
-    data = load_local_data(choice["data"], choice.get("target"), choice.get("features"), choice.get("shard"),
-                           choice.get("kind"))
-    user = conn.login()
-    channel = user.participant(task)
-    definition = channel.definition
-    algorithm = get_algorithm(definition["algorithm"])
-    train, test = data.split(definition.get("test_size", 0.2), definition.get("seed", 0))
-    options = {}
-    if hold_back:
-        if "hold_back" not in inspect.signature(algorithm.participant.__init__).parameters:
-            raise InvalidInput(f"algorithm {definition['algorithm']!r} does not let participants hold back columns")
-        options["hold_back"] = [c.strip() for c in hold_back.split(",") if c.strip()]
-    suffix = getattr(algorithm.participant, "model_suffix", ".keras")
-    out = out or str(state.home() / "models" / conn.user / f"{task}{suffix}")
-    progress = make_progress()
-    try:
-        result = algorithm.participant(channel, train, test, progress=progress, out_model=out, **options).run()
-    finally:
-        progress.close()
     from werkbund.algorithms.metrics import headline
 
-    figures = headline(result.get("eval", {}))
-    click.echo(f"task {task}: final model written to {result.get('model_path', out)}"
+    columns = [c.strip() for c in hold_back.split(",") if c.strip()] if hold_back else None
+    result = _task(conn, task).participate(data=data_spec or None, target=target, progress=_progress(),
+                                           hold_back=columns, out=out)
+    figures = headline(result.evaluation)
+    click.echo(f"task {task}: final model written to {result.model_path}"
                + (f"; local test {figures}" if figures else ""))
 
 

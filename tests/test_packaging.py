@@ -8,7 +8,7 @@ from importlib.metadata import packages_distributions
 
 from conftest import ROOT
 
-SOURCE_ROOTS = {"platform": "werkbund.platform", "local_platform": "werkbund.local_platform",
+SOURCE_ROOTS = {"werkbund": "werkbund", "platform": "werkbund.platform", "local_platform": "werkbund.local_platform",
                 "client": "werkbund.client", "algorithms": "werkbund.algorithms"}
 
 

@@ -68,6 +68,7 @@ class RoundAggregator:
         self.checkpoint = Checkpoint(checkpoint_dir, channel.task, self.definition) if checkpoint_dir else None
         self.early_stopping = EarlyStopping.from_definition(self.definition.get("early_stopping"))
         self.stop_reason: str | None = None
+        self._left: dict[str, str] = {}  # participants that stopped between two exchanges, with the reason
 
     # ------------------------------------------------------------- hooks
     def setup(self) -> None:
@@ -210,6 +211,11 @@ class RoundAggregator:
                 continue
             sender = message.sender
             if sender not in waiting:
+                if message.kind == "error" and message.get("leaving") is True and sender in self.active:
+                    self._left[sender] = f"participant reported: {message.get('reason', 'it left')}"
+                    self.active = [p for p in self.active if p != sender]
+                    self.progress.message(f"{sender} stopped taking part; going on without it")
+                    continue
                 log.info("ignoring %s from %s (not expected now)", message.kind, sender or "?")
                 continue
             if message.kind == "malformed":
@@ -236,6 +242,8 @@ class RoundAggregator:
             log.warning("round %d: rejected %s from %s: %s", number, expect or kind, sender, reason)
             self.progress.message(f"rejected {expect or kind} from {sender}: {reason}")
         collected.missing = sorted(waiting)
+        collected.rejected.update(self._left)  # those that left while no exchange waited for them
+        self._left = {}
         if leaving:
             self.progress.message(f"{', '.join(sorted(leaving))} stopped taking part; going on without them")
             self.active = [p for p in self.active if p not in leaving]

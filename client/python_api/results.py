@@ -172,17 +172,19 @@ class Result:
     - ``plot_clusters(data=None)``: for k-means, the global clusters over your own rows;
     - ``final``: the :class:`FinalModel` (loaded on first use), ``model`` its loaded model;
     - ``evaluation``: for a participant, the final model's figures on its own test rows;
+    - ``model_path``: for a participant, where its copy of the final model was written;
     - ``save(folder)``: ``history.csv``, ``participants.csv`` and the figures as PNG files.
     """
 
     def __init__(self, task, role: str, outcome: dict | None = None, records: list[dict] | None = None,
-                 local_data=None):
+                 local_data=None, model_path: str | None = None):
         self._task = task
         self.task: str = task.name
         self.role = role
         self.outcome = outcome or {}
         self._records = records
         self.local_data = local_data  # a participant's own Dataset (for plot_clusters)
+        self.model_path = model_path  # where a participant's copy of the final model was written
         self._final: FinalModel | None = None
 
     @property
@@ -237,7 +239,8 @@ class Result:
         history = engine_history(self.records)
         if metric == "accuracy":
             return plot_accuracy(history, path, f"{self.task}: test accuracy per round")
-        return plot_metric(history, metric, path, f"{self.task}: test {metric} per round")
+        label = metric.upper() if metric in ("rmse", "mae") else metric
+        return plot_metric(history, metric, path, f"{self.task}: test {label} per round")
 
     def plot_confusion(self, path: str | Path | None = None) -> "Figure":
         """The last round's combined confusion matrix (all participants' test rows)."""
@@ -271,21 +274,24 @@ class Result:
                              title=f"{self.task}: {len(arrays['centroids'])} federated clusters")
 
     def save(self, folder: str | Path) -> list[str]:
-        """Write the tables (CSV) and the figures (PNG) into ``folder``; returns the paths written."""
+        """Write the tables and the figures into ``folder``; returns the paths written.
+
+        ``history.json`` (the round records' metrics, as the engine keeps them), ``history.csv``,
+        ``participants.csv``, a PNG per metric recorded (``accuracy``, ``rmse``, ``mae``) and
+        ``confusion.png`` for a classification.
+        """
         folder = Path(folder).expanduser()
         folder.mkdir(parents=True, exist_ok=True)
-        written = []
+        history = engine_history(self.records)
+        (folder / "history.json").write_text(json.dumps(history, indent=2))
         self.history.to_csv(folder / "history.csv")
         self.participants.to_csv(folder / "participants.csv", index=False)
-        written += [str(folder / "history.csv"), str(folder / "participants.csv")]
-        try:
-            written.append(self.plot(path=folder / f"{self._main_metric()}.png"))
-        except ValueError:
-            pass
-        try:
+        written = [str(folder / name) for name in ("history.json", "history.csv", "participants.csv")]
+        for metric in ("accuracy", "rmse", "mae"):
+            if any(metric in h for h in history):
+                written.append(self.plot(metric, path=folder / f"{metric}.png"))
+        if history and history[-1].get("confusion"):
             written.append(self.plot_confusion(path=folder / "confusion.png"))
-        except ValueError:
-            pass
         return written
 
     def __repr__(self) -> str:

@@ -143,6 +143,11 @@ class Task:
                              "kind": kind, "missing": missing})
         return answer
 
+    @property
+    def joined_data(self) -> "Dataset | None":
+        """The local data joined with in this session (None if you joined elsewhere or not at all)."""
+        return self.session._joined.get(self.name)
+
     def leave(self) -> dict:
         """Leave the task (only before it starts)."""
         self.session._joined.pop(self.name, None)
@@ -242,7 +247,8 @@ class Task:
             deadline = time.monotonic() + FINAL_RECORD_WAIT_S
             while channel.info()["status"] == "STARTED" and time.monotonic() < deadline:
                 time.sleep(0.2)
-            return Result(self, "participant", outcome, local_data=dataset)
+            return Result(self, "participant", outcome, local_data=dataset,
+                          model_path=outcome.get("model_path", out))
 
         return self._launch("participant", work, channel, background, progress)
 
