@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/mnist_cnn.py                       # all 60,000 training images, 5 rounds x 1 epoch
     .venv/bin/python bench/mnist_cnn.py --rows 12000 --rounds 5
-    WERKBUND_MNIST_DIR=../shared/datasets/mnist .venv/bin/python bench/mnist_cnn.py --platform inproc
+    WERKBUND_MNIST_DIR=/path/to/datasets/mnist .venv/bin/python bench/mnist_cnn.py --platform inproc
 
 The CNN travels in the task definition's ``model`` field (Keras JSON, loaded in safe mode by
 ``model_from_architecture``): Rescaling(1/255), two 3x3 convolutions (32, 64) with max pooling,
@@ -63,9 +63,20 @@ def first_rows(data, n: int):
     return Dataset(data.x[:n], data.y[:n], data.features, data.target, source=data.source)
 
 
+def default_mnist_dir() -> str | None:
+    """$WERKBUND_MNIST_DIR, else the mnist/ folder of $WERKBUND_DATA_DIR, else None (--mnist-dir is needed)."""
+    if os.environ.get("WERKBUND_MNIST_DIR"):
+        return os.environ["WERKBUND_MNIST_DIR"]
+    if os.environ.get("WERKBUND_DATA_DIR"):
+        return str(Path(os.environ["WERKBUND_DATA_DIR"]) / "mnist")
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mnist-dir", default=os.environ.get("WERKBUND_MNIST_DIR", "../shared/datasets/mnist"))
+    parser.add_argument("--mnist-dir", default=default_mnist_dir(), required=default_mnist_dir() is None,
+                        help="folder with the four MNIST IDX .gz files "
+                             "(default: $WERKBUND_MNIST_DIR, else $WERKBUND_DATA_DIR/mnist)")
     parser.add_argument("--rows", type=int, default=60000, help="training images used (split in two)")
     parser.add_argument("--test-rows", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=5)

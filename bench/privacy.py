@@ -1,6 +1,7 @@
 """Round time of POM 2 (secure aggregation) and POM 3 (CKKS) against POM 1 on the same job.
 
-    .venv/bin/python bench/privacy.py                                 # 10 participants, ~100k parameters
+    .venv/bin/python bench/privacy.py                                 # 10 participants, ~100k parameters;
+                                                                      # the DP part reads $WERKBUND_DATA_DIR
     .venv/bin/python bench/privacy.py --participants 5 --rounds 2 --skip-dp
 
     .venv/bin/python bench/privacy.py --threads --skip-dp             # participants as threads, in-process
@@ -243,9 +244,13 @@ def main() -> None:
                              "of its own over HTTP to a local platform (faster to start; the participants' "
                              "masking and encryption then queue for one interpreter lock)")
     parser.add_argument("--skip-dp", action="store_true", help="do not run bench/privacy_dp.py at the end")
-    parser.add_argument("--data-dir", default=os.environ.get("WERKBUND_DATA_DIR", "../shared/datasets"))
+    parser.add_argument("--data-dir", default=os.environ.get("WERKBUND_DATA_DIR") or None,
+                        help="folder with ai4i2020/ for the DP part "
+                             "(default: $WERKBUND_DATA_DIR; needed unless --skip-dp)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    if not args.skip_dp and not args.data_dir:
+        parser.error("the DP part needs the AI4I data: give --data-dir (or set WERKBUND_DATA_DIR), or --skip-dp")
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     model, n_params = architecture(64, 10)

@@ -1,7 +1,7 @@
 """DP-SGD accuracy against non-private training on AI4I 2020, federated over three companies.
 
-    .venv/bin/python bench/privacy_dp.py --data-dir ../shared/datasets
-    .venv/bin/python bench/privacy_dp.py --data-dir ../shared/datasets --epsilon 1 --epsilon 3 --rounds 5 --epochs 2
+    .venv/bin/python bench/privacy_dp.py --data-dir /path/to/datasets      # or set WERKBUND_DATA_DIR
+    .venv/bin/python bench/privacy_dp.py --data-dir "$WERKBUND_DATA_DIR" --epsilon 1 --epsilon 3 --rounds 5 --epochs 2
 
 The three sites are the product quality types L, M and H of AI4I (``algorithms/usecase_data.py``:
 the five numeric features, target ``Machine failure``, a stratified 80/20 split per site). Each
@@ -99,7 +99,9 @@ def _each(runs: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=os.environ.get("WERKBUND_DATA_DIR", "../shared/datasets"))
+    parser.add_argument("--data-dir", default=os.environ.get("WERKBUND_DATA_DIR") or None,
+                        required=not os.environ.get("WERKBUND_DATA_DIR"),
+                        help="folder with ai4i2020/ (default: $WERKBUND_DATA_DIR; docs/datasets.md)")
     parser.add_argument("--epsilon", type=float, action="append")
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--rounds", type=int, default=8)

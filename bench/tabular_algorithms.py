@@ -1,7 +1,7 @@
 """Federated k-means, logistic and linear regression and statistics against the same methods on the
 pooled data (scikit-learn / NumPy), on the use-case data (sites as in ``algorithms/usecase_data.py``).
 
-    .venv/bin/python bench/tabular_algorithms.py --data-dir ../shared/datasets [--rows 3000] [--rounds 20]
+    .venv/bin/python bench/tabular_algorithms.py --data-dir "$WERKBUND_DATA_DIR" [--rows 3000] [--rounds 20]
 
 Every federation runs in one process over the in-process transport (the real platform core, a
 file SQLite database, one thread per site). Printed per method: the federated figure, the central
@@ -11,6 +11,7 @@ the platform's password hashing for the registrations.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -112,7 +113,9 @@ def bench_statistics(data_dir, rows):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="../shared/datasets")
+    parser.add_argument("--data-dir", default=os.environ.get("WERKBUND_DATA_DIR") or None,
+                        required=not os.environ.get("WERKBUND_DATA_DIR"),
+                        help="folder with ai4i2020/ and cmapss/ (default: $WERKBUND_DATA_DIR; docs/datasets.md)")
     parser.add_argument("--rows", type=int, default=3000, help="rows per site (C-MAPSS) or in all (AI4I)")
     parser.add_argument("--rounds", type=int, default=20, help="rounds of each task (k-means stops when converged)")
     args = parser.parse_args()

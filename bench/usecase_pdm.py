@@ -1,7 +1,7 @@
 """The predictive-maintenance use case as a benchmark: local vs central vs federated, and the gap.
 
-    .venv/bin/python bench/usecase_pdm.py --data-dir ../shared/datasets            # all scenarios, all rows
-    .venv/bin/python bench/usecase_pdm.py --data-dir ../shared/datasets --scenario ai4i --rounds 10 --epochs 2
+    .venv/bin/python bench/usecase_pdm.py --data-dir "$WERKBUND_DATA_DIR"        # all scenarios, all rows
+    .venv/bin/python bench/usecase_pdm.py --data-dir "$WERKBUND_DATA_DIR" --scenario ai4i --rounds 10 --epochs 2
     .venv/bin/python bench/usecase_pdm.py --scenario welding --rows 3000             # generated (SYNTHETIC) data only
 
 The same runs as ``werkbund usecase pdm`` (``client/usecase_pdm.py``): for every scenario the
@@ -23,7 +23,9 @@ SCENARIOS = ("ai4i", "ai4i_type", "cmapss", "welding")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=os.environ.get("WERKBUND_DATA_DIR"))
+    parser.add_argument("--data-dir", default=os.environ.get("WERKBUND_DATA_DIR") or None,
+                        help="folder with ai4i2020/ and cmapss/ "
+                             "(default: $WERKBUND_DATA_DIR; without it: welding only)")
     parser.add_argument("--scenario", action="append", choices=SCENARIOS)
     parser.add_argument("--rows", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=10)

@@ -1,4 +1,4 @@
-"""The layout rules of DESIGN.md that keep the package honest."""
+"""The layout rules of docs/architecture.md that keep the package honest."""
 import subprocess
 import sys
 

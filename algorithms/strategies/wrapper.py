@@ -1,6 +1,6 @@
 """A strategy that wraps an inner strategy (default FedAvg) and passes updates through to it.
 
-Wrappers are how aggregation composes (DESIGN.md, "Algorithms"): clipping transforms each update
+Wrappers are how aggregation composes (docs/architecture.md, "Algorithms"): clipping transforms each update
 before the inner strategy sees it, server optimizers turn the inner result into a step. A wrapper
 holds no update itself, so it streams whenever its inner strategy streams.
 """
