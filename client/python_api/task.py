@@ -141,6 +141,7 @@ class Task:
             state.save_join(self.session.url, self.session.name, self.name,
                             {"data": spec, "target": target, "features": feature_list, "shard": shard,
                              "kind": kind, "missing": missing})
+        self.info()  # the handle shows the new member count
         return answer
 
     @property
@@ -151,7 +152,9 @@ class Task:
     def leave(self) -> dict:
         """Leave the task (only before it starts)."""
         self.session._joined.pop(self.name, None)
-        return self.session.client.leave_task(self.name)
+        answer = self.session.client.leave_task(self.name)
+        self.info()
+        return answer
 
     def delete(self) -> dict:
         """Delete the task (its creator only, not while it runs)."""
