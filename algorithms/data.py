@@ -30,7 +30,9 @@ CSV and Parquet files go through ``dataset_from_frame`` too, so all three behave
     one warning that names the columns and counts;
   - ``"error"``: a ``DataError`` that names each column with missing values and its count;
   - ``"mean"``: a missing feature value becomes the column's local mean (over the rows kept);
-    rows with a missing target are still dropped.
+    rows with a missing target are still dropped;
+  - ``"keep"``: missing feature values stay NaN (for algorithms that count them, such as
+    ``statistics``); rows with a missing target are still dropped.
 
   The per-column counts are kept in ``dataset.meta["missing"]`` (e.g. ``{"temp": 3, "label": 1}``),
   the number of dropped rows in ``dataset.meta["dropped_rows"]``; both stay on this machine.
@@ -56,7 +58,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("werkbund.data")
 
-MISSING_CHOICES = ("drop", "error", "mean")
+MISSING_CHOICES = ("drop", "error", "mean", "keep")
 
 # What reads as missing in a feature column (pandas' default spellings). In the target column only
 # an empty cell is missing, so that a class named "None" or "NA" stays a class.
@@ -392,7 +394,7 @@ def _assemble(x: np.ndarray, labels: np.ndarray, no_label: np.ndarray, features:
                             "or fill features with the column mean (missing='mean')")
         if missing == "drop":
             drop = holes.any(axis=1) | no_label
-        else:  # mean: the features are filled from the rows that keep their label
+        else:  # mean and keep: only rows without a label go; mean fills the features from the rows kept
             drop = no_label
         keep = ~drop
         if drop.any():
@@ -408,6 +410,8 @@ def _assemble(x: np.ndarray, labels: np.ndarray, no_label: np.ndarray, features:
                 column[holes[:, j]] = present.mean(dtype=np.float64)
                 filled[features[j]] = int(holes[:, j].sum())
         note = [f"dropped {dropped} of {len(keep)} rows"] if dropped else []
+        if missing == "keep" and holes.any():
+            note.append("feature values kept as NaN")
         if filled:
             note.append("filled " + ", ".join(f"{name!r} {n}" for name, n in filled.items()) + " with the column mean")
         log.warning("%smissing values: %s; %s", prefix, _named_counts(counts), "; ".join(note))

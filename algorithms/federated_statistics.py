@@ -30,7 +30,7 @@ from werkbund.algorithms.arrays import UpdateRejected, decode_weights, encode_we
 from werkbund.algorithms.data import DataError
 from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
 from werkbund.algorithms.engine.participant import RoundParticipant
-from werkbund.algorithms.registry import Algorithm
+from werkbund.algorithms.registry import Algorithm, Field
 from werkbund.algorithms.statistics import merge_moments
 from werkbund.algorithms.tabular import write_local_result
 
@@ -221,8 +221,6 @@ def _ordered(low, middle, high) -> bool:
 
 # ---------------------------------------------------------------------------- participant
 class StatisticsParticipant(RoundParticipant):
-    model_suffix = ".json"  # the default file name of the local copy of the report
-
     def __init__(self, channel, train, test, *args, hold_back=None, **kwargs):
         super().__init__(channel, train, test, *args, **kwargs)
         self.hold_back = [c.strip() for c in (hold_back or []) if c.strip()]
@@ -266,13 +264,13 @@ class StatisticsParticipant(RoundParticipant):
         missing = sorted(set(columns) - set(self.values))
         if missing:
             raise ValueError(f"the aggregator asks for histograms of columns this site did not share: {missing}")
-        (edges,) = decode_weights(message.payload)
+        (edges,) = self.global_weights(message)
         if edges.ndim != 2 or edges.shape[0] != len(columns) or not np.isfinite(edges).all():
             raise ValueError("the aggregator's histogram edges do not fit its column list")
         counts = np.array([histogram_counts(self.values[c], e) for c, e in zip(columns, edges)],
                           dtype=np.int64).reshape(len(columns), edges.shape[1] - 1)
         self.progress.message(f"histograms of {len(columns)} columns over {edges.shape[1] - 1} bins sent")
-        return encode_weights([counts]), {"n_samples": int(len(self.x))}
+        return [counts], {"n_samples": int(len(self.x))}
 
     def keep_final(self, message):
         report = json.loads(message.payload.decode("utf-8"))
@@ -282,6 +280,11 @@ class StatisticsParticipant(RoundParticipant):
             result["model_path"] = write_local_result(self.out_model, message.payload, meta)
             Path(f"{self.out_model}.md").write_text(report_markdown(report))
         return result
+
+
+def _column_names(value, definition) -> None:
+    if not all(isinstance(c, str) and c.strip() for c in value):
+        raise ValueError("must list column names")
 
 
 # ------------------------------------------------------------------------------- Markdown
@@ -318,4 +321,10 @@ ALGORITHM = Algorithm(
     aggregator=StatisticsAggregator,
     participant=StatisticsParticipant,
     description="federated statistics: count, missing, min, max, mean, std, histograms, class counts",
+    fields=(Field("bins", int, DEFAULT_BINS, "histogram bins per column", minimum=1, maximum=1000),),
+    privacy_modes=frozenset({1}),  # its updates are summaries and histogram counts, not weights to average
+    model_suffix=".json",
+    participant_options=(Field("hold_back", list, None, "columns to keep to yourself; a column held back by "
+                               "anyone is left out of the report", check=_column_names),),
+    missing_values="keep",  # the report counts missing values per column
 )

@@ -38,7 +38,8 @@ import numpy as np
 from werkbund.algorithms.arrays import UpdateRejected, decode_weights, encode_weights
 from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
 from werkbund.algorithms.engine.participant import RoundParticipant
-from werkbund.algorithms.registry import Algorithm
+from werkbund.algorithms.fields import STANDARDIZE
+from werkbund.algorithms.registry import Algorithm, Field
 from werkbund.algorithms.statistics import feature_moments
 from werkbund.algorithms.tabular import (complete, federated_scaler, float_list, named_arrays_bytes, standardized,
                                          write_local_result)
@@ -277,7 +278,6 @@ class KMeansAggregator(RoundAggregator):
 
 # --------------------------------------------------------------------------- the participant
 class KMeansParticipant(RoundParticipant):
-    model_suffix = ".safetensors"  # the default file name of the local copy of the model
 
     def moments(self):
         return feature_moments(complete(self.train_data.x, "k-means"))
@@ -297,7 +297,7 @@ class KMeansParticipant(RoundParticipant):
         self.rng = np.random.default_rng(int(self.definition.get("seed", 0)) + 7919 * len(self.x_train))
 
     def _centroids(self, message) -> np.ndarray:
-        return decode_weights(message.payload, [((self.k, self.x_train.shape[1]), "float64")])[0]
+        return self.global_weights(message, [((self.k, self.x_train.shape[1]), "float64")])[0]
 
     def evaluate_global(self, message):
         if message.get("phase") == "seed":
@@ -318,13 +318,13 @@ class KMeansParticipant(RoundParticipant):
             padded, padded_sizes = np.zeros((self.k, self.x_train.shape[1])), np.zeros(self.k)
             padded[:k], padded_sizes[:k] = centroids, np.round(sizes)
             self.progress.message(f"round 0: sent {k} local centroids as seeding candidates")
-            return encode_weights([padded, padded_sizes]), {"n_samples": n}
+            return [padded, padded_sizes], {"n_samples": n}
         centroids = self._centroids(message)
         counts, sums, squares = cluster_sums(self.x_train, centroids)
         inertia = float((squares.sum(axis=1) - 2 * (centroids * sums).sum(axis=1)
                          + counts * (centroids ** 2).sum(axis=1)).sum())
         self.progress.message(f"round {message.get('round') + 1}: assigned {n} rows, local inertia {inertia:.4f}")
-        return encode_weights([counts, sums, squares]), {"n_samples": n, "train_loss": inertia / n}
+        return [counts, sums, squares], {"n_samples": n, "train_loss": inertia / n}
 
     def keep_final(self, message):
         from werkbund.algorithms.plots import plot_clusters
@@ -353,4 +353,12 @@ ALGORITHM = Algorithm(
     aggregator=KMeansAggregator,
     participant=KMeansParticipant,
     description="federated k-means: k-FED seeding, then Lloyd rounds over per-cluster sums and counts",
+    fields=(
+        Field("clusters", int, DEFAULT_CLUSTERS, "the number of clusters", minimum=1, maximum=10000),
+        Field("tolerance", float, DEFAULT_TOLERANCE, "the largest centroid move (standardized units) that counts "
+              "as converged: the task stops early, COMPLETE", minimum=0),
+        STANDARDIZE,
+    ),
+    privacy_modes=frozenset({1}),  # its updates are per-cluster sums and counts, not weights to average
+    model_suffix=".safetensors",
 )

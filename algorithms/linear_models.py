@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from werkbund.algorithms.arrays import check_weights, decode_weights, encode_weights, sample_count, signature
+from werkbund.algorithms.arrays import check_weights, signature
 from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
 from werkbund.algorithms.engine.participant import RoundParticipant
 from werkbund.algorithms.metrics import classification_metrics, regression_metrics
+from werkbund.algorithms.fields import STANDARDIZE, STRATEGY, TRAINING
 from werkbund.algorithms.registry import Algorithm
 from werkbund.algorithms.statistics import feature_moments
 from werkbund.algorithms.strategies import FedProx, build_strategy
@@ -107,6 +108,7 @@ class Adam:
 
 # ----------------------------------------------------------------------------- aggregators
 class _LinearAggregator(RoundAggregator):
+    weighted_mean_update = True  # the update is [weights, bias] and a sample count (POM 2 and 3 apply)
     data_kind = ""
     algorithm = ""
 
@@ -141,15 +143,14 @@ class _LinearAggregator(RoundAggregator):
                                target_scale=self.target_scale)
         self.progress.message(f"{self.algorithm}: {n} features, {outputs} output(s)")
 
-    def global_payload(self):
-        return encode_weights(self.weights), {}
+    def global_weights(self):
+        return self.weights
 
     def begin_round(self, number):
         self.strategy.begin_round(self.weights)
 
-    def accept_update(self, message):
-        n_samples = sample_count(message)
-        self.strategy.add(decode_weights(message.payload, self.expected), n_samples, message.sender)
+    def accept_update(self, update):
+        self.strategy.add(update.weights, update.n_samples, update.sender)  # decoded and checked by the engine
 
     def aggregate(self, number):
         self.weights = self.strategy.result()
@@ -232,7 +233,6 @@ class LinearRegressionAggregator(_LinearAggregator):
 
 # ----------------------------------------------------------------------------- participants
 class _LinearParticipant(RoundParticipant):
-    model_suffix = ".safetensors"  # the default file name of the local copy of the model
     data_kind = ""
     algorithm = ""
 
@@ -273,7 +273,7 @@ class _LinearParticipant(RoundParticipant):
         self.rng = np.random.default_rng(int(d.get("seed", 0)) + len(self.x_train))
 
     def _weights(self, message) -> list[np.ndarray]:
-        return decode_weights(message.payload, self.expected)
+        return self.global_weights(message, self.expected)
 
     def evaluate_global(self, message):
         return self._evaluate(self._weights(message))
@@ -300,7 +300,7 @@ class _LinearParticipant(RoundParticipant):
                 losses.append(loss * len(rows))
         train_loss = float(sum(losses[-((n + batch - 1) // batch):]) / n)
         self.progress.message(f"round {message.get('round') + 1}: trained on {n} rows, loss {train_loss:.4f}")
-        return encode_weights([w, b]), {"n_samples": int(n), "train_loss": train_loss}
+        return [w, b], {"n_samples": int(n), "train_loss": train_loss}
 
     def keep_final(self, message):
         weights = self._weights(message)
@@ -353,6 +353,9 @@ LOGISTIC_REGRESSION = Algorithm(
     aggregator=LogisticRegressionAggregator,
     participant=LogisticRegressionParticipant,
     description="multinomial logistic regression (NumPy, local Adam), FedAvg or the task's strategy",
+    fields=(*TRAINING, STANDARDIZE, STRATEGY),
+    privacy_modes=frozenset({1, 2, 3}),
+    model_suffix=".safetensors",
 )
 
 LINEAR_REGRESSION = Algorithm(
@@ -360,4 +363,7 @@ LINEAR_REGRESSION = Algorithm(
     aggregator=LinearRegressionAggregator,
     participant=LinearRegressionParticipant,
     description="least-squares linear regression for a numeric target (NumPy, local Adam), FedAvg",
+    fields=(*TRAINING, STANDARDIZE, STRATEGY),
+    privacy_modes=frozenset({1, 2, 3}),
+    model_suffix=".safetensors",
 )

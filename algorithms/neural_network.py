@@ -25,12 +25,12 @@ import os
 
 import numpy as np
 
-from werkbund.algorithms.arrays import (UpdateRejected, check_weights, decode_weights, encode_weights, sample_count,
-                                        signature)
+from werkbund.algorithms.arrays import UpdateRejected, check_weights, signature
 from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
 from werkbund.algorithms.engine.participant import RoundParticipant
 from werkbund.algorithms.privacy import dp_rounds
 from werkbund.algorithms.metrics import CLASSIFICATION, KINDS, REGRESSION, classification_metrics, regression_metrics
+from werkbund.algorithms.fields import MODEL, STANDARDIZE, STRATEGY, TRAINING
 from werkbund.algorithms.registry import Algorithm
 from werkbund.algorithms.statistics import feature_moments, merge_moments
 from werkbund.algorithms.strategies import build_strategy
@@ -73,7 +73,7 @@ def evaluate_model(model, x, y, kind: str, n_classes: int) -> dict:
 
 
 class NeuralNetworkAggregator(RoundAggregator):
-    dp = None  # the privacy budget (algorithms/privacy/dp_budget.py) when the task has "dp"
+    weighted_mean_update = True  # the update is the model's weights and a sample count (POM 2 and 3 apply)
 
     def setup(self):
         from werkbund.algorithms import keras_models as km
@@ -131,17 +131,14 @@ class NeuralNetworkAggregator(RoundAggregator):
         self.progress.message(f"model sent: {self.model.count_params()} parameters, "
                               + ("regression" if regression else f"classes {self.classes}"))
 
-    def global_payload(self):
-        return encode_weights(self.weights), {}
+    def global_weights(self):
+        return self.weights
 
     def begin_round(self, number):
         self.strategy.begin_round(self.weights)
 
-    def accept_update(self, message):
-        n_samples = sample_count(message)
-        if self.dp is not None and not message.get("aggregate_of"):  # POM 2/3 record each update's DP header
-            self.dp.record(message.sender, message)
-        self.strategy.add(decode_weights(message.payload, self.expected), n_samples, message.sender)
+    def accept_update(self, update):
+        self.strategy.add(update.weights, update.n_samples, update.sender)  # decoded and checked by the engine
 
     def aggregate(self, number):
         self.weights = self.strategy.result()
@@ -152,9 +149,6 @@ class NeuralNetworkAggregator(RoundAggregator):
             return {}
         y = _targets(self.holdout.y, self.kind, self.classes)
         return evaluate_model(self.model, self.holdout.x, y, self.kind, len(self.classes))
-
-    def round_metrics(self, number):
-        return dp_rounds.round_entry(self, number) if self.dp is not None else {}
 
     def checkpoint_state(self):
         return self.weights, self.strategy.state_dict(), {"architecture": self.model.to_json(), "kind": self.kind,
@@ -233,7 +227,7 @@ class NeuralNetworkParticipant(RoundParticipant):
         self.progress.message(f"model received: {self.model.count_params()} parameters")
 
     def _load_global(self, message):
-        self.model.set_weights(decode_weights(message.payload, self.expected))
+        self.model.set_weights(self.global_weights(message, self.expected))
 
     def evaluate_global(self, message):
         self._load_global(message)
@@ -250,14 +244,13 @@ class NeuralNetworkParticipant(RoundParticipant):
         d = self.definition
         number = message.get("round")
         if self.dp is not None:  # record-level DP-SGD instead of model.fit
-            weights, header = dp_rounds.train_private(self, number)
-            return encode_weights(weights), header
+            return dp_rounds.train_private(self, number)
         self.progress.epochs_started(number, d["epochs"])
         history = self.model.fit(self.train_data.x, self.y_train, epochs=d["epochs"], batch_size=d["batch_size"],
                                  verbose=0, shuffle=True, callbacks=[EpochCallback(self.progress, d["epochs"])])
         loss = float(history.history["loss"][-1])
         self.progress.message(f"round {number + 1}: trained on {len(self.y_train)} rows, loss {loss:.4f}")
-        return encode_weights(self.model.get_weights()), {"n_samples": int(len(self.y_train)), "train_loss": loss}
+        return self.model.get_weights(), {"n_samples": int(len(self.y_train)), "train_loss": loss}
 
     def keep_final(self, message):
         from werkbund.algorithms.keras_models import model_bytes
@@ -281,4 +274,8 @@ ALGORITHM = Algorithm(
     aggregator=NeuralNetworkAggregator,
     participant=NeuralNetworkParticipant,
     description="Keras classifier or regressor (default MLP or a given architecture), FedAvg weighted by sample count",
+    fields=(*TRAINING, STANDARDIZE, STRATEGY, MODEL),
+    privacy_modes=frozenset({1, 2, 3}),
+    dp=True,
+    model_suffix=".keras",
 )

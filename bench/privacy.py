@@ -63,31 +63,23 @@ def _run_site(user, train, test, per_round: list, lock, errors: list) -> None:
     """One participant, recording per round its masking/encryption time, bytes sent and decryption time."""
     from werkbund.algorithms.neural_network import NeuralNetworkParticipant
 
-    class Measured(NeuralNetworkParticipant):
-        def train(self, message):
-            payload, header = super().train(message)
-            if self.pom is None:
-                with lock:
-                    per_round.append({"round": message.get("round"), "protect_s": 0.0, "bytes": len(payload)})
-            return payload, header
-
     try:
-        part = Measured(user.participant("bench"), train, test)
-        if part.pom is not None:
-            protect, handle = part.pom.protect, part.pom.handle
+        part = NeuralNetworkParticipant(user.participant("bench"), train, test)
+        encoding = part.encoding  # how the update goes on the wire: plain (POM 1), masked (2) or encrypted (3)
+        encode, handle = encoding.encode, encoding.handle
 
-            def measured_protect(message, payload, header):
-                out = protect(message, payload, header)
+        def measured_encode(message, update, header):
+            out = encode(message, update, header)
+            with lock:
+                per_round.append({"round": message.get("round"), "protect_s": 0.0, **encoding.stats})
+            return out
+
+        def measured_handle(message):
+            handle(message)
+            if message.kind == "pom3_decrypt" and "decrypt_s" in encoding.stats:
                 with lock:
-                    per_round.append({"round": message.get("round"), **part.pom.stats})
-                return out
-
-            def measured_handle(message):
-                handle(message)
-                if message.kind == "pom3_decrypt" and "decrypt_s" in part.pom.stats:
-                    with lock:
-                        per_round.append({"round": message.get("round"), "decrypt_s": part.pom.stats["decrypt_s"]})
-            part.pom.protect, part.pom.handle = measured_protect, measured_handle
+                    per_round.append({"round": message.get("round"), "decrypt_s": encoding.stats["decrypt_s"]})
+        encoding.encode, encoding.handle = measured_encode, measured_handle
         part.run()
     except Exception as exc:  # reported below; the aggregator fails the task too
         errors.append(repr(exc))
@@ -155,7 +147,7 @@ def run_mode(pom: int, participants: int, rounds: int, epochs: int, model: dict,
     setup_s = None
     stage_s: list[dict] = []
     if aggregator.pom is not None:
-        pom_setup, after_round = aggregator.pom.setup, aggregator.pom.after_round
+        pom_setup, end_round = aggregator.pom.setup, aggregator.pom.end_round
 
         def timed_setup():
             nonlocal setup_s
@@ -163,10 +155,10 @@ def run_mode(pom: int, participants: int, rounds: int, epochs: int, model: dict,
             pom_setup()
             setup_s = time.perf_counter() - started
 
-        def recorded_after_round(number, collected):
-            after_round(number, collected)
+        def recorded_end_round(number, collected):
+            end_round(number, collected)
             stage_s.append({k: v for k, v in aggregator.pom.stats.items() if k.endswith("_s")})
-        aggregator.pom.setup, aggregator.pom.after_round = timed_setup, recorded_after_round
+        aggregator.pom.setup, aggregator.pom.end_round = timed_setup, recorded_end_round
     started = time.perf_counter()
     try:
         outcome = aggregator.run()

@@ -107,7 +107,11 @@ class User:
         return self.transport.call("whoami")
 
     def create_task(self, task: str, definition: dict) -> dict:
-        return self.transport.call("create_task", task=task, definition=definition)
+        """Create a task; the definition is checked here first by the installed algorithm
+        (``client/definitions.py``): AlgorithmNotInstalled or InvalidInput name what is wrong."""
+        from werkbund.client.definitions import prepare_definition
+
+        return self.transport.call("create_task", task=task, definition=prepare_definition(definition))
 
     def list_tasks(self, status=None, creator=None, algorithm=None, search=None) -> list[dict]:
         params = {k: v for k, v in dict(status=status, creator=creator, algorithm=algorithm, search=search).items() if v}

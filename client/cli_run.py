@@ -1,6 +1,7 @@
 """The `werkbund` commands that run training: aggregate, participate, demo, algorithms."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -8,7 +9,9 @@ import click
 
 from werkbund.client import state
 from werkbund.client.cli import cli
-from werkbund.client.cli_common import LOGIN_ENVIRONMENT, Connection, environment, handle_errors, platform_options
+from werkbund.client.cli_common import (
+    LOGIN_ENVIRONMENT, Connection, emit_json, environment, handle_errors, platform_options,
+)
 
 
 def _progress():
@@ -63,30 +66,95 @@ def aggregate(conn: Connection, task, data_spec, target, quorum_timeout, results
 @click.option("--data", "data_spec", help="Override the data chosen at join (default: the data given to join).")
 @click.option("--target", help="Target column of the --data CSV (default: the one given to join).")
 @click.option("--out", type=click.Path(dir_okay=False),
-              help="Where to write the final model (.keras; .safetensors or .json for kmeans, the linear models "
-                   "and statistics) (default: WERKBUND_HOME/models/USER/TASK.keras, or that suffix).")
-@click.option("--hold-back", help="Comma-separated columns to keep to yourself (algorithms that allow it: statistics) "
-                                  "(default: none).")
+              help="Where to write the final model (default: WERKBUND_HOME/models/USER/TASK with the algorithm's "
+                   "model suffix, e.g. .keras; `werkbund algorithms --details` names each).")
+@click.option("--hold-back", help="Comma-separated columns to keep to yourself, for algorithms that declare the "
+                                  "participant option hold_back (default: none).")
+@click.option("--option", "settings", multiple=True, metavar="NAME=VALUE",
+              help="A participant option the task's algorithm declares, repeatable, read as its declared type "
+                   "(default: none; `werkbund algorithms --algorithm NAME` lists them).")
 @handle_errors
-def participate(conn: Connection, task, data_spec, target, out, hold_back):
+def participate(conn: Connection, task, data_spec, target, out, hold_back, settings):
     """Train in a task you joined, round after round, until the final model arrives."""
     from werkbund.algorithms.metrics import headline
 
     columns = [c.strip() for c in hold_back.split(",") if c.strip()] if hold_back else None
-    result = _task(conn, task).participate(data=data_spec or None, target=target, progress=_progress(),
-                                           hold_back=columns, out=out)
+    handle = _task(conn, task)
+    options = _participant_options(handle.definition, settings)
+    result = handle.participate(data=data_spec or None, target=target, progress=_progress(), hold_back=columns,
+                                out=out, options=options)
     figures = headline(result.evaluation)
     click.echo(f"task {task}: final model written to {result.model_path}"
                + (f"; local test {figures}" if figures else ""))
 
 
-@cli.command()
-def algorithms():
-    """List the installed algorithms."""
-    from werkbund.algorithms.registry import available, get_algorithm
+def _participant_options(definition: dict, settings: tuple[str, ...]) -> dict:
+    """``--option NAME=VALUE`` pairs, parsed as the task's algorithm declares its participant options."""
+    if not settings:
+        return {}
+    from werkbund.client.cli import parse_value
+    from werkbund.client.definitions import load_algorithm
+    from werkbund.platform.errors import InvalidInput
 
-    for name in available():
-        click.echo(f"{name}: {get_algorithm(name).description}")
+    algorithm = load_algorithm(definition.get("algorithm"), definition)
+    declared = {f.name: f.types for f in algorithm.participant_options}
+    options = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        key = key.strip()
+        if not sep or key not in declared:
+            raise InvalidInput(f"--option {setting!r}: algorithm {algorithm.name!r} takes NAME=VALUE with NAME one of "
+                               f"{', '.join(declared) or 'none (it declares no participant options)'}")
+        if list in declared[key] and not text.strip().startswith("["):
+            options[key] = [part.strip() for part in text.split(",") if part.strip()]
+        else:
+            options[key] = parse_value(text, declared[key], f"--option {key}")
+    return options
+
+
+def describe_algorithm(facts: dict) -> list[str]:
+    """The lines `werkbund algorithms --details` prints for one declaration (``Algorithm.describe()``)."""
+    from werkbund.algorithms.registry import POM_NAMES as modes
+
+    provider = f"{facts['distribution']} {facts.get('version') or ''}".strip() if facts["distribution"] else "unknown"
+    lines = [f"{facts['name']}: {facts['description']}",
+             f"  provided by   {provider} (pip install {facts['distribution'] or '...'})",
+             "  privacy       " + ", ".join(f"POM {m} ({modes.get(m, '?')})" for m in facts["privacy_modes"])
+             + f"; differential privacy (dp): {'yes' if facts['dp'] else 'no'}",
+             f"  model file    {facts['model_suffix']}"]
+    for title, where, items in (("fields", "werkbund create --set NAME=VALUE, or the --definition file",
+                                 facts["fields"]),
+                                ("participant options", "werkbund participate --option NAME=VALUE",
+                                 facts["participant_options"])):
+        lines.append(f"  {title} ({where}):" if items else f"  {title}: none")
+        for item in items:
+            default = "" if item["default"] is None else f"; default {json.dumps(item['default'])}"
+            lines.append(f"    {item['name']:<14}{item['type']}{' ' + item['range'] if item['range'] else ''}{default}")
+            if item["help"]:
+                lines.append(f"    {'':<14}{item['help']}")
+    return lines
+
+
+@cli.command()
+@click.option("--algorithm", "name", help="Show this algorithm in full: fields with type, default, range and help, "
+                                          "privacy modes, DP, participant options (default: every algorithm, one "
+                                          "line each).")
+@click.option("--details", is_flag=True, help="Show every algorithm in full (default: one line each).")
+@click.option("--json", "as_json", is_flag=True, help="Print the declarations as JSON (default: text).")
+@handle_errors
+def algorithms(name, details, as_json):
+    """List the installed algorithms (entry points of the group werkbund.algorithms) and what each declares."""
+    from werkbund.algorithms.registry import available
+    from werkbund.client.definitions import load_algorithm
+
+    facts = [load_algorithm(n).describe() for n in ([name] if name else available())]
+    if as_json:
+        return emit_json(facts if not name else facts[0])
+    for i, one in enumerate(facts):
+        if name or details:
+            click.echo(("\n" if i else "") + "\n".join(describe_algorithm(one)))
+        else:
+            click.echo(f"{one['name']}: {one['description']}")
 
 
 @cli.command()

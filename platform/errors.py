@@ -26,6 +26,13 @@ class InvalidInput(WerkbundError):
     http_status = 400
 
 
+class AlgorithmNotInstalled(InvalidInput):
+    """The task's algorithm is not installed where the code runs (raised by clients; the message names
+    the distribution to install)."""
+
+    code = "algorithm_not_installed"
+
+
 class AuthenticationFailed(WerkbundError):
     code = "authentication_failed"
     http_status = 401

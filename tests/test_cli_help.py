@@ -8,9 +8,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from werkbund.client import cli_ledger, cli_platform, cli_run, cli_usecase  # noqa: F401  (register commands)
+from werkbund.client import cli_dashboard, cli_ledger, cli_platform, cli_run, cli_usecase  # noqa: F401  (register commands)
 from werkbund.client import cli_common
 from werkbund.client.cli import cli
+from werkbund.algorithms.fields import BATCH_SIZE, EPOCHS, LEARNING_RATE
 from werkbund.platform.definition import FIELDS
 from werkbund.platform.errors import Unavailable
 
@@ -128,13 +129,36 @@ def test_commands_name_the_environment_they_read(path, names):
         assert name in text, f"{_name(path)} --help does not name {name}"
 
 
-@pytest.mark.parametrize("option,field", [("--quorum", "quorum"), ("--rounds", "rounds"), ("--epochs", "epochs"),
-                                          ("--batch-size", "batch_size"), ("--learning-rate", "learning_rate"),
+@pytest.mark.parametrize("option,field", [("--quorum", "quorum"), ("--rounds", "rounds"),
                                           ("--algorithm", "algorithm"), ("--round-timeout", "round_timeout"),
                                           ("--min-updates", "min_updates")])
 def test_create_names_the_platform_defaults(option, field):
     param = next(p for p in cli.commands["create"].params if option in p.opts)
     assert f"else {FIELDS[field][1]}" in param.help, f"werkbund create {option}: {param.help!r}"
+
+
+@pytest.mark.parametrize("option,field", [("--epochs", EPOCHS), ("--batch-size", BATCH_SIZE),
+                                          ("--learning-rate", LEARNING_RATE)])
+def test_create_names_the_defaults_of_the_training_fields(option, field):
+    param = next(p for p in cli.commands["create"].params if option in p.opts)
+    assert f"else the algorithm's, {field.default} " in param.help, f"werkbund create {option}: {param.help!r}"
+
+
+def test_create_help_lists_the_fields_each_installed_algorithm_declares():
+    text = _help(("create",))
+    assert "--set NAME=VALUE" in text and "Algorithm fields" in text
+    assert "clusters=3" in text and "bins=10" in text and "POM 1, 2, 3" in text
+
+
+def test_algorithms_tells_each_field_from_the_declaration():
+    text = CliRunner().invoke(cli, ["algorithms", "--algorithm", "kmeans"], prog_name="werkbund").output
+    assert "clusters" in text and "an integer in [1, 10000]; default 3" in text and "POM 1 (plain)" in text
+    listed = json.loads(CliRunner().invoke(cli, ["algorithms", "--json"], prog_name="werkbund").output)
+    statistics = next(a for a in listed if a["name"] == "statistics")
+    assert [o["name"] for o in statistics["participant_options"]] == ["hold_back"]
+    assert statistics["distribution"] == "werkbund" and statistics["model_suffix"] == ".json"
+    missing = CliRunner().invoke(cli, ["algorithms", "--algorithm", "nope"], prog_name="werkbund")
+    assert missing.exit_code == 1 and "not installed" in missing.output
 
 
 def test_register_needs_an_org(tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from werkbund.algorithms.privacy.dp_accounting_pld import (StepEvents, calibrate
 from werkbund.algorithms.privacy.dp_sgd import DPSGDTrainer, clip_per_example
 from werkbund.client.api import register
 from werkbund.client.inproc_transport import InProcPlatform
-from werkbund.platform.definition import validate_definition
+from werkbund.client.definitions import check_definition
 from werkbund.platform.errors import InvalidInput
 
 DELTA = 1e-5
@@ -64,17 +64,17 @@ def sgd_model(n_features=6, learning_rate=1.0):
 ])
 def test_bad_dp_settings_are_refused_with_the_reason(dp, message):
     with pytest.raises(InvalidInput, match=re.escape(message)):
-        validate_definition({"dp": dp})
+        check_definition({"dp": dp})  # the creator's client, with the declaration of neural_network
 
 
 def test_good_dp_settings_are_kept():
     dp = {"epsilon": 3, "delta": 1e-5, "l2_norm_clip": 0.5}
-    assert validate_definition({"dp": dp})["dp"] == dp
+    assert check_definition({"dp": dp})[0]["dp"] == dp
 
 
 def test_dp_is_refused_for_an_algorithm_without_it():
     with pytest.raises(InvalidInput, match="has no differential privacy"):
-        validate_definition({"algorithm": "kmeans", "dp": {"epsilon": 1, "delta": 1e-5}})
+        check_definition({"algorithm": "kmeans", "dp": {"epsilon": 1, "delta": 1e-5}})
 
 
 # ----------------------------------------------------------------- accounting

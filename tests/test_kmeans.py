@@ -139,7 +139,7 @@ def test_incomplete_rows_and_secure_aggregation_are_refused_with_the_reason():
     from types import SimpleNamespace
 
     from werkbund.algorithms.kmeans import KMeansParticipant
-    from werkbund.platform.definition import validate_definition
+    from werkbund.client.definitions import check_definition
     from werkbund.platform.errors import InvalidInput
 
     x = np.array([[1.0, 2.0], [np.nan, 1.0], [3.0, 4.0]], dtype=np.float32)
@@ -147,7 +147,8 @@ def test_incomplete_rows_and_secure_aggregation_are_refused_with_the_reason():
     participant = KMeansParticipant(SimpleNamespace(definition={}, task="t"), data, data)
     with pytest.raises(ValueError, match="1 of 3 local rows hold missing"):
         participant.moments()
+    # the creator's client asks the declaration before anything is sent
     with pytest.raises(InvalidInput, match="runs in POM 1 only"):
-        validate_definition({"algorithm": "kmeans", "quorum": 2, "pom": 2})
+        check_definition({"algorithm": "kmeans", "quorum": 2, "pom": 2})
     with pytest.raises(InvalidInput, match="clusters"):
-        validate_definition({"algorithm": "kmeans", "clusters": 0})
+        check_definition({"algorithm": "kmeans", "clusters": 0})

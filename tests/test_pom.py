@@ -47,10 +47,10 @@ class RecordingParticipant(NeuralNetworkParticipant):
             self.pom.handle = vanishing
 
     def train(self, message):
-        payload, header = super().train(message)
+        weights, header = super().train(message)
         self.record[(self.channel.name, message.get("round"))] = (
-            decode_weights(payload), header["n_samples"], decode_weights(message.payload))
-        return payload, header
+            [np.array(w) for w in weights], header["n_samples"], decode_weights(message.payload))
+        return weights, header
 
 
 class RecordingAggregator(NeuralNetworkAggregator):
@@ -60,12 +60,12 @@ class RecordingAggregator(NeuralNetworkAggregator):
         super().__init__(*args, **kwargs)
         self.after, self.received = {}, {}
         if self.pom is not None:
-            take = self.pom.take_update
+            take = self.pom.accept
 
-            def recording(message):
-                self.received[(message.sender, message.get("round"))] = bytes(message.payload)
-                take(message)
-            self.pom.take_update = recording
+            def recording(update):
+                self.received[(update.sender, update.get("round"))] = bytes(update.payload)
+                take(update)
+            self.pom.accept = recording
 
     def aggregate(self, number):
         super().aggregate(number)
@@ -194,9 +194,9 @@ def test_pom2_resumed_aggregator_runs_the_key_stages_again_then_pipelines(tmp_pa
 
 
 def test_pom2_shares_go_one_message_per_participant_when_a_large_roster_would_swell_the_broadcast(monkeypatch):
-    from werkbund.algorithms.engine import secure_rounds
+    from werkbund.algorithms.privacy import secure_aggregation
 
-    monkeypatch.setattr(secure_rounds, "DELIVERIES_WITH_BROADCAST", 0)  # as if the roster were in the hundreds
+    monkeypatch.setattr(secure_aggregation, "DELIVERIES_WITH_BROADCAST", 0)  # as if the roster were in the hundreds
     aggregator, alice, outcome, record = federation(dict(BASE, pom=2, rounds=2))
     assert alice.task_info("t")["status"] == "COMPLETE", getattr(aggregator, "failure", None)
     assert sorted(n for n, kind in record["seen"] if kind == "secagg_delivery") == sorted(SITES * 2)

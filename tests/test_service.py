@@ -54,12 +54,25 @@ def test_task_rules(core):
         core.create_task("bob", "weld-1", {})
     with pytest.raises(errors.TaskNotFound, match="unknown task 'nope'"):
         core.task_info("bob", "nope")
-    with pytest.raises(errors.InvalidInput, match="unknown algorithm"):
+    with pytest.raises(errors.InvalidInput, match="never an import path"):
         core.create_task("alice", "t2", {"algorithm": "os.system"})
     with pytest.raises(errors.InvalidInput, match="quorum"):
         core.create_task("alice", "t2", {"quorum": 0})
-    with pytest.raises(errors.InvalidInput, match="unknown field"):
-        core.create_task("alice", "t2", {"aggregator": "neural_network.Aggregator"})
+    with pytest.raises(errors.InvalidInput, match="invalid field name"):
+        core.create_task("alice", "t2", {"Aggregator.class": "neural_network.Aggregator"})
+    with pytest.raises(errors.InvalidInput, match="at most 1048576"):
+        core.create_task("alice", "t2", {"notes": "x" * (1 << 20)})
+
+
+def test_the_platform_hosts_a_task_whose_algorithm_it_does_not_have(core):
+    """It checks the generic fields only; an algorithm's own are checked where the algorithm runs."""
+    info = core.create_task("alice", "t3", {"algorithm": "not_installed_here", "quorum": 2, "shrinkage": 0.5,
+                                            "algorithm_package": {"distribution": "werkbund-x", "version": "1.0"}})
+    assert info["algorithm"] == "not_installed_here" and info["definition"]["shrinkage"] == 0.5
+    assert info["definition"]["rounds"] == 5 and "epochs" not in info["definition"]
+    core.join_task("bob", "t3", SCHEMA)
+    with pytest.raises(errors.InvalidInput, match="algorithm_package"):
+        core.create_task("alice", "t4", {"algorithm_package": {"distribution": 3}})
 
 
 def test_join_rules_and_quorum(core):

@@ -44,6 +44,7 @@ def _map_the_core_namespace() -> None:
 _map_the_core_namespace()
 
 from werkbund.client.python_api import (  # noqa: E402
+    AlgorithmNotInstalled,
     AlreadyJoined,
     AuthenticationFailed,
     DataError,
@@ -69,13 +70,15 @@ from werkbund.client.python_api import (  # noqa: E402
     algorithms,
     connect,
     register,
+    simulate,
     start_local_platform,
 )
 
 __all__ = [
-    "AlreadyJoined", "AuthenticationFailed", "DataError", "FinalModel", "InvalidInput", "InvalidState",
+    "AlgorithmNotInstalled", "AlreadyJoined", "AuthenticationFailed", "DataError", "FinalModel", "InvalidInput",
+    "InvalidState",
     "LocalPlatform", "NotFound", "PermissionDenied", "Result", "Run", "RunStopped", "Session", "Task",
     "TaskEnded", "TaskExists", "TaskFailure", "TaskFull", "TaskNotFound", "Unavailable", "UserExists",
     "WerkbundError",
-    "algorithms", "connect", "register", "start_local_platform",
+    "algorithms", "connect", "register", "simulate", "start_local_platform",
 ]

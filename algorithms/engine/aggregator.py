@@ -7,6 +7,14 @@ task. An algorithm fills in the small methods: ``setup``, ``global_payload``,
 ``accept_update``, ``aggregate``, ``evaluate``, ``final_model``; and, for
 checkpoints, ``checkpoint_state`` and ``restore_state``.
 
+Every update goes to ``accept_update`` through the task's aggregation stack
+(``engine/aggregation_stack.py``: DP accounting, POM 2 or 3, the algorithm). An
+algorithm whose update is a weighted sum of arrays sets ``weighted_mean_update``
+and returns its arrays from ``global_weights`` instead of writing
+``global_payload``: the engine then encodes the broadcast, decodes every update
+once (``Update.weights``), and POM 2 and 3 apply to it
+(``engine/update_aggregation.py`` has the contract).
+
 With a checkpoint folder the state after every round is saved
 (``engine/checkpoint.py``); ``run(resume=True)`` continues a STARTED task from it
 at the next round, without waiting for the quorum or starting the task again.
@@ -25,17 +33,18 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from werkbund.algorithms.arrays import UpdateRejected
+from werkbund.algorithms.arrays import UpdateRejected, encode_weights
+from werkbund.algorithms.engine.aggregation_stack import build_aggregation
 from werkbund.algorithms.engine.checkpoint import Checkpoint, CheckpointError
 from werkbund.algorithms.engine.early_stopping import EarlyStopping
+from werkbund.algorithms.engine.errors import TaskFailure
 from werkbund.algorithms.engine.progress import Progress
+from werkbund.algorithms.engine.update_aggregation import Update
 from werkbund.algorithms.metrics import combine, headline
 
 log = logging.getLogger("werkbund.aggregator")
 
-
-class TaskFailure(RuntimeError):
-    """The task cannot go on; the reason is recorded on the platform."""
+__all__ = ["Collected", "RoundAggregator", "TaskFailure"]
 
 
 @dataclass
@@ -51,6 +60,9 @@ class Collected:
 class RoundAggregator:
     """Template for the aggregator of a round-based federated algorithm."""
 
+    weighted_mean_update = False  # True: the update is arrays and a sample count, combined from their mean
+    dp = None  # the DP budget (privacy/dp_budget.py) of a task with "dp", made by the algorithm's DP-SGD setup
+
     def __init__(self, channel, holdout=None, progress: Progress | None = None,
                  quorum_timeout: float | None = None, checkpoint_dir=None):
         self.channel = channel
@@ -62,9 +74,7 @@ class RoundAggregator:
         self.schema: dict | None = None
         self.history: list[dict] = []
         self._pending: dict | None = None
-        from werkbund.algorithms.engine.secure_rounds import aggregator_mode
-
-        self.pom = aggregator_mode(self)  # POM 2/3: secure aggregation or CKKS; None for POM 1
+        self.aggregation = build_aggregation(self)  # DP accounting -> POM 2/3 -> accept_update
         self.checkpoint = Checkpoint(checkpoint_dir, channel.task, self.definition) if checkpoint_dir else None
         self.early_stopping = EarlyStopping.from_definition(self.definition.get("early_stopping"))
         self.stop_reason: str | None = None
@@ -74,14 +84,22 @@ class RoundAggregator:
     def setup(self) -> None:
         """Prepare the model (may call ``exchange`` for statistics); runs after the task started."""
 
+    def global_weights(self) -> list:
+        """The arrays the round starts from (an algorithm with ``weighted_mean_update``)."""
+        raise NotImplementedError
+
     def global_payload(self) -> tuple[bytes, dict]:
+        """The round's (and the final) broadcast: payload bytes and header fields."""
+        if self.weighted_mean_update:
+            return encode_weights(self.global_weights()), {}
         raise NotImplementedError
 
     def begin_round(self, number: int) -> None:
         pass
 
-    def accept_update(self, message) -> None:
-        """Validate and take in one update; raise UpdateRejected to refuse it."""
+    def accept_update(self, update) -> None:
+        """Validate and take in one update (``Update``: message-like, and with ``weighted_mean_update``
+        its decoded, checked ``weights``); raise UpdateRejected to refuse it."""
         raise NotImplementedError
 
     def aggregate(self, number: int) -> None:
@@ -98,6 +116,10 @@ class RoundAggregator:
     def final_model(self) -> tuple[bytes, dict]:
         raise NotImplementedError
 
+    def write_results(self, directory) -> list[str]:
+        """Files of the algorithm's own (plots, reports) written into ``directory`` at the end; their paths."""
+        return []
+
     def checkpoint_state(self) -> tuple[list, dict, dict]:
         """(global weights, strategy state arrays, JSON-able facts to rebuild the model) for a checkpoint."""
         raise NotImplementedError
@@ -106,6 +128,11 @@ class RoundAggregator:
         """Rebuild the model and strategy from what ``checkpoint_state`` returned (instead of ``setup``)."""
         raise NotImplementedError
 
+    @property
+    def pom(self):
+        """The privacy mode's layer of the aggregation stack (POM 2 or 3), None for POM 1."""
+        return self.aggregation.layer()
+
     # ------------------------------------------------------------ driver
     def run(self, resume: bool = False) -> dict:
         d = self.definition
@@ -113,8 +140,7 @@ class RoundAggregator:
         try:
             if not resume:
                 self.setup()
-            if self.pom is not None:
-                self.pom.setup()
+            self.aggregation.setup()
             self.progress.rounds_started(d["rounds"])
             while number < d["rounds"] and not self.stop_reason:
                 self._run_round(number)
@@ -264,14 +290,14 @@ class RoundAggregator:
     def _run_round(self, number: int) -> None:
         started = time.monotonic()
         self.begin_round(number)
+        weights = self.global_weights() if self.weighted_mean_update else None
         payload, header = self.global_payload()
         self._publish("round_started", {"round": number, "global_sha256": _sha(payload)})
-        if self.pom is not None:  # may add header fields (POM 2: the next round's key set-up)
-            header = {**header, **(self.pom.before_round(number) or {})}
+        # the stack may add header fields (POM 2: the key set-up and shares riding on the broadcast)
+        header = {**header, **self.aggregation.begin_round(number, weights)}
         collected = self.exchange("round", payload, expect="update", number=number,
                                   handler=self._checked_accept(number), **header)
-        if self.pom is not None:  # unmask or decrypt the sum; hands accept_update one averaged update
-            self.pom.after_round(number, collected)
+        self.aggregation.end_round(number, collected)  # POM 2/3: unmask or decrypt, accept_update gets the mean
         self._complete_pending(collected.headers)
         self.aggregate(number)
         if self._ledger:
@@ -286,9 +312,8 @@ class RoundAggregator:
         if (self.early_stopping is not None and self.early_stopping.source == "aggregator"
                 and number < self.definition["rounds"] - 1):
             self._stop_if(self.early_stopping.observe(number, own.get(self.early_stopping.metric)), self._pending)
-        self._pending["extra"] = dict(self.round_metrics(number))
-        if self.pom is not None:  # who took part in the secure sum (threshold, dropouts, decryptors)
-            self._pending["extra"]["pom"] = self.pom.round_record()
+        # the algorithm's figures, then the stack's: "dp" (epsilon spent), "pom" (who took part in the sum)
+        self._pending["extra"] = {**self.round_metrics(number), **self.aggregation.round_record(number)}
         self._save_checkpoint(number)
         summary = f"{len(collected.accepted)} updates ({', '.join(collected.accepted)})"
         if own:
@@ -311,8 +336,11 @@ class RoundAggregator:
             self.channel.publish_entry(type, payload)
 
     def _checked_accept(self, number: int):
-        """accept_update, after checking the bytes against the metadata published on the ledger."""
-        take = self.accept_update if self.pom is None else self.pom.take_update
+        """The update into the aggregation stack, after checking its bytes against the metadata published
+        on the ledger (the bytes as sent: masked or encrypted under POM 2 and 3)."""
+        def take(message) -> None:
+            self.aggregation.accept(Update.of(message))
+
         if not self._ledger:
             return take
 

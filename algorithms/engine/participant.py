@@ -6,6 +6,12 @@ The base class waits for the aggregator's messages and answers them: ``stats``
 model, report its evaluation). A ``failed`` message ends the run with the reason.
 An algorithm fills in ``moments``, ``configure``, ``train``, ``evaluate`` and
 ``keep_final``.
+
+``train`` returns the update as a list of arrays (and its header, with
+``n_samples``); the engine encodes it with the task's ``UpdateEncoding`` (POM 1:
+safetensors, POM 2: masked, POM 3: encrypted), publishes the sha256 of exactly
+those bytes on the ledger and sends them. ``global_weights(message)`` gives the
+arrays a round or final message carries, decoded once per message.
 """
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ import hashlib
 import logging
 import time
 
+from werkbund.algorithms.arrays import check_weights, decode_weights
+from werkbund.algorithms.engine.aggregation_stack import build_encoding
 from werkbund.algorithms.engine.progress import Progress
 
 log = logging.getLogger("werkbund.participant")
@@ -35,9 +43,26 @@ class RoundParticipant:
         self.out_model = out_model
         self.idle_timeout = idle_timeout
         self.result: dict = {}
-        from werkbund.algorithms.engine.secure_rounds import participant_mode
+        self._received = None  # (message, its arrays) once global_weights decoded them
+        self.encoding = build_encoding(self)  # how the update goes on the wire: plain, masked or encrypted
 
-        self.pom = participant_mode(self)  # POM 2/3: masks or encrypts the update; None for POM 1
+    @property
+    def pom(self):
+        """The participant's side of the privacy mode (POM 2 or 3), None for POM 1."""
+        return self.encoding if self.encoding.privacy_mode != 1 else None
+
+    def global_weights(self, message, expected=None) -> list:
+        """The arrays in ``message`` (a round or the final model), decoded once per message and read-only;
+        with ``expected`` ((shape, dtype) per array) checked against it, finite values only."""
+        if self._received is None or self._received[0] is not message:
+            weights = decode_weights(message.payload)
+            for w in weights:
+                w.flags.writeable = False
+            self._received = (message, weights)
+        weights = self._received[1]
+        if expected is not None:
+            check_weights(weights, expected)
+        return weights
 
     # ------------------------------------------------------------- hooks
     def moments(self) -> dict:
@@ -46,8 +71,9 @@ class RoundParticipant:
     def configure(self, message) -> None:
         raise NotImplementedError
 
-    def train(self, message) -> tuple[bytes, dict]:
-        """Train on the global weights in ``message``; return the update payload and header fields."""
+    def train(self, message) -> tuple[list, dict]:
+        """Train on the global weights in ``message``; return the update (a list of arrays) and header
+        fields, ``n_samples`` among them."""
         raise NotImplementedError
 
     def evaluate_global(self, message) -> dict:
@@ -81,9 +107,8 @@ class RoundParticipant:
                     self.configure(message)
                 elif message.kind == "round":
                     evaluation = self.evaluate_global(message)
-                    payload, header = self.train(message)
-                    if self.pom is not None:
-                        payload, header = self.pom.protect(message, payload, header)
+                    update, header = self.train(message)
+                    payload, header = self.encoding.encode(message, update, header)  # the bytes on the wire
                     self._publish_metadata(number, payload, header, evaluation)
                     self.channel.send("update", payload, round=number, eval=evaluation, **header)
                     self._audit_ledger()
@@ -92,8 +117,8 @@ class RoundParticipant:
                     self.channel.send("final_eval", b"", round=number, eval=self.result.get("eval", {}))
                     self.progress.message(f"task {self.channel.task}: final model received")
                     return self.result
-                elif self.pom is not None and message.kind in self.pom.kinds:
-                    self.pom.handle(message)
+                elif message.kind in self.encoding.kinds:  # a privacy mode's own exchanges
+                    self.encoding.handle(message)
                 elif message.kind == "skipped":
                     log.warning("round %s: the aggregator skipped this update: %s", number, message.get("reason"))
                     self.progress.message(f"round {number}: update skipped: {message.get('reason')}")

@@ -1,4 +1,4 @@
-"""Privacy operation modes.  POM 2: transport-independent secure aggregation (see README.md)."""
+"""Privacy: the layers around the aggregation (POM 2, POM 3, DP accounting) and their cores; see README.md."""
 from werkbund.algorithms.privacy.secagg_config import SecAggConfig, min_threshold
 from werkbund.algorithms.privacy.secagg_encoding import FixedPointEncoder
 from werkbund.algorithms.privacy.secagg_errors import SecAggError, SecAggOverflowError, SecAggSignatureError

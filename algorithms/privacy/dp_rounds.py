@@ -1,14 +1,16 @@
-"""DP-SGD in the round engine: the few calls that ``neural_network`` makes when a task has ``dp``.
+"""DP-SGD in the round engine: the calls an algorithm that trains with DP-SGD makes when a task has ``dp``.
 
-Aggregator: ``start_budget`` (before the setup message: ask the participants for their
-training-set sizes, calibrate, refuse a budget too small for one round), ``AggregatorBudget.record``
-for every update, ``round_entry`` for every round record. Participant: ``train_private`` instead
-of ``model.fit``.
+Aggregator: ``start_budget`` (in the algorithm's setup, before its setup message: ask the
+participants for their training-set sizes, calibrate, refuse a budget too small for one round;
+the algorithm keeps the result as its ``dp`` and sends ``setup_header()`` with the model) and
+``restore_budget`` (from a checkpoint). Checking and accounting every update, and the ``dp`` entry
+of every round record, are the engine's: ``dp_accounting_aggregation.DPAccounting``. Participant:
+``participant_budget`` (from the setup message) and ``train_private`` instead of ``model.fit``.
 """
 from __future__ import annotations
 
 from werkbund.algorithms.arrays import UpdateRejected
-from werkbund.algorithms.engine.aggregator import TaskFailure
+from werkbund.algorithms.engine.errors import TaskFailure
 from werkbund.algorithms.privacy.dp_accounting_pld import CalibrationError
 from werkbund.algorithms.privacy.dp_budget import AggregatorBudget, BudgetExceeded, ParticipantBudget
 
@@ -36,19 +38,6 @@ def start_budget(aggregator) -> AggregatorBudget | None:
         raise TaskFailure(f"differential privacy: {exc}") from None
     aggregator.progress.message(budget.describe())
     return budget
-
-
-def round_entry(aggregator, number: int) -> dict:
-    """The ``dp`` entry of round ``number``'s record; stops the task when the next round would not fit."""
-    budget = aggregator.dp
-    entry = budget.after_round(number, aggregator.active)
-    spent = entry["dp"]
-    aggregator.progress.message(f"round {number + 1}: privacy spent epsilon {spent['epsilon']:.4f} "
-                                f"(worst participant {spent['worst_participant']}, delta {spent['delta']:g}"
-                                + (f", budget {spent['budget']:g})" if spent["budget"] is not None else ")"))
-    if budget.stopped:
-        aggregator._stop_if(budget.stopped, aggregator._pending)
-    return entry
 
 
 def restore_budget(definition: dict, state: dict | None) -> AggregatorBudget | None:

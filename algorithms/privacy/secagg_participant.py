@@ -17,13 +17,16 @@ from collections.abc import Mapping
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from werkbund.algorithms.privacy import secagg_messages as m
 from werkbund.algorithms.privacy.secagg_config import SecAggConfig
 from werkbund.algorithms.privacy.secagg_crypto import (
     SEED_BYTES, aead_decrypt, aead_encrypt, agree, commit_seed, new_x25519, pair_info, prg,
     shamir_split, x25519_private_bytes, x25519_public_bytes,
 )
 from werkbund.algorithms.privacy.secagg_errors import SecAggError
+from werkbund.algorithms.privacy.secagg_messages import (
+    KEY_BROADCAST, MASKED_INPUT, SHARE_DELIVERY, SHARE_KEYS, UNMASK, UNMASK_REQUEST, check_stage, field,
+    id_list, pack_shares, share_aad, sign_announcement, unpack_shares, verify_announcement,
+)
 
 ENC_INFO = b"share-encryption"
 MASK_INFO = b"pairwise-mask"
@@ -67,7 +70,7 @@ class SecAggParticipant:
         """``{"stage": "advertise_keys", "round_id", "sender", "c_pk", "s_pk", "b_commitment",
         "signature"}``: fresh public keys and a commitment to ``b_u``, signed with Ed25519."""
         self._advance(0, "advertise_keys")
-        return m.sign_announcement(self._identity, self.config.round_id, self.id,
+        return sign_announcement(self._identity, self.config.round_id, self.id,
                                    x25519_public_bytes(self._c_sk), x25519_public_bytes(self._s_sk),
                                    self._commitment)
 
@@ -80,10 +83,10 @@ class SecAggParticipant:
         """
         self._advance(1, "share_keys")
         cfg = self.config
-        msg = m.check_stage(broadcast, m.KEY_BROADCAST, cfg.round_id)
-        anns = m.field(msg, "announcements", list)
+        msg = check_stage(broadcast, KEY_BROADCAST, cfg.round_id)
+        anns = field(msg, "announcements", list)
         for raw in anns:
-            ann = m.verify_announcement(raw, cfg.round_id, cfg.participants, self._identity_keys)
+            ann = verify_announcement(raw, cfg.round_id, cfg.participants, self._identity_keys)
             if ann["sender"] in self._keys:
                 raise SecAggError(f"the key broadcast lists {ann['sender']!r} twice")
             self._keys[ann["sender"]] = ann
@@ -107,10 +110,10 @@ class SecAggParticipant:
             key = agree(self._c_sk, self._keys[peer]["c_pk"],
                         pair_info(ENC_INFO, cfg.round_id, self.id, peer))
             j = cfg.index(peer)
-            plain = m.pack_shares(self.id, peer, b_shares[j], s_shares[j])
+            plain = pack_shares(self.id, peer, b_shares[j], s_shares[j])
             out.append({"recipient": peer,
-                        "ciphertext": aead_encrypt(key, plain, m.share_aad(cfg.round_id, self.id, peer))})
-        return {"stage": m.SHARE_KEYS, "round_id": cfg.round_id, "sender": self.id, "ciphertexts": out}
+                        "ciphertext": aead_encrypt(key, plain, share_aad(cfg.round_id, self.id, peer))})
+        return {"stage": SHARE_KEYS, "round_id": cfg.round_id, "sender": self.id, "ciphertexts": out}
 
     # -- stage 3 ----------------------------------------------------------------------------
     def masked_input(self, delivery: dict, update: np.ndarray, weight: float) -> dict:
@@ -123,28 +126,28 @@ class SecAggParticipant:
         """
         self._advance(2, "masked_input")
         cfg = self.config
-        msg = m.check_stage(delivery, m.SHARE_DELIVERY, cfg.round_id)
-        if m.field(msg, "recipient", str) != self.id:
+        msg = check_stage(delivery, SHARE_DELIVERY, cfg.round_id)
+        if field(msg, "recipient", str) != self.id:
             raise SecAggError(f"{self.id}: the share delivery is addressed to someone else")
-        u2 = m.id_list(msg, "senders")
+        u2 = id_list(msg, "senders")
         if self.id not in u2 or any(v not in self._keys for v in u2):
             raise SecAggError(f"{self.id}: the share delivery names senders outside the key broadcast")
         cfg.require(len(u2), "shared keys")
         got: dict[str, bytes] = {}
-        for item in m.field(msg, "ciphertexts", list):
+        for item in field(msg, "ciphertexts", list):
             if not isinstance(item, dict):
                 raise SecAggError("ciphertexts must be a list of dicts")
-            sender = m.field(item, "sender", str)
+            sender = field(item, "sender", str)
             if sender not in u2 or sender == self.id or sender in got:
                 raise SecAggError(f"{self.id}: unexpected or repeated ciphertext from {sender!r}")
-            got[sender] = m.field(item, "ciphertext", bytes)
+            got[sender] = field(item, "ciphertext", bytes)
         if set(got) != set(u2) - {self.id}:
             raise SecAggError(f"{self.id}: the share delivery lacks the shares of some senders")
         for sender, blob in got.items():
             key = agree(self._c_sk, self._keys[sender]["c_pk"],
                         pair_info(ENC_INFO, cfg.round_id, sender, self.id))
-            plain = aead_decrypt(key, blob, m.share_aad(cfg.round_id, sender, self.id))
-            self._held_b[sender], self._held_s[sender] = m.unpack_shares(plain, sender, self.id)
+            plain = aead_decrypt(key, blob, share_aad(cfg.round_id, sender, self.id))
+            self._held_b[sender], self._held_s[sender] = unpack_shares(plain, sender, self.id)
         self._u2 = sorted(u2)
 
         enc = cfg.encoder()
@@ -159,7 +162,7 @@ class SecAggParticipant:
                          pair_info(MASK_INFO, cfg.round_id, self.id, peer))
             y += pairwise_mask(seed, cfg.vector_length, enc.dtype, +1 if cfg.index(peer) > self.index else -1)
         w = int(weight) if float(weight).is_integer() else float(weight)
-        return {"stage": m.MASKED_INPUT, "round_id": cfg.round_id, "sender": self.id,
+        return {"stage": MASKED_INPUT, "round_id": cfg.round_id, "sender": self.id,
                 "weight": w, "masked": y}
 
     # -- stage 4 ----------------------------------------------------------------------------
@@ -173,8 +176,8 @@ class SecAggParticipant:
         """
         self._advance(3, "unmask")
         cfg = self.config
-        msg = m.check_stage(request, m.UNMASK_REQUEST, cfg.round_id)
-        survivors, dropped = m.id_list(msg, "survivors"), m.id_list(msg, "dropped")
+        msg = check_stage(request, UNMASK_REQUEST, cfg.round_id)
+        survivors, dropped = id_list(msg, "survivors"), id_list(msg, "dropped")
         both = sorted(set(survivors) & set(dropped))
         if both:
             raise SecAggError(f"{self.id}: refusing an unmask request that asks for both the self-mask "
@@ -185,7 +188,7 @@ class SecAggParticipant:
         if self.id not in survivors:
             raise SecAggError(f"{self.id}: the unmask request lists this participant as dropped")
         cfg.require(len(survivors), "survived")
-        out = {"stage": m.UNMASK, "round_id": cfg.round_id, "sender": self.id,
+        out = {"stage": UNMASK, "round_id": cfg.round_id, "sender": self.id,
                "b_shares": [{"owner": v, "share": self._held_b[v]} for v in sorted(survivors)],
                "s_shares": [{"owner": v, "share": self._held_s[v]} for v in sorted(dropped)]}
         self._held_b.clear()

@@ -19,12 +19,15 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from werkbund.algorithms.privacy import secagg_messages as m
 from werkbund.algorithms.privacy.secagg_config import SecAggConfig
 from werkbund.algorithms.privacy.secagg_crypto import (
     agree, commit_seed, load_x25519_private, pair_info, prg, reconstruct_checked, x25519_public_bytes,
 )
 from werkbund.algorithms.privacy.secagg_errors import SecAggError
+from werkbund.algorithms.privacy.secagg_messages import (
+    KEY_BROADCAST, MASKED_INPUT, SHARE_DELIVERY, SHARE_KEYS, UNMASK, UNMASK_REQUEST, check_stage, field,
+    share_list, vector, verify_announcement,
+)
 from werkbund.algorithms.privacy.secagg_participant import MASK_INFO
 
 
@@ -83,7 +86,7 @@ class SecAggServer:
             raise SecAggError(f"{name} is not allowed at stage {self._stage} of the round")
 
     def _sender(self, msg: dict, allowed: Mapping | list, seen: Mapping) -> str:
-        sender = m.field(msg, "sender", str)
+        sender = field(msg, "sender", str)
         if sender not in allowed:
             raise SecAggError(f"{sender!r} may not take part in stage {msg['stage']!r}")
         if sender in seen:
@@ -94,7 +97,7 @@ class SecAggServer:
     def receive_announcement(self, msg: dict) -> None:
         """Accept a key announcement after checking its Ed25519 signature (refused if forged)."""
         self._in_stage(1, "receive_announcement")
-        ann = m.verify_announcement(msg, self.config.round_id, self.config.participants, self._identity_keys)
+        ann = verify_announcement(msg, self.config.round_id, self.config.participants, self._identity_keys)
         if ann["sender"] in self._keys:
             raise SecAggError(f"{ann['sender']!r} already sent its key announcement")
         self._keys[ann["sender"]] = ann
@@ -104,22 +107,22 @@ class SecAggServer:
         self._in_stage(1, "key_broadcast")
         self.config.require(len(self._keys), "advertised keys")
         self._stage = 2
-        return {"stage": m.KEY_BROADCAST, "round_id": self.config.round_id,
+        return {"stage": KEY_BROADCAST, "round_id": self.config.round_id,
                 "announcements": [dict(self._keys[p]) for p in sorted(self._keys)]}
 
     # -- stage 2: share keys -----------------------------------------------------------------
     def receive_shares(self, msg: dict) -> None:
         self._in_stage(2, "receive_shares")
-        msg = m.check_stage(msg, m.SHARE_KEYS, self.config.round_id)
+        msg = check_stage(msg, SHARE_KEYS, self.config.round_id)
         sender = self._sender(msg, self._keys, self._shares)
         routed: dict[str, bytes] = {}
-        for item in m.field(msg, "ciphertexts", list):
+        for item in field(msg, "ciphertexts", list):
             if not isinstance(item, dict):
                 raise SecAggError("ciphertexts must be a list of dicts")
-            to = m.field(item, "recipient", str)
+            to = field(item, "recipient", str)
             if to not in self._keys or to == sender or to in routed:
                 raise SecAggError(f"{sender!r} sent a share to an unexpected recipient {to!r}")
-            routed[to] = m.field(item, "ciphertext", bytes)
+            routed[to] = field(item, "ciphertext", bytes)
         if set(routed) != set(self._keys) - {sender}:
             raise SecAggError(f"{sender!r} did not send shares to every participant that advertised keys")
         self._shares[sender] = routed
@@ -131,7 +134,7 @@ class SecAggServer:
         self.config.require(len(self._shares), "shared keys")
         self._stage = 3
         u2 = sorted(self._shares)
-        return {v: {"stage": m.SHARE_DELIVERY, "round_id": self.config.round_id, "recipient": v,
+        return {v: {"stage": SHARE_DELIVERY, "round_id": self.config.round_id, "recipient": v,
                     "senders": list(u2),
                     "ciphertexts": [{"sender": u, "ciphertext": self._shares[u][v]} for u in u2 if u != v]}
                 for v in u2}
@@ -140,12 +143,12 @@ class SecAggServer:
     def receive_masked_input(self, msg: dict) -> None:
         self._in_stage(3, "receive_masked_input")
         cfg = self.config
-        msg = m.check_stage(msg, m.MASKED_INPUT, cfg.round_id)
+        msg = check_stage(msg, MASKED_INPUT, cfg.round_id)
         sender = self._sender(msg, self._shares, self._masked)
-        weight = m.field(msg, "weight", (int, float))
+        weight = field(msg, "weight", (int, float))
         if not 0 <= weight <= cfg.max_weight:
             raise SecAggError(f"{sender!r} declared weight {weight!r}, outside [0, {cfg.max_weight:g}]")
-        self._masked[sender] = m.vector(msg, "masked", cfg.encoder().dtype, cfg.vector_length).copy()
+        self._masked[sender] = vector(msg, "masked", cfg.encoder().dtype, cfg.vector_length).copy()
         self._weights[sender] = weight
 
     def unmask_request(self) -> dict:
@@ -155,15 +158,15 @@ class SecAggServer:
         self._stage = 4
         self._survivors = sorted(self._masked)
         self._dropped = sorted(set(self._shares) - set(self._masked))
-        return {"stage": m.UNMASK_REQUEST, "round_id": self.config.round_id,
+        return {"stage": UNMASK_REQUEST, "round_id": self.config.round_id,
                 "survivors": list(self._survivors), "dropped": list(self._dropped)}
 
     # -- stage 4: unmasking -------------------------------------------------------------------
     def receive_unmask(self, msg: dict) -> None:
         self._in_stage(4, "receive_unmask")
-        msg = m.check_stage(msg, m.UNMASK, self.config.round_id)
+        msg = check_stage(msg, UNMASK, self.config.round_id)
         sender = self._sender(msg, self._survivors, self._b_shares)
-        b, s = m.share_list(msg, "b_shares"), m.share_list(msg, "s_shares")
+        b, s = share_list(msg, "b_shares"), share_list(msg, "s_shares")
         if set(b) != set(self._survivors) or set(s) != set(self._dropped):
             raise SecAggError(f"{sender!r} answered the unmask request with the wrong set of shares")
         self._b_shares[sender], self._s_shares[sender] = b, s

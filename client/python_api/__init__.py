@@ -17,15 +17,17 @@ from werkbund.client.python_api.session import (
     LocalPlatform, Session, algorithms, connect, register, start_local_platform,
 )
 from werkbund.client.python_api.task import Task
+from werkbund.simulation import simulate
 from werkbund.platform.errors import (
-    AlreadyJoined, AuthenticationFailed, InvalidInput, InvalidState, NotFound, PermissionDenied, TaskExists,
-    TaskFull, TaskNotFound, Unavailable, UserExists, WerkbundError,
+    AlgorithmNotInstalled, AlreadyJoined, AuthenticationFailed, InvalidInput, InvalidState, NotFound,
+    PermissionDenied, TaskExists, TaskFull, TaskNotFound, Unavailable, UserExists, WerkbundError,
 )
 
 __all__ = [
-    "AlreadyJoined", "AuthenticationFailed", "DataError", "FinalModel", "InvalidInput", "InvalidState",
+    "AlgorithmNotInstalled", "AlreadyJoined", "AuthenticationFailed", "DataError", "FinalModel", "InvalidInput",
+    "InvalidState",
     "LocalPlatform", "NotFound", "PermissionDenied", "Result", "Run", "RunStopped", "Session", "Task",
     "TaskEnded", "TaskExists", "TaskFailure", "TaskFull", "TaskNotFound", "Unavailable", "UserExists",
     "WerkbundError",
-    "algorithms", "connect", "register", "start_local_platform",
+    "algorithms", "connect", "register", "simulate", "start_local_platform",
 ]

@@ -177,8 +177,10 @@ class Session:
         ``definition`` is the task definition (as in a ``--definition`` JSON file); keyword
         arguments add to or override it, e.g.
         ``create_task("weld-1", algorithm="neural_network", quorum=2, rounds=5, epochs=2)``.
-        The fields are listed in ``docs/task-definition.md``; the platform checks them and
-        raises ``InvalidInput`` naming the first one it refuses.
+        The generic fields are listed in ``docs/task-definition.md``, an algorithm's own by
+        ``werkbund.algorithms(NAME)``. The algorithm installed here checks the definition before it
+        is sent (and fills in its defaults), the platform the generic fields: ``InvalidInput`` names
+        the first field refused, ``AlgorithmNotInstalled`` an algorithm that is not installed here.
         """
         if definition is not None and not isinstance(definition, dict):
             raise InvalidInput("a task definition must be a dict")
@@ -290,11 +292,33 @@ def start_local_platform(path: str | Path | None = None, host: str = "127.0.0.1"
     return LocalPlatform(path, host=host, port=port)
 
 
-def algorithms() -> "pandas.DataFrame":
-    """The installed algorithms (entry points ``werkbund.algorithms``) with their descriptions."""
+ALGORITHM_COLUMNS = ["name", "description", "privacy_modes", "dp", "fields", "participant_options", "model_suffix",
+                     "distribution", "version"]
+FIELD_COLUMNS = ["name", "kind", "type", "default", "range", "help"]
+
+
+def algorithms(name: str | None = None) -> "pandas.DataFrame":
+    """The installed algorithms (entry points ``werkbund.algorithms``), as their declarations say.
+
+    Without ``name``: one row per algorithm (description, the POMs it runs under, whether it has
+    differential privacy, its field names, participant options, model suffix and the distribution
+    that provides it). With ``name``: one row per field of that algorithm and per participant option
+    (``kind`` says which), with type, default, range and help; the generic fields every task has
+    are in ``docs/task-definition.md``.
+    """
     import pandas as pd
 
-    from werkbund.algorithms.registry import available, get_algorithm
+    from werkbund.algorithms.registry import available
+    from werkbund.client.definitions import load_algorithm
 
-    return pd.DataFrame([{"name": n, "description": get_algorithm(n).description} for n in available()],
-                        columns=["name", "description"])
+    if name is not None:
+        facts = load_algorithm(name).describe()
+        rows = [dict(f, kind="field") for f in facts["fields"]]
+        rows += [dict(f, kind="participant option") for f in facts["participant_options"]]
+        return pd.DataFrame([{c: r.get(c) for c in FIELD_COLUMNS} for r in rows], columns=FIELD_COLUMNS)
+    rows = []
+    for installed in available():
+        facts = load_algorithm(installed).describe()
+        rows.append(dict(facts, fields=[f["name"] for f in facts["fields"]],
+                         participant_options=[f["name"] for f in facts["participant_options"]]))
+    return pd.DataFrame([{c: r.get(c) for c in ALGORITHM_COLUMNS} for r in rows], columns=ALGORITHM_COLUMNS)

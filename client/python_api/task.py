@@ -1,7 +1,6 @@
 """One task from Python: join it, run its aggregator or a participant, read its results and model."""
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +61,16 @@ def as_dataset(data: Any, target: str | None = None, features: list[str] | None 
     return dataset
 
 
+def _checked_algorithm(channel):
+    """The task's algorithm as installed here, its definition checked and the declaration's defaults
+    filled into the channel's copy (a task created without a werkbund client may lack them)."""
+    from werkbund.client.definitions import task_algorithm
+
+    algorithm, checked = task_algorithm(channel.definition)
+    channel.definition.update({k: v for k, v in checked.items() if k not in channel.definition})
+    return algorithm
+
+
 class Task:
     """A task on the platform, from the point of view of the session that made this handle.
 
@@ -115,7 +124,7 @@ class Task:
     # ------------------------------------------------------------ membership
     def join(self, data: Any, target: str | None = None, features: list[str] | str | None = None,
              kind: str = "classification", shard: str | None = None, hide_size: bool = False,
-             missing: str = "drop") -> dict:
+             missing: str | None = None) -> dict:
         """Join the task with your local data; only its schema summary is sent.
 
         Args:
@@ -126,12 +135,22 @@ class Task:
             kind: ``"classification"`` (default) or ``"regression"`` (a numeric target).
             shard: use part i of n of the data, e.g. ``"1/2"`` (for demos).
             hide_size: do not tell the platform how many rows you have.
-            missing: ``"drop"`` rows with missing values (default), ``"mean"`` or ``"error"``.
+            missing: ``"drop"`` rows with missing values, ``"mean"`` (fill features with the column
+                mean), ``"keep"`` (NaN stays) or ``"error"``; default: what the task's algorithm
+                declares (``drop``, or ``keep`` for an algorithm that counts them).
+
+        Raises ``AlgorithmNotInstalled`` (naming the distribution to install) when the task's
+        algorithm is not installed here, ``InvalidInput`` when the algorithm installed here refuses
+        the task's definition; nothing is sent then.
 
         Returns the platform's answer. A path or ``builtin:`` name is remembered under
         ``WERKBUND_HOME`` (as ``werkbund join`` does), so ``participate()`` and ``werkbund
         participate`` find it later; a DataFrame or arrays are kept in this session only.
         """
+        from werkbund.client.definitions import task_algorithm
+
+        algorithm, _ = task_algorithm(self.info()["definition"])  # refused here if not installed, naming it
+        missing = missing or algorithm.missing_values
         dataset = as_dataset(data, target=target, features=features, kind=kind, shard=shard, missing=missing)
         answer = self.session.client.join_task(self.name, dataset.schema(share_size=not hide_size))
         self.session._joined[self.name] = dataset
@@ -184,10 +203,9 @@ class Task:
         ``TaskFailure`` when the task fails (the reason is recorded on the platform too).
         """
         from werkbund.algorithms.engine.checkpoint import CheckpointError
-        from werkbund.algorithms.registry import get_algorithm
 
         channel = self.session.client.aggregator(self.name)  # refuses anyone but the creator
-        algorithm = get_algorithm(channel.definition["algorithm"])
+        algorithm = _checked_algorithm(channel)
         holdout_data = None if holdout is None else as_dataset(holdout, target=target)
         checkpoints = Path(checkpoint_dir) if checkpoint_dir else state.home() / "checkpoints" / self.name
 
@@ -201,15 +219,15 @@ class Task:
             result = Result(self, "aggregator", outcome)
             if results:
                 result.save(results)
-                if hasattr(aggregator, "write_results"):  # an algorithm's own files (clusters.png, statistics.md)
-                    aggregator.write_results(Path(results))
+                aggregator.write_results(Path(results))  # an algorithm's own files (plots, reports)
             return result
 
         return self._launch("aggregator", work, channel, background, progress)
 
     def participate(self, data: Any = None, target: str | None = None, background: bool = False,
                     progress: bool | str = True, hold_back: list[str] | None = None,
-                    out: str | Path | None = None, idle_timeout: float | None = None) -> Result | Run:
+                    out: str | Path | None = None, idle_timeout: float | None = None,
+                    options: dict | None = None) -> Result | Run:
         """Train in a task you joined, round after round, until the final model arrives.
 
         Args:
@@ -217,29 +235,28 @@ class Task:
             target: its label column.
             background: return a :class:`Run` at once instead of blocking.
             progress: as for :meth:`aggregate`.
-            hold_back: columns to keep to yourself (algorithms that allow it: ``statistics``).
+            hold_back: columns to keep to yourself (algorithms that declare the participant option
+                ``hold_back``; ``werkbund.algorithms(NAME)`` lists an algorithm's options).
             out: where to write your copy of the final model (default
-                ``WERKBUND_HOME/models/USER/TASK.keras``, or the algorithm's own suffix).
+                ``WERKBUND_HOME/models/USER/TASK`` with the algorithm's model suffix, e.g. ``.keras``).
             idle_timeout: give up after this many seconds without a message from the aggregator.
+            options: other participant options the algorithm declares, by name.
 
         Returns the :class:`Result` (with ``evaluation``: the final model on your own test rows) or a
         :class:`Run`. Raises ``TaskEnded`` when the task fails or disappears.
         """
-        from werkbund.algorithms.registry import get_algorithm
+        from werkbund.client.definitions import participant_options
 
-        dataset = self._participant_data(data, target)
         channel = self.session.client.participant(self.name)  # refuses anyone who has not joined
-        definition = channel.definition
-        algorithm = get_algorithm(definition["algorithm"])
-        train, test = dataset.split(definition.get("test_size", 0.2), definition.get("seed", 0))
-        options = {}
+        algorithm = _checked_algorithm(channel)
+        options = dict(options or {})
         if hold_back:
-            if "hold_back" not in inspect.signature(algorithm.participant.__init__).parameters:
-                raise InvalidInput(f"algorithm {definition['algorithm']!r} does not let participants hold back "
-                                   "columns")
             options["hold_back"] = list(hold_back)
-        suffix = getattr(algorithm.participant, "model_suffix", ".keras")
-        out = str(out or state.home() / "models" / self.session.name / f"{self.name}{suffix}")
+        options = participant_options(algorithm, options)
+        dataset = self._participant_data(data, target)
+        definition = channel.definition
+        train, test = dataset.split(definition.get("test_size", 0.2), definition.get("seed", 0))
+        out = str(out or state.home() / "models" / self.session.name / f"{self.name}{algorithm.model_suffix}")
         if idle_timeout is not None:
             options["idle_timeout"] = idle_timeout
 
@@ -255,10 +272,16 @@ class Task:
 
         return self._launch("participant", work, channel, background, progress)
 
+    def _missing_default(self) -> str:
+        from werkbund.client.definitions import task_algorithm
+
+        return task_algorithm(self._info["definition"])[0].missing_values
+
     def _participant_data(self, data, target) -> "Dataset":
         if data is not None:
             choice = state.load_join(self.session.url, self.session.name, self.name) or {}
-            return as_dataset(data, target=target or choice.get("target"), kind=choice.get("kind") or "classification")
+            return as_dataset(data, target=target or choice.get("target"), kind=choice.get("kind") or "classification",
+                              missing=choice.get("missing") or self._missing_default())
         if self.name in self.session._joined:
             return self.session._joined[self.name]
         choice = state.load_join(self.session.url, self.session.name, self.name)
@@ -266,7 +289,7 @@ class Task:
             raise InvalidInput(f"no data chosen for task {self.name!r}: join it with data, or give data= here")
         return as_dataset(choice["data"], target=choice.get("target"), features=choice.get("features"),
                           kind=choice.get("kind") or "classification", shard=choice.get("shard"),
-                          missing=choice.get("missing") or "drop")
+                          missing=choice.get("missing") or self._missing_default())
 
     def _launch(self, role: str, work, channel, background: bool, progress) -> Result | Run:
         display = make_display(progress, prefix=f"{self.session.name}: " if background else "")

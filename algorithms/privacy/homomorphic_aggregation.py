@@ -1,6 +1,7 @@
-"""POM 3 in the round engine: updates encrypted with CKKS, summed by the aggregator without the key.
+"""POM 3, updates encrypted with CKKS and summed by the aggregator without the key, as a layer around
+an inner aggregation (``HomomorphicAggregation``) and the participant's encoding (``HomomorphicParticipant``).
 
-Once per task, after the algorithm's setup (all with round -1):
+Once per task, at the stack's set-up (all with round -1):
 
 1. ``pom3_setup``: every participant answers with a fresh X25519 key, signed with its identity
    key (``pom3_key``); the aggregator checks the signatures against the registered keys.
@@ -11,13 +12,15 @@ Once per task, after the algorithm's setup (all with round -1):
 3. ``pom3_secret`` (one per participant): the aggregator routes the encrypted contexts, which it
    cannot open. ``pom3_confirm`` -> ``pom3_ready`` once a participant holds the key.
 
-Every round: the ``update`` is ``n_samples * (weights - global)``, flattened, as CKKS ciphertexts of
+Every round: the ``update`` is ``n_samples * (arrays - global)``, flattened, as CKKS ciphertexts of
 4096 values each. The aggregator adds them and sends the encrypted sum with the total sample
 count (``pom3_decrypt``, sent to the decryptors only); two contributors (the lowest names; the next
-two if both vanish) decrypt it, once per round each, divide by the total and send the mean change back
-(``pom3_plain``); a participant asked without being named a decryptor answers empty. The two replies must agree (CKKS decryption is
-deterministic), else the round fails. So the aggregator learns the aggregate, as in POM 2, and never one update,
-as long as it follows the protocol (see algorithms/privacy/README.md for what this does not cover).
+two if both vanish) decrypt it, once per round each, divide by the total and send the mean change
+back (``pom3_plain``); a participant asked without being named a decryptor answers empty. The two
+replies must agree (CKKS decryption is deterministic), else the round fails. So the aggregator
+learns the aggregate, as in POM 2, and never one update, as long as it follows the protocol (see
+algorithms/privacy/README.md for what this does not cover). The mean goes to the inner layer as in
+POM 2 (``private_sum.py``).
 """
 from __future__ import annotations
 
@@ -25,21 +28,27 @@ import time
 
 import numpy as np
 
-from werkbund.algorithms.engine.aggregator import TaskFailure
-from werkbund.algorithms.engine.secure_rounds import AggregatorMode, ParticipantMode, _rejecting
+from werkbund.algorithms.engine.errors import TaskFailure
 from werkbund.algorithms.privacy import he_ckks as he
 from werkbund.algorithms.privacy.pom_wire import (
     PomError, from_header, own_identity, pack_blobs, registered_identity_keys, to_header, unpack_blobs,
     vector_bytes, vector_from,
 )
+from werkbund.algorithms.privacy.private_sum import PrivateSumAggregation, PrivateSumParticipant, rejecting
 from werkbund.algorithms.privacy.secagg_crypto import new_x25519, x25519_public_bytes
 
 AGREEMENT = 1e-6   # relative tolerance between two participants' decryptions of the same sum
 DECRYPTORS = 2     # contributors asked to decrypt each round's sum (they check each other)
 
 
-class EncryptedAggregator(AggregatorMode):
+class HomomorphicAggregation(PrivateSumAggregation):
+    """POM 3 on the aggregator: a context without keys, the sum of ciphertexts, two decryptions of it."""
+
+    privacy_mode = 3
+    context = None
+
     def setup(self) -> None:
+        super().setup()
         roster = sorted(self.agg.active)
         if len(roster) < 2:
             raise TaskFailure("homomorphic encryption (POM 3) needs at least 2 participants")
@@ -54,7 +63,7 @@ class EncryptedAggregator(AggregatorMode):
             announced[message.sender] = ann
 
         self.agg.exchange("pom3_setup", expect="pom3_key", number=-1, roster=roster, holder=holder,
-                          handler=_rejecting(on_key))
+                          handler=rejecting(on_key))
         if holder not in announced:
             raise TaskFailure(f"POM 3: the key holder {holder!r} announced no valid key; the task cannot be keyed")
         self.context, wrapped = None, {}
@@ -73,7 +82,7 @@ class EncryptedAggregator(AggregatorMode):
 
         self.agg.exchange("pom3_keys", expect="pom3_context", number=-1, holder=holder,
                           announcements=to_header([announced[p] for p in sorted(announced)]),
-                          handler=_rejecting(on_context))
+                          handler=rejecting(on_context))
         if self.context is None:
             raise TaskFailure(f"POM 3: the key holder {holder!r} sent no usable public context")
         for recipient, blob in wrapped.items():
@@ -83,27 +92,27 @@ class EncryptedAggregator(AggregatorMode):
                                   f"{', '.join(p for p in ready.accepted if p != holder) or 'nobody'}; "
                                   "the aggregator holds a context without keys")
 
-    def before_round(self, number: int) -> None:
-        self._global_weights, self._global_flat = self._global()
+    def begin_round(self, number, global_weights):
+        header = super().begin_round(number, global_weights)
         self._n = int(self._global_flat.size)
         self._sum, self._total, self._contributors = None, 0, []
         self.stats = {"bytes_in": 0, "add_s": 0.0}
+        return header
 
-    def take_update(self, message) -> None:
-        _rejecting(self._take)(message)
+    def accept(self, update) -> None:
+        rejecting(self._take)(update)
 
-    def _take(self, message) -> None:
-        n = self._n_samples(message)
+    def _take(self, update) -> None:
+        n = self._n_samples(update)
         started = time.perf_counter()
-        cts = he.read_ciphertexts(self.context, unpack_blobs(message.payload), self._n)
-        self._check_header(message)
+        cts = he.read_ciphertexts(self.context, unpack_blobs(update.payload), self._n)
         self._sum = he.add_into(self._sum, cts)
         self.stats["add_s"] += time.perf_counter() - started
-        self.stats["bytes_in"] += len(message.payload)
+        self.stats["bytes_in"] += len(update.payload)
         self._total += n
-        self._contributors.append(message.sender)
+        self._contributors.append(update.sender)
 
-    def after_round(self, number: int, collected) -> None:
+    def end_round(self, number, collected) -> None:
         if len(self._contributors) < 2:
             raise TaskFailure(f"round {number}: only {len(self._contributors)} encrypted update(s) "
                               f"({', '.join(self._contributors) or 'none'}); decrypting the sum of fewer than "
@@ -121,7 +130,7 @@ class EncryptedAggregator(AggregatorMode):
 
             self.agg.exchange("pom3_decrypt", summed, expect="pom3_plain", number=number, total=self._total,
                               contributors=sorted(self._contributors), decryptors=decryptors,
-                              handler=_rejecting(on_plain), among=decryptors, minimum=0)
+                              handler=rejecting(on_plain), among=decryptors, minimum=0)
         if not plain:
             raise TaskFailure(f"round {number}: no participant decrypted the aggregate")
         names = sorted(plain)
@@ -135,9 +144,13 @@ class EncryptedAggregator(AggregatorMode):
         self.stats.update(contributors=sorted(self._contributors), decrypted_by=names, bytes_out=len(summed),
                           decrypt_stage_s=time.perf_counter() - started)
         self._hand_over(number, reference * self._total, self._total, self._contributors)
+        self.inner.end_round(number, collected)
 
 
-class EncryptedParticipant(ParticipantMode):
+class HomomorphicParticipant(PrivateSumParticipant):
+    """POM 3 on the participant: holds the task's CKKS key, encrypts its update, decrypts a sum when asked."""
+
+    privacy_mode = 3
     kinds = frozenset({"pom3_setup", "pom3_keys", "pom3_secret", "pom3_confirm", "pom3_decrypt"})
 
     def __init__(self, participant):
@@ -193,11 +206,11 @@ class EncryptedParticipant(ParticipantMode):
         blobs += [he.wrap_secret(secret, self._x_sk, anns[p]["x_pk"], task, me, p) for p in others]
         self.channel.send("pom3_context", pack_blobs(blobs), round=-1, recipients=others)
 
-    def protect(self, message, payload: bytes, header: dict) -> tuple[bytes, dict]:
+    def encode(self, message, update, header) -> tuple[bytes, dict]:
         if self.context is None:
             raise PomError("this participant holds no CKKS key for the task")
         started = time.perf_counter()
-        change, n = self._change(message, payload, header)
+        change, n = self._change(message, update, header)
         self._length = int(change.size)
         body = pack_blobs(he.encrypt(self.context, change * float(n), n_summands=len(self.roster)))
         self.stats = {"protect_s": time.perf_counter() - started, "bytes": len(body)}
