@@ -43,6 +43,15 @@ def _field(what: str, field: str, fallback: str | None = None) -> str:
     return f"{what} (default: the definition file's value, else {fallback or default})."
 
 
+def _training_field(what: str, field: str) -> str:
+    """Help for an option that sets a field of the algorithms that train in epochs (algorithms/fields.py)."""
+    from werkbund.algorithms import fields
+
+    default = next(f.default for f in fields.TRAINING if f.name == field)
+    return (f"{what}, for algorithms that declare the field {field} (default: the definition file's value, "
+            f"else the algorithm's, {default} for the built-in ones).")
+
+
 # ------------------------------------------------------------------ accounts
 @cli.command()
 @environment(*LOGIN_ENVIRONMENT)
@@ -98,19 +107,93 @@ def _definition(path, options: dict) -> dict:
     return definition
 
 
-@cli.command()
+def parse_value(text: str, types: tuple, what: str):
+    """A command-line value as the declared type: int, float, bool, str, or JSON for an object or list."""
+    stripped = text.strip()
+    if bool in types and stripped.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+        return stripped.lower() in ("true", "yes", "on", "1")
+    for number in (int, float):
+        if number in types:
+            try:
+                return number(stripped)
+            except ValueError:
+                pass
+    if (dict in types or list in types) and stripped[:1] in ("{", "["):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"{what}: {text!r} is not valid JSON: {exc}") from None
+    if str in types:
+        return text
+    try:  # let the declaration's check say what is wrong with it
+        return json.loads(stripped)
+    except json.JSONDecodeError:
+        return text
+
+
+def _settings(definition: dict, settings: tuple[str, ...]) -> dict:
+    """``--set NAME=VALUE`` pairs, each parsed as the installed algorithm (or the platform) declares it."""
+    if not settings:
+        return {}
+    from werkbund.client.definitions import load_algorithm
+
+    name = definition.get("algorithm") or FIELDS["algorithm"][1]
+    algorithm = load_algorithm(name, definition)
+    declared = {f.name: f.types for f in algorithm.all_fields}
+    declared.update({k: (v[0] if isinstance(v[0], tuple) else (v[0],)) for k, v in FIELDS.items()})
+    values = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidInput(f"--set wants NAME=VALUE, not {setting!r}")
+        if key not in declared:
+            raise InvalidInput(f"--set {key}: algorithm {name!r} has no field {key!r}; its fields: "
+                               f"{', '.join(algorithm.field_names) or 'none'} (`werkbund algorithms --algorithm "
+                               f"{name}`), and every task's: {', '.join(sorted(FIELDS))}")
+        values[key] = parse_value(text, declared[key], f"--set {key}")
+    return values
+
+
+class CreateCommand(click.Command):
+    """`werkbund create`, whose help lists the installed algorithms' own fields (from their declarations)."""
+
+    def format_epilog(self, ctx, formatter):
+        super().format_epilog(ctx, formatter)
+        from werkbund.algorithms.registry import available
+        from werkbund.client.definitions import load_algorithm
+
+        rows = []
+        for name in available():
+            try:
+                algorithm = load_algorithm(name)
+            except InvalidInput as exc:
+                rows.append((name, f"cannot be loaded: {exc}"))
+                continue
+            fields = ", ".join(f.name if f.default is None else f"{f.name}={json.dumps(f.default)}"
+                               for f in algorithm.all_fields) or "no fields of its own"
+            modes = ", ".join(str(m) for m in sorted(algorithm.privacy_modes))
+            rows.append((name, f"{fields}; POM {modes}"))
+        with formatter.section("Algorithm fields (--set NAME=VALUE, or in the --definition file; defaults shown)"):
+            formatter.write_dl(rows or [("none", "no algorithm is installed")])
+            formatter.write_paragraph()
+            formatter.write_text("`werkbund algorithms --algorithm NAME` tells each field's type, range and meaning; "
+                                 "the fields every task has are in docs/task-definition.md.")
+
+
+@cli.command(cls=CreateCommand)
 @environment(*LOGIN_ENVIRONMENT)
 @platform_options
 @click.option("--task", required=True, help="A unique task name.")
 @click.option("--definition", type=click.Path(exists=True, dir_okay=False),
               help="Task definition (a JSON object; fields the options below do not cover, e.g. pom, dp, model, "
-                   "go here) (default: none, the platform's defaults).")
+                   "go here) (default: none, the defaults of the platform and the algorithm).")
 @click.option("--algorithm", help=_field("Algorithm (see `werkbund algorithms`)", "algorithm"))
 @click.option("--quorum", type=int, help=_field("Participants needed before the task starts", "quorum"))
 @click.option("--rounds", type=int, help=_field("Training rounds", "rounds"))
-@click.option("--epochs", type=int, help=_field("Local epochs per round", "epochs"))
-@click.option("--batch-size", type=int, help=_field("Local batch size", "batch_size"))
-@click.option("--learning-rate", type=float, help=_field("Local learning rate", "learning_rate"))
+@click.option("--epochs", type=int, help=_training_field("Local epochs per round", "epochs"))
+@click.option("--batch-size", type=int, help=_training_field("Local batch size", "batch_size"))
+@click.option("--learning-rate", type=float, help=_training_field("Local learning rate", "learning_rate"))
 @click.option("--max-participants", type=int,
               help=_field("Most participants that may join", "max_participants", "the quorum"))
 @click.option("--min-updates", type=int,
@@ -120,11 +203,22 @@ def _definition(path, options: dict) -> dict:
 @click.option("--kind", type=click.Choice(["classification", "regression"]),
               help=_field("What the participants' target must be (checked when they join)", "kind",
                           "any, not checked"))
+@click.option("--set", "settings", multiple=True, metavar="NAME=VALUE",
+              help="A field of the algorithm (or any definition field), repeatable, e.g. --set clusters=4; the value "
+                   "is read as the field's declared type (JSON for an object) (default: none; the fields are "
+                   "listed below and by `werkbund algorithms --algorithm NAME`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the created task as JSON (default: one line of text).")
 @handle_errors
-def create(conn: Connection, task, definition, as_json, **options):
-    """Create a learning task (options override the definition file)."""
-    info = conn.login().create_task(task, _definition(definition, options))
+def create(conn: Connection, task, definition, settings, as_json, **options):
+    """Create a learning task (options override the definition file, --set overrides both).
+
+    The algorithm installed here checks the definition and fills in its defaults before anything is
+    sent; a participant needs the same algorithm installed (the task names the distribution)."""
+    from werkbund.client.definitions import prepare_definition
+
+    merged = _definition(definition, options)
+    merged.update(_settings(merged, settings))
+    info = conn.login().create_task(task, prepare_definition(merged))
     if as_json:
         return emit_json(info)
     click.echo(f"created task {info['name']} ({info['algorithm']}, quorum {info['quorum']}, "
@@ -222,8 +316,9 @@ def delete(conn: Connection, task):
 @click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification",
               show_default=True,
               help="What the target is: classes, or a number to predict (e.g. remaining useful life).")
-@click.option("--missing", type=click.Choice(["drop", "mean", "error"]), default="drop", show_default=True,
-              help="Rows with missing values: drop them, fill features with the column mean, or refuse the data; "
+@click.option("--missing", type=click.Choice(["drop", "mean", "keep", "error"]),
+              help="Rows with missing values: drop them, fill features with the column mean, keep NaN, or refuse "
+                   "the data (default: what the task's algorithm declares: drop, or keep where it counts them); "
                    "the columns and counts are named either way.")
 @handle_errors
 def join(conn: Connection, task, data_spec, target, features, shard, hide_size, kind, missing):
@@ -276,8 +371,13 @@ def model(conn: Connection, task, out):
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=5000, show_default=True, type=int, help="Port to listen on.")
 @click.option("--db", help="SQLAlchemy database URL (default: SQLite under WERKBUND_HOME).")
+@click.option("--dashboard", "with_dashboard", is_flag=True,
+              help="Also serve the dashboard for this platform on 127.0.0.1 (default: no dashboard; see "
+                   "`werkbund dashboard`).")
+@click.option("--dashboard-port", default=8050, show_default=True, type=int,
+              help="Port of the dashboard that --dashboard serves (0: a free one).")
 @handle_errors
-def local_platform(host, port, db):
+def local_platform(host, port, db, with_dashboard, dashboard_port):
     """Run the local platform (Flask + SQLite) until interrupted."""
     from werkbund.local_platform.server import LocalPlatformServer, default_db_url
 
@@ -286,9 +386,17 @@ def local_platform(host, port, db):
     except OSError as exc:
         raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     click.echo(f"werkbund local platform listening on {server.url} (database {server.service.db.url})", err=False)
+    board = None
     try:
+        if with_dashboard:
+            from werkbund.client.cli_dashboard import start_dashboard
+
+            board = start_dashboard("local", server.url, port=dashboard_port)
+            click.echo(f"werkbund dashboard serving on {board.url}")
         server.serve_forever()
     finally:
+        if board is not None:
+            board.stop()
         server.stop()
 
 
@@ -297,6 +405,8 @@ def main():
     from werkbund.client import cli_platform  # noqa: F401  (registers platform serve)
     from werkbund.client import cli_ledger  # noqa: F401  (registers ledger show/verify/...)
     from werkbund.client import cli_usecase  # noqa: F401  (registers usecase pdm)
+    from werkbund.client import cli_simulate  # noqa: F401  (registers simulate)
+    from werkbund.client import cli_dashboard  # noqa: F401  (registers dashboard)
 
     cli(prog_name="werkbund")
 

@@ -8,8 +8,8 @@ from importlib.metadata import packages_distributions
 
 from conftest import ROOT
 
-SOURCE_ROOTS = {"werkbund": "werkbund", "platform": "werkbund.platform", "local_platform": "werkbund.local_platform",
-                "client": "werkbund.client", "algorithms": "werkbund.algorithms"}
+SOURCE_ROOTS = {"werkbund": "werkbund", "simulation": "werkbund.simulation", "platform": "werkbund.platform",
+                "local_platform": "werkbund.local_platform", "client": "werkbund.client", "algorithms": "werkbund.algorithms", "dashboard": "werkbund.dashboard"}
 
 
 def _setup_cfg():

@@ -1,0 +1,17 @@
+"""The werkbund dashboard: the platform in a browser, served from the user's own machine.
+
+`werkbund dashboard` starts it (127.0.0.1 by default), logged in to whichever platform the user
+names; it drives the same Python API as the CLI and the notebooks, runs the aggregator and the
+participants as background work on this machine and reads datasets from this machine's files.
+See docs/dashboard.md.
+
+- :mod:`.app`: the Flask app (sessions, CSRF, security headers); :mod:`.server`: serving it;
+- :mod:`.views_auth`, :mod:`.views_tasks`, :mod:`.views_datasets`: the pages; :mod:`.api`: the JSON
+  endpoints the pages poll, with their OpenAPI spec;
+- :mod:`.forms`: the forms' models and the algorithms' options; :mod:`.live`: a task's state;
+  :mod:`.datasets`: registered datasets; :mod:`.runs`: background runs; :mod:`.sessions`: browser sessions.
+"""
+from werkbund.dashboard.app import DashboardSettings, create_app
+from werkbund.dashboard.server import DashboardServer
+
+__all__ = ["DashboardServer", "DashboardSettings", "create_app"]
