@@ -9,6 +9,8 @@ through the platform's blob store (a reference through the broker), carol's thro
 """
 import csv
 import json
+import os
+import signal
 import time
 
 import numpy as np
@@ -71,22 +73,28 @@ def test_a_broker_restart_mid_task_loses_no_update(tmp_path):
             assert joined.returncode == 0, joined.stderr
             procs.append(cli.start(user, "participate", "--task", "durable", "--out",
                                    str(tmp_path / f"{user}.keras"), log=tmp_path / f"{user}.log"))
+        carol = procs[2]
         try:
-            # round 1 done, then the first update of round 2 published to the aggregator's queue
+            # round 1 done; carol is then frozen, so the task cannot finish before the broker stops (the
+            # management API's counters lag by seconds: waiting on them alone raced a fast task to its end)
             aggregate_log = tmp_path / "aggregate.log"
             wait_for(lambda: f"round 1/{ROUNDS}:" in aggregate_log.read_text(), 240, "round 1", procs)
             vhost, queue = url.rsplit("/", 1)[1], names.aggregator_queue("durable")
             published = lambda: node.queue(vhost, queue).get("message_stats", {}).get("publish", 0)  # noqa: E731
             before = published()
-            wait_for(lambda: published() > before, 120, "an update of round 2", procs)
+            os.kill(carol.pid, signal.SIGSTOP)
+            # bob's next update is in the aggregator's queue; the round waits for carol's
+            wait_for(lambda: published() > before, 120, "an update after round 1", procs)
             node.stop()
             assert "COMPLETE" not in aggregate_log.read_text()  # stopped mid-task (it cannot go on now)
             node.start()
+            os.kill(carol.pid, signal.SIGCONT)
             for proc in procs:
                 proc.wait(timeout=400)
         finally:
             for proc in procs:
                 if proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGCONT)
                     proc.kill()
         logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("aggregate", "bob", "carol")}
         assert [p.returncode for p in procs] == [0, 0, 0], logs
