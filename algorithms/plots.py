@@ -17,11 +17,9 @@ def plot_accuracy(history: list[dict], path, title: str = "accuracy per round") 
     rounds = [h["round"] + 1 for h in history]
     fig, ax = _subplots(figsize=(7, 4.2), dpi=110)
     if any("accuracy" in h for h in history):
-        ax.plot(rounds, [h.get("accuracy") for h in history], "o-", lw=2.5, color="black", label="all participants")
-    names = sorted({p for h in history for p in h.get("participants", {})})
-    for name in names:
-        ax.plot(rounds, [h.get("participants", {}).get(name, {}).get("accuracy") for h in history], ".--",
-                label=name, alpha=0.8)
+        ax.plot(rounds, [h.get("accuracy") for h in history], "o-", lw=2.5, color="black", label="all participants",
+                zorder=3)
+    _participant_lines(ax, history, "accuracy", rounds)
     if any("aggregator" in h for h in history):
         ax.plot(rounds, [h.get("aggregator", {}).get("accuracy") for h in history], "s:", label="aggregator held-out")
     ax.set_xlabel("round")
@@ -32,6 +30,22 @@ def plot_accuracy(history: list[dict], path, title: str = "accuracy per round") 
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
+
+
+MAX_NAMED_PARTICIPANTS = 12  # more than this (a simulation) are drawn as thin unnamed lines
+
+
+def _participant_lines(ax, history: list[dict], metric: str, rounds: list[int]) -> None:
+    """One line per participant: named in the legend for a few, thin and grey for many."""
+    names = sorted({p for h in history for p in h.get("participants", {})})
+    many = len(names) > MAX_NAMED_PARTICIPANTS
+    for i, name in enumerate(names):
+        values = [h.get("participants", {}).get(name, {}).get(metric) for h in history]
+        if many:
+            ax.plot(rounds, values, "-", lw=0.5, color="grey", alpha=0.25,
+                    label=f"each of {len(names)} participants" if i == 0 else None)
+        else:
+            ax.plot(rounds, values, ".--", label=name, alpha=0.8)
 
 
 def _projection(reference: np.ndarray, features: list[str]):
@@ -87,10 +101,9 @@ def plot_metric(history: list[dict], metric: str, path, title: str | None = None
     rounds = [h["round"] + 1 for h in history]
     fig, ax = _subplots(figsize=(7, 4.2), dpi=110)
     if any(metric in h for h in history):
-        ax.plot(rounds, [h.get(metric) for h in history], "o-", lw=2.5, color="black", label="all participants")
-    for name in sorted({p for h in history for p in h.get("participants", {})}):
-        ax.plot(rounds, [h.get("participants", {}).get(name, {}).get(metric) for h in history], ".--",
-                label=name, alpha=0.8)
+        ax.plot(rounds, [h.get(metric) for h in history], "o-", lw=2.5, color="black", label="all participants",
+                zorder=3)
+    _participant_lines(ax, history, metric, rounds)
     if any(metric in h.get("aggregator", {}) for h in history):
         ax.plot(rounds, [h.get("aggregator", {}).get(metric) for h in history], "s:", label="aggregator held-out")
     ax.set_xlabel("round")

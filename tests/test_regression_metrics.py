@@ -188,3 +188,14 @@ def test_implausible_reports_are_left_out_of_the_combined_figures():
     reg = regression_metrics([1.0, 2.0], [1.5, 2.5])
     assert "rmse" not in combine({"a": reg, "b": dict(reg, sse=float("nan"))})
     assert combine({"a": reg, "b": reg})["rmse"] == pytest.approx(0.5)
+
+
+def test_a_plot_of_many_participants_names_none_of_them_in_its_legend():
+    history = [{"round": r, "accuracy": 0.5 + r / 10,
+                "participants": {f"site{i}": {"accuracy": 0.4 + r / 10} for i in range(40)}} for r in range(3)]
+    figure = plot_accuracy(history, None)
+    labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert labels == ["all participants", "each of 40 participants"]
+    assert len(figure.axes[0].lines) == 41
+    few = plot_accuracy([dict(h, participants={"bob": {"accuracy": 0.5}}) for h in history], None)
+    assert [t.get_text() for t in few.axes[0].get_legend().get_texts()] == ["all participants", "bob"]
