@@ -145,12 +145,7 @@ def load_dataset(spec: str, target: str | None = None, shard: str | None = None,
             raise DataError(f"unsupported data file {path.name}: use .csv, .parquet, .npz, builtin:digits "
                             "or builtin:mnist")
     data.kind = kind
-    if shard:
-        try:
-            index, count = (int(p) for p in shard.split("/"))
-        except ValueError:
-            raise DataError(f"shard must look like 1/3, not {shard!r}") from None
-        data = data.shard(index, count)
+    data = apply_shard(data, shard)
     if len(data) == 0:
         dropped = data.meta.get("dropped_rows", 0)
         if dropped:
@@ -164,6 +159,17 @@ def _pandas():
     import pandas
 
     return pandas
+
+
+def apply_shard(data: Dataset, shard: str | None) -> Dataset:
+    """Part ``i/n`` of the data (``shard="1/3"``), or all of it for ``None``."""
+    if not shard:
+        return data
+    try:
+        index, count = (int(p) for p in shard.split("/"))
+    except ValueError:
+        raise DataError(f"shard must look like 1/3, not {shard!r}") from None
+    return data.shard(index, count)
 
 
 def load_csv(path: str | Path, target: str, features: list[str] | None = None, missing: str = "drop",

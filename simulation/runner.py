@@ -35,7 +35,7 @@ import numpy as np
 from werkbund.algorithms.engine.progress import Progress
 from werkbund.client.python_api.results import Result
 from werkbund.platform.errors import InvalidInput
-from werkbund.simulation import data as sim_data
+import werkbund.simulation.data as sim_data
 from werkbund.simulation.partition import DEFAULT_MIN_ROWS, describe, parse_partition, partition_rows
 from werkbund.simulation.platform import SimPlatform
 from werkbund.simulation.sites import Quiet, Site, SiteTransport, VirtualParticipantHandle

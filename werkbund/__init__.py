@@ -43,42 +43,42 @@ def _map_the_core_namespace() -> None:
 
 _map_the_core_namespace()
 
-from werkbund.client.python_api import (  # noqa: E402
-    AlgorithmNotInstalled,
-    AlreadyJoined,
-    AuthenticationFailed,
-    DataError,
-    FinalModel,
-    InvalidInput,
-    InvalidState,
-    LocalPlatform,
-    NotFound,
-    PermissionDenied,
-    Result,
-    Run,
-    RunStopped,
-    Session,
-    Task,
-    TaskEnded,
-    TaskExists,
-    TaskFailure,
-    TaskFull,
-    TaskNotFound,
-    Unavailable,
-    UserExists,
-    WerkbundError,
-    algorithms,
-    connect,
-    register,
-    simulate,
-    start_local_platform,
-)
+# The public names, imported on first use (PEP 562): `import werkbund.client.cli` (every `werkbund`
+# command) and the platform's own processes then do not load the notebook API, pandas included.
+_EXPORTS = {"simulate": "werkbund.simulation"}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in __all__:
+        module = importlib.import_module(_EXPORTS.get(name, "werkbund.client.python_api"))
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'werkbund' has no attribute {name!r}")
+
+
+import werkbund.algorithms  # noqa: E402  the subpackage is bound first; the function below takes its name here
+
+
+def algorithms(name: str | None = None):
+    """The installed algorithms as their declarations say (see ``werkbund.client.python_api.session.algorithms``).
+
+    Without ``name``: a DataFrame, one row per algorithm; with ``name``: that algorithm's fields.
+    """
+    import importlib
+
+    return importlib.import_module("werkbund.client.python_api.session").algorithms(name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AlgorithmNotInstalled", "AlreadyJoined", "AuthenticationFailed", "DataError", "FinalModel", "InvalidInput",
-    "InvalidState",
-    "LocalPlatform", "NotFound", "PermissionDenied", "Result", "Run", "RunStopped", "Session", "Task",
-    "TaskEnded", "TaskExists", "TaskFailure", "TaskFull", "TaskNotFound", "Unavailable", "UserExists",
-    "WerkbundError",
-    "algorithms", "connect", "register", "simulate", "start_local_platform",
+    "InvalidState", "LocalPlatform", "NotFound", "PermissionDenied", "Result", "Run", "RunStopped", "Session",
+    "Task", "TaskEnded", "TaskExists", "TaskFailure", "TaskFull", "TaskNotFound", "Unavailable", "UserExists",
+    "WerkbundError", "algorithms", "connect", "register", "simulate", "start_local_platform",
 ]

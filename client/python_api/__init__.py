@@ -17,7 +17,6 @@ from werkbund.client.python_api.session import (
     LocalPlatform, Session, algorithms, connect, register, start_local_platform,
 )
 from werkbund.client.python_api.task import Task
-from werkbund.simulation import simulate
 from werkbund.platform.errors import (
     AlgorithmNotInstalled, AlreadyJoined, AuthenticationFailed, InvalidInput, InvalidState, NotFound,
     PermissionDenied, TaskExists, TaskFull, TaskNotFound, Unavailable, UserExists, WerkbundError,
@@ -29,5 +28,5 @@ __all__ = [
     "LocalPlatform", "NotFound", "PermissionDenied", "Result", "Run", "RunStopped", "Session", "Task",
     "TaskEnded", "TaskExists", "TaskFailure", "TaskFull", "TaskNotFound", "Unavailable", "UserExists",
     "WerkbundError",
-    "algorithms", "connect", "register", "simulate", "start_local_platform",
+    "algorithms", "connect", "register", "start_local_platform",
 ]

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     import pandas
 
     from werkbund.algorithms.data import Dataset
-    from werkbund.client.python_api.session import Session
 
 
 def as_dataset(data: Any, target: str | None = None, features: list[str] | None = None,
@@ -50,12 +49,7 @@ def as_dataset(data: Any, target: str | None = None, features: list[str] | None 
         raise loaders.DataError(f"cannot use {type(data).__name__} as data: give a file path, a builtin: name, "
                                 "a pandas DataFrame or a pair of arrays (x, y)")
     dataset.kind = kind
-    if shard:
-        try:
-            index, count = (int(p) for p in shard.split("/"))
-        except ValueError:
-            raise loaders.DataError(f"shard must look like 1/3, not {shard!r}") from None
-        dataset = dataset.shard(index, count)
+    dataset = loaders.apply_shard(dataset, shard)
     if len(dataset) == 0:
         raise loaders.DataError("the data holds no rows")
     return dataset
@@ -79,7 +73,7 @@ class Task:
     :meth:`results`, :meth:`model` and :meth:`verify_ledger`.
     """
 
-    def __init__(self, session: "Session", name: str):
+    def __init__(self, session, name: str):  # a werkbund.Session (session.py makes Task handles)
         self.session = session
         self.name = name
         self._info = session.info(name)  # TaskNotFound if there is none
