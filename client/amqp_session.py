@@ -20,14 +20,15 @@ from concurrent.futures import Future, TimeoutError as FutureTimeout
 import pika
 from pika.exceptions import (
     AMQPConnectionError, AMQPError, ChannelClosed, ChannelClosedByBroker, ConnectionWrongStateError,
-    NackError, ProbableAccessDeniedError,
-    ProbableAuthenticationError, UnroutableError,
+    IncompatibleProtocolError, NackError, ProbableAccessDeniedError,
+    ProbableAuthenticationError, StreamLostError, UnroutableError,
 )
 
 from werkbund.platform import amqp_names as names
 from werkbund.platform.errors import (
     AuthenticationFailed, InvalidInput, NotFound, PermissionDenied, Unavailable, WerkbundError,
 )
+from werkbund.platform.tls import explain
 
 log = logging.getLogger("werkbund.client.amqp")
 # pika logs each failed connection attempt at ERROR, with a traceback; we raise a typed error instead
@@ -269,6 +270,12 @@ def _drain(inbox: queue.Queue) -> None:
 
 def connection_error(exc: Exception, parameters) -> WerkbundError:
     where = f"{parameters.host}:{parameters.port} (vhost {parameters.virtual_host})"
+    tls = explain(exc, "broker", f"{parameters.host}:{parameters.port}", getattr(parameters, "ca_certificate", None))
+    if tls:
+        return Unavailable(tls)
+    if parameters.ssl_options is None and isinstance(exc, (IncompatibleProtocolError, StreamLostError)):
+        return Unavailable(f"the broker at {where} closed the plain AMQP connection at once; if it requires TLS, "
+                           "use an amqps:// URL (and ca_certificate)")
     if isinstance(exc, ProbableAuthenticationError) or "ACCESS_REFUSED" in repr(exc) and "PLAIN" in repr(exc):
         return AuthenticationFailed("wrong user name or password")
     if isinstance(exc, ProbableAccessDeniedError):

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import queue
-import ssl
 import time
 import uuid
 
@@ -33,6 +32,7 @@ from werkbund.client.amqp_session import AmqpSession, ConnectionLost
 from werkbund.client.messages import CheckedFrame, MalformedMessage
 from werkbund.client.transport import Transport
 from werkbund.platform import amqp_names as names
+from werkbund.platform.tls import client_context
 from werkbund.platform.errors import (
     AuthenticationFailed, InvalidInput, NotFound, PermissionDenied, Unavailable, WerkbundError, error_from_dict,
 )
@@ -59,6 +59,12 @@ def retrying(work, seconds: float = RETRY_SECONDS):
                 raise
             log.warning("%s; repeating it once the broker is back", exc)
             time.sleep(0.5)
+
+
+class BrokerParameters(pika.URLParameters):
+    """pika's parameters, and the CA file they verify the broker with (named in errors)."""
+
+    ca_certificate: str | None = None
 
 
 class AmqpTransport(Transport):
@@ -89,16 +95,16 @@ class AmqpTransport(Transport):
         self._pending_blob: dict[str, tuple] = {}  # task -> (client, blob id) to delete once handled
 
     def parameters(self, user: str, password: str) -> pika.ConnectionParameters:
-        params = pika.URLParameters(self.url)
+        params = BrokerParameters(self.url)
         params.credentials = pika.PlainCredentials(names.broker_user(user, self.broker_vhost), password)
         if self.vhost:
             params.virtual_host = self.vhost
         params.heartbeat = self.heartbeat
         params.blocked_connection_timeout = 300
         params.connection_attempts = 1
-        if self.url.startswith("amqps://"):
-            context = ssl.create_default_context(cafile=self.ca_certificate)
-            params.ssl_options = pika.SSLOptions(context, params.host)
+        if self.url.startswith("amqps://"):  # the broker's certificate: from ca_certificate, for this host name
+            params.ssl_options = pika.SSLOptions(client_context(self.ca_certificate), params.host)
+            params.ca_certificate = self.ca_certificate  # named in a verification failure (connection_error)
         return params
 
     # ------------------------------------------------------------ control

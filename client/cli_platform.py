@@ -22,9 +22,15 @@ def platform_group():
               help="The platform's own broker account and vhost, e.g. amqp://admin:pw@host:5672/werkbund.")
 @click.option("--db", required=True, envvar="WERKBUND_DB", show_envvar=True,
               help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/werkbund or sqlite:///werkbund.db.")
+@click.option("--broker-ca", type=click.Path(dir_okay=False, exists=True), envvar="WERKBUND_BROKER_CA",
+              show_envvar=True, help="CA file that signed the broker's TLS certificate, for an amqps:// --broker and "
+                                     "an https:// --management (default: the system's CAs).")
 @click.option("--management", envvar="WERKBUND_BROKER_MANAGEMENT", show_envvar=True,
               help="RabbitMQ management API (default: http://<broker user>@<broker host>:15672).")
 @click.option("--workers", default=4, show_default=True, type=int, help="Threads answering requests.")
+@click.option("--queue-type", type=click.Choice(["classic", "quorum"]), default="classic", show_default=True,
+              envvar="WERKBUND_QUEUE_TYPE", show_envvar=True,
+              help="Queues the platform declares: quorum (replicated) on a broker cluster; a queue keeps its type.")
 @click.option("--blob-port", default=0, show_default=True, type=int, envvar="WERKBUND_BLOB_PORT", show_envvar=True,
               help="Port of the blob store for large messages and models (0: any free port).")
 @click.option("--blob-host", default="127.0.0.1", show_default=True, help="Address the blob store listens on.")
@@ -38,25 +44,37 @@ def platform_group():
               help="Private key file of --blob-tls-cert (default: none).")
 @click.option("--no-blobs", is_flag=True,
               help="No blob store: large messages travel through the broker in chunks (default: a blob store).")
+@click.option("--upgrade", is_flag=True,
+              help="Bring an older database to this werkbund's schema first, as `werkbund platform upgrade` does "
+                   "(default: refuse to start on one).")
 @handle_errors
-def serve(broker, db, management, workers, blob_port, blob_host, blob_url, blob_dir, blob_tls_cert, blob_tls_key,
-          no_blobs):
+def serve(broker, broker_ca, db, management, workers, queue_type, blob_port, blob_host, blob_url, blob_dir,
+          blob_tls_cert, blob_tls_key, no_blobs, upgrade):
     """Answer control requests from the broker until interrupted."""
     from werkbund.client import state
+    from werkbund.client.cli_platform_admin import upgrade_before_start
     from werkbund.platform.amqp_server import AmqpPlatformServer
+
+    if upgrade:
+        upgrade_before_start(db)
 
     server = AmqpPlatformServer(broker, db, management_url=management, workers=workers,
                                 blob_dir=blob_dir or str(state.home() / "platform-blobs"), blob_host=blob_host,
                                 blob_port=None if no_blobs else blob_port, blob_url=blob_url,
-                                blob_certificate=blob_tls_cert, blob_key=blob_tls_key)
+                                blob_certificate=blob_tls_cert, blob_key=blob_tls_key, broker_ca=broker_ca,
+                                queue_type=queue_type)
     server.setup()
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     p = server.parameters
     blobs = f", blob store {server.blob_server.url}" if server.blob_server else ""
-    click.echo(f"werkbund cloud platform serving on amqp://{p.host}:{p.port}/{server.vhost} "
+    scheme = "amqps" if p.ssl_options else "amqp"
+    click.echo(f"werkbund cloud platform serving on {scheme}://{p.host}:{p.port}/{server.vhost} "
                f"(database {server.service.db.engine.url.render_as_string(hide_password=True)}{blobs})")
     sys.stdout.flush()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         server.stop()
+
+
+from werkbund.client import cli_platform_admin  # noqa: E402,F401  (registers platform upgrade, backup, restore)

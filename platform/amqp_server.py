@@ -19,8 +19,9 @@ from werkbund.platform import amqp_names as names
 from werkbund.platform.amqp_front import AmqpFront, Topology
 from werkbund.platform.broker_admin import BrokerAdmin
 from werkbund.platform.db import Database
-from werkbund.platform.errors import Unavailable
+from werkbund.platform.errors import InvalidInput, Unavailable
 from werkbund.platform.service import PlatformService
+from werkbund.platform.tls import client_context, explain
 
 log = logging.getLogger("werkbund.platform.amqp")
 
@@ -67,11 +68,20 @@ class AmqpPlatformServer:
 
     def __init__(self, broker_url: str, db_url: str, management_url: str | None = None, workers: int = 4,
                  blob_dir: str | None = None, blob_host: str = "127.0.0.1", blob_port: int | None = None,
-                 blob_url: str | None = None, blob_certificate: str | None = None, blob_key: str | None = None):
+                 blob_url: str | None = None, blob_certificate: str | None = None, blob_key: str | None = None,
+                 broker_ca: str | None = None, queue_type: str = "classic"):
         self.parameters = pika.URLParameters(broker_url)
         self.parameters.heartbeat = 30
+        self.broker_ca = broker_ca
+        if queue_type not in ("classic", "quorum"):
+            raise InvalidInput(f"unknown queue type {queue_type!r}; use classic or quorum")
+        # quorum queues are replicated across a cluster's nodes; the type is fixed when a queue is declared
+        self.queue_arguments = {"x-queue-type": "quorum"} if queue_type == "quorum" else None
+        if broker_url.startswith("amqps://"):  # verify the broker's certificate, for its host name
+            self.parameters.ssl_options = pika.SSLOptions(client_context(broker_ca), self.parameters.host)
         self.vhost = self.parameters.virtual_host
-        self.admin = BrokerAdmin(management_url or default_management_url(broker_url), self.vhost)
+        self.admin = BrokerAdmin(management_url or default_management_url(broker_url), self.vhost,
+                                 ca_certificate=broker_ca)
         self.service = PlatformService(Database(db_url))
         self.blob_server = None
         if blob_port is not None:  # the claim-check path for large messages and models
@@ -92,7 +102,7 @@ class AmqpPlatformServer:
         with self._connect() as connection:
             channel = connection.channel()
             channel.exchange_declare(names.REQUEST_EXCHANGE, exchange_type="direct", durable=True)
-            channel.queue_declare(names.REQUEST_QUEUE, durable=True)
+            channel.queue_declare(names.REQUEST_QUEUE, durable=True, arguments=self.queue_arguments)
             channel.queue_bind(names.REQUEST_QUEUE, names.REQUEST_EXCHANGE, routing_key=names.REQUEST_KEY)
             for account in self.admin.broker_users():  # permissions follow the database, also after a restore
                 user = names.platform_user(account, self.vhost)
@@ -110,6 +120,10 @@ class AmqpPlatformServer:
         try:
             return pika.BlockingConnection(self.parameters)
         except pika.exceptions.AMQPConnectionError as exc:
+            where = f"{self.parameters.host}:{self.parameters.port}"
+            tls = explain(exc, "broker", where, self.broker_ca)
+            if tls:
+                raise Unavailable(tls) from None
             raise Unavailable(f"cannot connect to the broker at {self.parameters.host}:{self.parameters.port}"
                               f" (vhost {self.vhost}): {exc!r}") from None
 
@@ -175,7 +189,7 @@ class AmqpPlatformServer:
     def _handle(self, channel, properties, body) -> tuple[dict, bytes]:
         try:
             return self.front.handle(properties.user_id, properties.type, body,
-                                     properties.headers or {}, Topology(channel))
+                                     properties.headers or {}, Topology(channel, self.queue_arguments))
         except pika.exceptions.AMQPConnectionError:
             raise
         except Exception:  # a bug, not a user's mistake: log it, answer, keep serving

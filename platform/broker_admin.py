@@ -31,19 +31,24 @@ log = logging.getLogger("werkbund.platform.broker")
 class BrokerAdmin:
     """The management API of one broker, acting in one vhost."""
 
-    def __init__(self, management_url: str, vhost: str, timeout: float = 30.0):
+    def __init__(self, management_url: str, vhost: str, timeout: float = 30.0, ca_certificate: str | None = None):
         parts = urlsplit(management_url)
         self.base = f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}{parts.path.rstrip('/')}/api"
         self.auth = (parts.username or "guest", parts.password or "guest")
         self.vhost = vhost
         self.timeout = timeout
         self.http = requests.Session()
+        self.verify = ca_certificate or True  # an https:// management API with the broker's own CA
 
     def _request(self, method: str, path: str, body=None, ok_missing: bool = False):
         try:
-            response = self.http.request(method, self.base + path, json=body, auth=self.auth, timeout=self.timeout)
+            response = self.http.request(method, self.base + path, json=body, auth=self.auth, timeout=self.timeout,
+                                         verify=self.verify)
         except requests.RequestException as exc:
-            raise Unavailable(f"cannot reach the RabbitMQ management API at {self.base}: {exc}") from None
+            reason = type(exc).__name__ if isinstance(exc, requests.ConnectionError) else exc
+            raise Unavailable(f"cannot reach the RabbitMQ management API at {self.base} ({reason}): the platform "
+                              "needs the broker's management plugin (`rabbitmq-plugins enable rabbitmq_management`) "
+                              "or the right --management URL") from None
         if response.status_code == 404 and ok_missing:
             return None
         if response.status_code >= 400:

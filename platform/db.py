@@ -1,16 +1,19 @@
 """Database engine and session factory for the platform core (SQLAlchemy 2.x)."""
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from werkbund.platform.models import Base
+from werkbund.platform import schema
+from werkbund.platform.errors import InvalidInput, Unavailable
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -18,11 +21,19 @@ def sqlite_url(path: str | Path) -> str:
 
 
 class Database:
-    """One engine and session factory; creates the schema on first use."""
+    """One engine and session factory; creates the schema on first use.
 
-    def __init__(self, url: str):
+    An existing database must be at this code's schema revision (``schema.prepare``); an older one
+    is refused with the line that says to run ``werkbund platform upgrade``, or brought up to date
+    first with ``upgrade=True``."""
+
+    def __init__(self, url: str, upgrade: bool = False):
         self.url = url
-        parsed = make_url(url)
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise InvalidInput(f"{url!r} is not a database URL; use sqlite:///PATH or "
+                               "postgresql+psycopg://USER@HOST/DATABASE") from None
         kwargs: dict = {"future": True}
         # an in-memory SQLite database is one connection shared by every thread: units of work on it
         # must take turns, or one thread's commit lands in the middle of another's transaction
@@ -33,13 +44,19 @@ class Database:
                 kwargs["poolclass"] = StaticPool
                 self._serial = threading.RLock()
             else:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                _private_file(Path(parsed.database))
         else:
             kwargs["pool_pre_ping"] = True
         self.engine = create_engine(url, **kwargs)
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        try:  # a new database is made at the newest schema; an older one is refused or upgraded
+            self.schema_action = schema.prepare(self.engine, upgrade=upgrade)
+        except OperationalError as exc:
+            shown = parsed.render_as_string(hide_password=True)
+            reason = str(exc.orig).strip().splitlines()[-1] if exc.orig else str(exc)
+            raise Unavailable(f"cannot open the database {shown}: {reason} (for PostgreSQL, create the database "
+                              "and role first: see docs/cloud-platform.md)") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -55,6 +72,16 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _private_file(path: Path) -> None:
+    """Create the SQLite file readable by its owner only (password hashes, tokens, messages): SQLite
+    gives its -wal and -shm files the database file's permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
 
 
 def _sqlite_pragmas(dbapi_connection, _record):

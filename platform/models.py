@@ -1,4 +1,7 @@
-"""SQLAlchemy tables of the platform: users, sessions, tasks, memberships, rounds, models."""
+"""SQLAlchemy tables of the platform: users, sessions, tasks, memberships, rounds, models.
+
+The schema is versioned (``schema.py``, ``migrations/``): a change here needs a new revision under
+``migrations/versions/``; ``tests/test_migrations.py`` compares the two."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -30,9 +33,9 @@ class SessionToken(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    expires_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)  # expired ones are deleted at each login
 
     user: Mapped[User] = relationship()
 
@@ -42,7 +45,7 @@ class Task(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    creator_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    creator_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     definition: Mapped[dict] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="CREATED", index=True)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
@@ -66,7 +69,7 @@ class Membership(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     joined_at: Mapped[datetime] = mapped_column(default=utcnow)
     schema: Mapped[dict | None] = mapped_column(JSON, default=None)
 

@@ -5,7 +5,9 @@ The durability test stops and starts this node in the middle of a task; the syst
 temporary folder, so rabbitmqctl finds the same Erlang cookie as the node (the /usr/sbin wrappers
 switch to the rabbitmq user, whose cookie the node would not have: the cause of an earlier attempt
 hanging in `await_startup` until it timed out). The node is told to ignore the system's
-rabbitmq-env.conf, which pins NODENAME and the listener of the system broker.
+rabbitmq-env.conf, which pins NODENAME and the listener of the system broker, and the system's
+/etc/rabbitmq/conf.d (scripts/provision.sh puts the system broker's TLS listener there: a test
+node that read it would fail to listen on the same port).
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ class BrokerNode:
         self.management_url = f"http://guest:guest@127.0.0.1:{self.management_port}"
         self.process: subprocess.Popen | None = None
         self.started_once = False
-        for folder in ("home", "mnesia", "log"):
+        for folder in ("home", "mnesia", "log", "conf.d"):
             (base / folder).mkdir(parents=True, exist_ok=True)
         (base / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
@@ -86,6 +88,7 @@ class BrokerNode:
             RABBITMQ_NODE_PORT=str(self.port), RABBITMQ_DIST_PORT=str(self.dist_port),
             RABBITMQ_MNESIA_BASE=str(self.base / "mnesia"), RABBITMQ_LOG_BASE=str(self.base / "log"),
             RABBITMQ_CONFIG_FILE=str(self.base / "rabbitmq.conf"),
+            RABBITMQ_CONFIG_FILES=str(self.base / "conf.d"),  # not the system's /etc/rabbitmq/conf.d
             RABBITMQ_ADVANCED_CONFIG_FILE=str(self.base / "advanced.config"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.base / "enabled_plugins"),
             RABBITMQ_CONF_ENV_FILE=str(self.base / "no-rabbitmq-env.conf"),

@@ -82,19 +82,19 @@ def database(kind: str, tmp: Path):
 
 
 def start_cloud_platform(tmp: Path, db_url: str, vhost: str, port: int = BROKER_PORT,
-                         management: str = MANAGEMENT):
-    """Start `werkbund platform serve`; return (process, the URL clients use)."""
+                         management: str = MANAGEMENT, scheme: str = "amqp", extra: tuple = ()):
+    """Start `werkbund platform serve` (``extra``: more of its options); return (process, the URL clients use)."""
     log = tmp / "cloud-platform.log"
     proc = subprocess.Popen([WERKBUND, "platform", "serve", "--broker",
-                             f"amqp://guest:guest@{BROKER_HOST}:{port}/{vhost}", "--db", db_url,
-                             "--management", management],
+                             f"{scheme}://guest:guest@{BROKER_HOST}:{port}/{vhost}", "--db", db_url,
+                             "--management", management, *extra],
                             env=quiet_env(WERKBUND_HOME=str(tmp / "platform-home")), stdout=subprocess.PIPE,
                             stderr=open(log, "w"), text=True, stdin=subprocess.DEVNULL)
     deadline, line = time.monotonic() + 60, ""
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if "serving on" in line:
-            return proc, f"amqp://{BROKER_HOST}:{port}/{vhost}"
+            return proc, f"{scheme}://{BROKER_HOST}:{port}/{vhost}"
         if proc.poll() is not None:
             break
     proc.kill()
@@ -102,10 +102,11 @@ def start_cloud_platform(tmp: Path, db_url: str, vhost: str, port: int = BROKER_
 
 
 @contextlib.contextmanager
-def cloud_platform(tmp: Path, db_kind: str = "sqlite", node=None):
+def cloud_platform(tmp: Path, db_kind: str = "sqlite", node=None, extra: tuple = ()):
     """A running cloud platform in a vhost of its own; yields the client URL.
 
-    ``node``: a broker node of the test's own (tests/broker_node.py) instead of the system broker."""
+    ``node``: a broker node of the test's own (tests/broker_node.py) instead of the system broker;
+    ``extra``: more options of `werkbund platform serve`."""
     if node is None:
         require_broker()
     from werkbund.platform.broker_admin import BrokerAdmin
@@ -115,7 +116,7 @@ def cloud_platform(tmp: Path, db_kind: str = "sqlite", node=None):
     vhost = f"wb-test-{uuid.uuid4().hex[:8]}"
     admin = BrokerAdmin(management, vhost)
     with database(db_kind, tmp) as db_url:
-        proc, url = start_cloud_platform(tmp, db_url, vhost, port, management)
+        proc, url = start_cloud_platform(tmp, db_url, vhost, port, management, extra=extra)
         try:
             yield url
         finally:
