@@ -30,9 +30,10 @@ from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
 from werkbund.algorithms.engine.participant import RoundParticipant
 from werkbund.algorithms.privacy import dp_rounds
 from werkbund.algorithms.metrics import CLASSIFICATION, KINDS, REGRESSION, classification_metrics, regression_metrics
-from werkbund.algorithms.fields import MODEL, STANDARDIZE, STRATEGY, TRAINING
-from werkbund.algorithms.registry import Algorithm
+from werkbund.algorithms.fields import MODEL, STRATEGY, TRAINING
+from werkbund.algorithms.registry import Algorithm, Field
 from werkbund.algorithms.statistics import feature_moments, merge_moments
+from werkbund.algorithms.tabular import checked_moments
 from werkbund.algorithms.strategies import build_strategy
 
 log = logging.getLogger("werkbund.neural_network")
@@ -91,13 +92,14 @@ class NeuralNetworkAggregator(RoundAggregator):
         if not regression and len(self.classes) < 2:
             raise TaskFailure(f"the participants' data has {len(self.classes)} class(es); a classifier needs 2 or more")
         mean = variance = target = None
-        if d.get("standardize", True):
+        if standardizes(d):
             moments, targets = [], []
 
             def take(message):
-                moments.append(_moments_of(message, n_features))
+                declared = self.declared.get(message.sender)
+                moments.append(checked_moments(message, n_features, declared))
                 if regression:
-                    targets.append(_moments_of(_Header(message.get("target") or {}), 1))
+                    targets.append(checked_moments(_Header(message.get("target") or {}), 1, declared))
 
             collected = self.exchange("stats", expect="stats", number=-1, handler=take)
             merged = merge_moments(moments)
@@ -126,8 +128,8 @@ class NeuralNetworkAggregator(RoundAggregator):
         self.expected = signature(self.weights)
         self.strategy = build_strategy(d.get("strategy"))
         self.dp = dp_rounds.start_budget(self)
-        self.channel.broadcast("setup", self.model.to_json().encode("utf-8"), round=-1, classes=self.classes,
-                               task_kind=self.kind, dp=self.dp.setup_header() if self.dp else None)
+        self.broadcast_setup(self.model.to_json().encode("utf-8"), classes=self.classes,
+                             task_kind=self.kind, dp=self.dp.setup_header() if self.dp else None)
         self.progress.message(f"model sent: {self.model.count_params()} parameters, "
                               + ("regression" if regression else f"classes {self.classes}"))
 
@@ -180,20 +182,6 @@ class NeuralNetworkAggregator(RoundAggregator):
         return model_bytes(self.model), meta
 
 
-def _moments_of(message, n_features: int) -> dict:
-    count, mean, m2 = message.get("count"), message.get("mean"), message.get("m2")
-    if not isinstance(count, int) or count <= 0:
-        raise UpdateRejected("statistics without a positive row count")
-    for name, values in (("mean", mean), ("m2", m2)):
-        if not isinstance(values, list) or len(values) != n_features:
-            raise UpdateRejected(f"statistics: {name} must list {n_features} numbers")
-        if not np.isfinite(np.asarray(values, dtype=np.float64)).all():
-            raise UpdateRejected(f"statistics: {name} holds NaN or infinite values")
-    if min(m2) < 0:
-        raise UpdateRejected("statistics: m2 cannot be negative")
-    return {"count": count, "mean": mean, "m2": m2}
-
-
 class _Header:
     """A dict seen through ``get``, like a message header (for the target's moments)."""
 
@@ -206,6 +194,10 @@ class _Header:
 
 class NeuralNetworkParticipant(RoundParticipant):
     def moments(self):
+        if not standardizes(self.definition):  # whatever the aggregator asks: under DP they stay here
+            raise ValueError("this task does not standardize"
+                             + (" (differential privacy: the feature moments would be released without noise)"
+                                if self.definition.get("dp") else "") + "; no statistics are sent")
         moments = feature_moments(self.train_data.x)
         if self.train_data.kind == REGRESSION:
             moments["target"] = feature_moments(_targets(self.train_data.y, REGRESSION, []).reshape(-1, 1))
@@ -214,16 +206,19 @@ class NeuralNetworkParticipant(RoundParticipant):
     def configure(self, message):
         from werkbund.algorithms import keras_models as km
 
-        self.kind = message.get("task_kind") or CLASSIFICATION
-        if self.kind != self.train_data.kind:
-            raise ValueError(f"the task is a {self.kind} task but the local data was loaded for {self.train_data.kind}")
-        self.classes = list(message.get("classes") or [])
-        self.y_train = _targets(self.train_data.y, self.kind, self.classes)
-        self.y_test = _targets(self.test_data.y, self.kind, self.classes) if len(self.test_data) else None
-        model = km.model_from_architecture(message.payload.decode("utf-8"))
-        self.model = km.compile_for(self.kind, model, self.definition["learning_rate"])
-        self.expected = signature(self.model.get_weights())
-        self.dp = dp_rounds.participant_budget(self, message)
+        kind = message.get("task_kind") or CLASSIFICATION
+        if kind != self.train_data.kind:
+            raise ValueError(f"the task is a {kind} task but the local data was loaded for {self.train_data.kind}")
+        classes = list(message.get("classes") or [])
+        y_train = _targets(self.train_data.y, kind, classes)
+        y_test = _targets(self.test_data.y, kind, classes) if len(self.test_data) else None
+        model = km.compile_for(kind, km.model_from_architecture(message.payload.decode("utf-8")),
+                               self.definition["learning_rate"])
+        # the DP account carries over whatever this setup says (a re-sent setup never resets it); if it
+        # cannot be taken, nothing of this setup is, and a DP task trains no round (train_private refuses)
+        dp = dp_rounds.participant_budget(self, message)
+        self.kind, self.classes, self.y_train, self.y_test = kind, classes, y_train, y_test
+        self.model, self.expected, self.dp = model, signature(model.get_weights()), dp
         self.progress.message(f"model received: {self.model.count_params()} parameters")
 
     def _load_global(self, message):
@@ -243,7 +238,7 @@ class NeuralNetworkParticipant(RoundParticipant):
 
         d = self.definition
         number = message.get("round")
-        if self.dp is not None:  # record-level DP-SGD instead of model.fit
+        if self.definition.get("dp"):  # record-level DP-SGD instead of model.fit
             return dp_rounds.train_private(self, number)
         self.progress.epochs_started(number, d["epochs"])
         history = self.model.fit(self.train_data.x, self.y_train, epochs=d["epochs"], batch_size=d["batch_size"],
@@ -269,6 +264,37 @@ class NeuralNetworkParticipant(RoundParticipant):
         return result
 
 
+def standardizes(definition: dict) -> bool:
+    """Whether the task standardizes its features federatedly: ``standardize`` if given, else true without
+    DP and false with it (the participants' count, mean and M2 per feature would be released without noise)."""
+    value = definition.get("standardize")
+    return (not definition.get("dp")) if value is None else bool(value)
+
+
+def _check_standardize(value, definition: dict) -> None:
+    if value and definition.get("dp"):
+        raise ValueError("federated standardization releases each participant's exact row count, mean and M2 "
+                         "per feature without noise, which differential privacy does not cover; scale the "
+                         "features before joining and leave standardize out or false")
+
+
+def _check_dp_metrics(definition: dict) -> None:
+    """Under DP the participants report no test metrics (engine/participant.py): nothing may depend on them."""
+    if not definition.get("dp"):
+        return
+    if (definition.get("selection") or {}).get("max_validation_loss") is not None:
+        raise ValueError("selection max_validation_loss needs the participants' validation loss, which a task with "
+                         "dp does not release (it is not covered by the privacy accounting)")
+    early = definition.get("early_stopping")
+    if isinstance(early, dict) and early.get("source", "participants") == "participants":
+        raise ValueError("early_stopping on the participants' test metrics needs figures that a task with dp does "
+                         "not release; use \"source\": \"aggregator\" (its own held-out data)")
+
+
+STANDARDIZE = Field("standardize", bool, None,
+                    "federated standardization of the features before training (default true; with dp false, and "
+                    "true is refused: the moments would be released without noise)", check=_check_standardize)
+
 ALGORITHM = Algorithm(
     name="neural_network",
     aggregator=NeuralNetworkAggregator,
@@ -277,5 +303,6 @@ ALGORITHM = Algorithm(
     fields=(*TRAINING, STANDARDIZE, STRATEGY, MODEL),
     privacy_modes=frozenset({1, 2, 3}),
     dp=True,
+    checks=(_check_dp_metrics,),
     model_suffix=".keras",
 )

@@ -27,7 +27,7 @@ def make_transport(platform: str = "local", url: str | None = None, inproc=None,
 
         if not url:
             raise InvalidInput("the local platform needs a URL (--url or WERKBUND_URL), e.g. http://127.0.0.1:5000")
-        return HttpTransport(url)
+        return HttpTransport(url, ca_certificate=options.get("ca_certificate"))
     if platform == "inproc":
         from werkbund.client.inproc_transport import InProcTransport
 
@@ -98,6 +98,18 @@ class User:
     def __init__(self, transport: Transport, identity=None):
         self.transport = transport
         self.identity = identity  # Ed25519 private key for ledger entries, or None
+
+    @property
+    def identity(self):
+        """The Ed25519 key (or None); a key file under WERKBUND_HOME (``state.IdentityFile``) is
+        read and unlocked on first use, so commands that sign nothing never need its passphrase."""
+        if callable(getattr(self._identity, "load", None)):
+            self._identity = self._identity.load()
+        return self._identity
+
+    @identity.setter
+    def identity(self, value) -> None:
+        self._identity = value
 
     @property
     def name(self) -> str:
@@ -262,3 +274,15 @@ class ParticipantHandle(_TaskHandle):
 
     def send(self, kind: str, payload: bytes = b"", **header) -> dict:
         return self.transport.send_message(self.task, "aggregator", kind, payload, header)
+
+    @property
+    def state_dir(self) -> Path | None:
+        """Where the participant keeps its own state of this task across restarts (its DP account): under
+        WERKBUND_HOME, or for an in-process platform its ``state_dir`` (None: kept in memory only)."""
+        from werkbund.client import state
+
+        if hasattr(self.transport, "participant_state_base"):  # an in-process or simulated platform
+            base = self.transport.participant_state_base
+            return None if base is None else Path(base) / self.name / self.task
+        return state.participant_dir(getattr(self.transport, "url", None), self.name, self.task,
+                                     self._info.get("created_at"))

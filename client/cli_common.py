@@ -31,16 +31,20 @@ ENVIRONMENT = {
     "WERKBUND_PASSWORD": "Your password (default: the credentials file's, else asked for at a terminal).",
     "WERKBUND_HOME": "Where session tokens, identity keys, joined datasets, checkpoints, models and results "
                      "are kept (default: ~/.werkbund).",
-    "WERKBUND_KEY_PASSPHRASE": "Passphrase of your identity key file (default: none, the key is not encrypted).",
+    "WERKBUND_KEY_PASSPHRASE": "Passphrase of your identity key file (default: your account password, which "
+                               "`werkbund register` encrypts the key with).",
     "WERKBUND_BLOB_THRESHOLD": "Cloud platform: messages larger than this many bytes go through the blob store "
                                "(default: 8388608, 8 MiB).",
     "WERKBUND_MNIST_DIR": "Where builtin:mnist is read from: a folder with the four MNIST IDX .gz files or "
                           "an mnist.npz (no default).",
     "WERKBUND_LEDGER_KEY": "The platform's ledger signing key file (default: beside a SQLite database, else "
                            "WERKBUND_HOME/platform/ledger-key-*.pem).",
+    "WERKBUND_RECONNECT_SECONDS": "Local platform: how long to keep trying, with backoff, while the platform "
+                                  "cannot be reached (restarted) before giving up (default: 300; 0: at once).",
 }
 # What every command that logs in to a platform reads.
-LOGIN_ENVIRONMENT = ("WERKBUND_PASSWORD", "WERKBUND_HOME", "WERKBUND_KEY_PASSPHRASE", "WERKBUND_BLOB_THRESHOLD")
+LOGIN_ENVIRONMENT = ("WERKBUND_PASSWORD", "WERKBUND_HOME", "WERKBUND_KEY_PASSPHRASE", "WERKBUND_BLOB_THRESHOLD",
+                     "WERKBUND_RECONNECT_SECONDS")
 
 
 def environment(*names):
@@ -109,13 +113,14 @@ class Connection:
             transport.token, transport.user = token, self.user
             try:
                 transport.call("whoami")
-                return User(transport, state.load_identity(self.url, self.user))
+                return User(transport, state.identity_file(self.url, self.user, self.password))
             except AuthenticationFailed:
                 state.forget_token(self.url, self.user)
-        data = transport.login(self.user, self.password())
+        password = self.password()
+        data = transport.login(self.user, password)
         if data.get("token"):
             state.save_token(self.url, self.user, data["token"])
-        return User(transport, state.load_identity(self.url, self.user))
+        return User(transport, state.identity_file(self.url, self.user, password))
 
 
 def _cloud_options(creds: dict) -> dict:
@@ -153,8 +158,14 @@ def _task_errors():
     return (TaskFailure, TaskEnded)
 
 
+def shown(value) -> str:
+    """Text that came from someone else (an organisation, a reason, a creator's description) as one
+    terminal-safe line: control characters (newline, NUL, ANSI escapes) are printed as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+
+
 def fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {shown(message)}", err=True)
     sys.exit(code)
 
 

@@ -1,4 +1,5 @@
-"""`werkbund ledger ...`: show, verify, export a task's ledger; record and prove maintenance events."""
+"""`werkbund ledger ...`: show, verify, export a task's ledger; record and prove maintenance events;
+rotate, revoke and replace identity keys (and the operator's `werkbund platform reset-key`)."""
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,9 @@ from werkbund.client.cli import cli
 from werkbund.client.cli_common import (
     CREDENTIALS_HELP, LOGIN_ENVIRONMENT, Connection, emit_json, environment, handle_errors, platform_options,
 )
-from werkbund.client.identity import generate_identity, load_identity
-from werkbund.client.ledger import LedgerError, bundle_report, publish, rotate_key, verify_task_ledger
+from werkbund.client.cli_platform import platform_group
+from werkbund.client.identity import generate_identity, is_encrypted, load_identity
+from werkbund.client.ledger import LedgerError, bundle_report, publish, revoke_key, rotate_key, verify_task_ledger
 from werkbund.platform.errors import InvalidInput
 from werkbund.platform.ledger import entries as E
 from werkbund.platform.ledger import keys_in_force, merkle
@@ -111,26 +113,46 @@ def export(conn: Connection, task, out):
 
 
 # ------------------------------------------------------------------ identity keys
-def _passphrase():
-    return os.environ.get("WERKBUND_KEY_PASSPHRASE") or None
+UNENCRYPTED_HELP = ("Write the new key unencrypted (default: encrypted with WERKBUND_KEY_PASSPHRASE if set, "
+                    "else with your password).")
+
+
+def _new_key_file(conn: Connection, path: Path, unencrypted: bool):
+    """The key waiting at ``path`` (made by an earlier run) or a new one written there, encrypted
+    as `werkbund register` does."""
+    if path.exists():
+        return _load_pending(conn, path)
+    return generate_identity(path, None if unencrypted else (state.key_passphrase() or conn.password()))
+
+
+def _load_pending(conn: Connection, path: Path):
+    if not is_encrypted(path):
+        return load_identity(path)
+    passphrase = state.key_passphrase() or conn.password()
+    return load_identity(path, passphrase)
+
+
+def _pending(conn: Connection) -> Path:
+    path = state.identity_path(conn.url, conn.user)
+    return path.with_name(path.name + ".new")  # kept until the platform took the new key
 
 
 @ledger.command("rotate-key")
 @environment(*LOGIN_ENVIRONMENT)
 @platform_options
+@click.option("--unencrypted-key", is_flag=True, help=UNENCRYPTED_HELP)
 @handle_errors
-def rotate_key_command(conn: Connection):
+def rotate_key_command(conn: Connection, unencrypted_key):
     """Replace your identity key by a new one made here; the change, signed with the old key,
     goes on the ledger of every task you are in. Later entries must use the new key.
-    WERKBUND_KEY_PASSPHRASE, if set, unlocks the old key and encrypts the new one."""
+    The old key is unlocked, and the new one encrypted, with WERKBUND_KEY_PASSPHRASE if set,
+    else with your password."""
     me = conn.login()
     if me.identity is None:
-        raise InvalidInput("you have no identity key here to rotate; after a lost key use "
-                           "`werkbund ledger revoke-key --new-key`")
-    path = state.identity_path(conn.url, conn.user)
-    pending = path.with_name(path.name + ".new")  # kept until the platform took the new key
-    new_key = (load_identity(pending, _passphrase()) if pending.exists()
-               else generate_identity(pending, _passphrase()))
+        raise InvalidInput("you have no identity key here to rotate; a lost key is reset by the platform "
+                           "operator: run `werkbund ledger new-key` and hand them its public key")
+    path, pending = state.identity_path(conn.url, conn.user), _pending(conn)
+    new_key = _new_key_file(conn, pending, unencrypted_key)
     new_pub = E.encode_public_key(new_key)
     registered = me.transport.call("identity_key", user=conn.user)["public_key"]
     if registered == new_pub:  # an earlier run got through but did not finish here
@@ -145,16 +167,18 @@ def rotate_key_command(conn: Connection):
 @ledger.command("revoke-key")
 @environment(*LOGIN_ENVIRONMENT)
 @platform_options
-@click.option("--reason", default="", help="Why (e.g. 'laptop lost'); goes on the ledger (default: empty).")
-@click.option("--new-key", is_flag=True,
-              help="Make and register a new key right after, encrypted with WERKBUND_KEY_PASSPHRASE if set "
-                   "(default: no new key).")
+@click.option("--reason", default="", help="Why (e.g. 'key copied'); goes on the ledger (default: empty).")
 @handle_errors
-def revoke_key_command(conn: Connection, reason, new_key):
-    """Revoke your identity key (lost or compromised): recorded on the ledger of every task you
-    are in; entries signed with it are refused from then on."""
+def revoke_key_command(conn: Connection, reason):
+    """Revoke your identity key (compromised), signed with that key: recorded on the ledger of every
+    task you are in; entries signed with it are refused from then on. A new key after that (or
+    after a lost key) comes only through the platform operator (`werkbund ledger new-key`)."""
     me = conn.login()
-    result = me.transport.call("revoke_identity_key", reason=reason)
+    if me.identity is None:
+        raise InvalidInput("revoking a key needs its signature and you have no identity key here; a lost "
+                           "key is reset by the platform operator: run `werkbund ledger new-key` and hand "
+                           "them its public key")
+    result = revoke_key(me.transport, conn.user, me.identity, reason)
     tasks = result["tasks"]
     click.echo(f"revoked the key {result['revoked']}; recorded on the ledger of {len(tasks)} "
                f"task(s){': ' + ', '.join(tasks) if tasks else ''}")
@@ -163,10 +187,67 @@ def revoke_key_command(conn: Connection, reason, new_key):
         aside = path.with_name(f"{path.name}.revoked-{int(time.time())}")
         os.replace(path, aside)
         click.echo(f"moved the revoked key file aside to {aside}")
-    if new_key:
-        key = generate_identity(path, _passphrase())
-        done = me.transport.call("set_identity_key", public_key=E.encode_public_key(key))
-        click.echo(f"registered a new identity key {done['public_key']} ({path})")
+    click.echo("for a new key run `werkbund ledger new-key` and hand its public key to the platform operator")
+
+
+@ledger.command("new-key")
+@environment(*LOGIN_ENVIRONMENT)
+@platform_options
+@click.option("--unencrypted-key", is_flag=True, help=UNENCRYPTED_HELP)
+@handle_errors
+def new_key_command(conn: Connection, unencrypted_key):
+    """After a lost or revoked key: make a new key here and print its public key, to hand to the
+    platform operator out of band (they check it is you and run `werkbund platform reset-key`).
+    Run it again after the reset: the new key is then taken into use."""
+    me = conn.login()
+    path, pending = state.identity_path(conn.url, conn.user), _pending(conn)
+    new_key = _new_key_file(conn, pending, unencrypted_key)
+    new_pub = E.encode_public_key(new_key)
+    registered = me.transport.call("identity_key", user=conn.user)["public_key"]
+    if registered == new_pub:
+        if path.exists():
+            aside = path.with_name(f"{path.name}.replaced-{int(time.time())}")
+            os.replace(path, aside)
+            click.echo(f"moved the old key file aside to {aside}")
+        os.replace(pending, path)
+        click.echo(f"the operator's reset is in force: your identity key is now {new_pub} ({path})")
+        return
+    if registered is None and not me.transport.call("key_history"):  # never had a key: no operator needed
+        me.transport.call("set_identity_key", public_key=new_pub)
+        os.replace(pending, path)
+        click.echo(f"registered your first identity key {new_pub} ({path})")
+        return
+    click.echo(f"your new public key: {new_pub}\n(kept in {pending}). Hand it to the platform operator out of "
+               "band (in person, or by phone reading it back); they run\n"
+               f"  werkbund platform reset-key --user {conn.user} --public-key {new_pub} --reason \"...\"\n"
+               "then run `werkbund ledger new-key` again to take it into use.")
+
+
+@platform_group.command("reset-key")
+@environment(("WERKBUND_HOME", "Where the default SQLite database is (default: ~/.werkbund)."),
+             "WERKBUND_LEDGER_KEY")
+@click.option("--db", envvar="WERKBUND_DB", show_envvar=True,
+              help="The platform's SQLAlchemy database URL (default: the local platform's SQLite under "
+                   "WERKBUND_HOME).")
+@click.option("--user", "-u", "subject", required=True, help="Whose key to reset.")
+@click.option("--public-key", required=True,
+              help="The user's new public key (base64), as `werkbund ledger new-key` printed it to them and "
+                   "they handed it to you out of band.")
+@click.option("--reason", required=True,
+              help="How you checked it was them (e.g. 'in person, ID card seen'); goes on the ledger.")
+@handle_errors
+def reset_key_command(db, subject, public_key, reason):
+    """Operator only, on the platform's machine: replace a user's lost identity key by the public key
+    they handed you out of band. A platform-signed key_reset entry goes on the log of every task
+    they are in; every member sees it in `werkbund ledger verify` as an operator reset."""
+    from werkbund.local_platform.server import default_db_url
+    from werkbund.platform.service import PlatformService
+
+    service = PlatformService(db or default_db_url(state.home()))
+    done = service.ledger.reset_identity_key(subject, public_key, reason)
+    tasks = done["tasks"]
+    click.echo(f"reset {subject}'s identity key to {done['public_key']} (was {done['previous_key'] or 'none'}); "
+               f"key_reset recorded on the ledger of {len(tasks)} task(s){': ' + ', '.join(tasks) if tasks else ''}")
 
 
 # ------------------------------------------------------------------ maintenance log

@@ -1,8 +1,9 @@
 """Per-user Ed25519 identity keys, made and kept on the user's own machine.
 
-The private key is stored as PKCS#8 PEM with file mode 0600 (encrypted with
-the best available scheme when a passphrase is given) and never leaves the
-machine; only the public key goes to the platform, as the standard base64 of
+The private key is stored as PKCS#8 PEM with file mode 0600, encrypted with
+the best available scheme when a passphrase is given (``werkbund register``
+gives one by default: WERKBUND_KEY_PASSPHRASE, else the account password), and
+never leaves the machine; only the public key goes to the platform, as the standard base64 of
 its raw 32 bytes (44 characters), the encoding the ledger uses.
 """
 from __future__ import annotations
@@ -83,6 +84,15 @@ def check_permissions(path: str | os.PathLike) -> None:
             f"be private to its owner. Run: chmod 600 {path}")
 
 
+def is_encrypted(path: str | os.PathLike) -> bool:
+    """True when the key file at ``path`` is an encrypted PKCS#8 PEM."""
+    try:
+        with open(path, "rb") as fh:
+            return b"ENCRYPTED" in fh.readline()
+    except FileNotFoundError:
+        raise IdentityError(f"no identity key at {path}; make one first") from None
+
+
 def load_identity(path: str | os.PathLike, passphrase: str | bytes | None = None
                   ) -> Ed25519PrivateKey:
     """Read the private key written by :func:`generate_identity`."""
@@ -95,7 +105,8 @@ def load_identity(path: str | os.PathLike, passphrase: str | bytes | None = None
     secret = _passphrase_bytes(passphrase)
     encrypted = b"ENCRYPTED" in data.split(b"\n", 1)[0]
     if encrypted and secret is None:
-        raise IdentityError(f"{path} is encrypted; a passphrase is needed")
+        raise IdentityError(f"{path} is encrypted; a passphrase is needed (WERKBUND_KEY_PASSPHRASE, "
+                            "by default the password you registered with)")
     if not encrypted and secret is not None:
         raise IdentityError(f"{path} is not encrypted; give no passphrase")
     try:

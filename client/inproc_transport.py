@@ -16,9 +16,11 @@ from werkbund.platform.service import PlatformService
 class InProcPlatform:
     """A platform core and its mailboxes, shared by every in-process transport."""
 
-    def __init__(self, db_url: str = "sqlite://"):
+    def __init__(self, db_url: str = "sqlite://", state_dir=None):
         self.service = PlatformService(Database(db_url))
         self.mailboxes = Mailboxes()
+        # where its participants keep their own state of a task (their DP accounts); None: in memory only
+        self.state_dir = state_dir
 
 
 class InProcTransport(Transport):
@@ -29,6 +31,11 @@ class InProcTransport(Transport):
     @property
     def _service(self) -> PlatformService:
         return self.platform.service
+
+    @property
+    def participant_state_base(self):
+        """Where a participant over this transport keeps its own state of a task (None: in memory)."""
+        return self.platform.state_dir
 
     def _caller(self) -> str:
         if self.user is None:

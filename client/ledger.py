@@ -75,22 +75,72 @@ def check_checkpoint(transport, task: str, platform_key: str, own, seen: dict | 
     return latest
 
 
-def rotate_key(transport, user: str, old_key, new_key, attempts: int = 20) -> dict:
-    """Replace ``user``'s identity key: sign one ``key_rotated`` entry naming the new key with
-    the OLD key at the head of each of the user's task logs, and send them together (the
+def _signed_key_change(transport, command: str, kind: str, user: str, old_key, payload: dict,
+                       statement: bytes, params: dict, attempts: int) -> dict:
+    """Sign one ``kind`` entry with ``old_key`` at the head of each of the user's task logs (and
+    the key statement, for a user in no task) and send them together with ``command`` (the
     platform takes all or none; a moved head or a new task means signing again)."""
-    new_pub, old_pub = E.encode_public_key(new_key), E.encode_public_key(old_key)
-    payload = {"subject": user, "public_key": new_pub, "previous_key": old_pub}
+    proof = E.encode_signature(old_key.sign(statement))
     for attempt in range(attempts):
         items = []
         for head in transport.call("ledger_key_logs"):
-            entry = E.make_entry(head["task"], "key_rotated", user, head["size"], head["prev"], payload)
+            entry = E.make_entry(head["task"], kind, user, head["size"], head["prev"], payload)
             items.append({"entry": entry, "signature": E.encode_signature(E.sign_entry(entry, old_key))})
         try:
-            return transport.call("rotate_identity_key", public_key=new_pub, entries=items)
+            return transport.call(command, entries=items, statement_signature=proof, **params)
         except Conflict:
             time.sleep(random.uniform(0.01, 0.05) * (1 + attempt))
-    raise LedgerError("could not rotate the key: the ledger heads kept moving; try again")
+    raise LedgerError(f"could not record {kind}: the ledger heads kept moving; try again")
+
+
+def rotate_key(transport, user: str, old_key, new_key, attempts: int = 20) -> dict:
+    """Replace ``user``'s identity key: ``key_rotated`` entries naming the new key, signed with
+    the OLD key, on every log of the user."""
+    new_pub, old_pub = E.encode_public_key(new_key), E.encode_public_key(old_key)
+    payload = {"subject": user, "public_key": new_pub, "previous_key": old_pub}
+    return _signed_key_change(transport, "rotate_identity_key", "key_rotated", user, old_key, payload,
+                              E.key_statement("key_rotated", user, old_pub, new_pub),
+                              {"public_key": new_pub}, attempts)
+
+
+def revoke_key(transport, user: str, key, reason: str = "", attempts: int = 20) -> dict:
+    """Revoke ``user``'s identity key (compromised): ``key_revoked`` entries signed with that
+    very key on every log of the user. A lost key cannot sign: the operator resets it."""
+    pub = E.encode_public_key(key)
+    payload = {"subject": user, "public_key": pub, "reason": reason}
+    return _signed_key_change(transport, "revoke_identity_key", "key_revoked", user, key, payload,
+                              E.key_statement("key_revoked", user, pub, None, reason),
+                              {"reason": reason}, attempts)
+
+
+def verified_identity_keys(transport, task: str, platform_key: str | None = None,
+                           seen: dict | None = None) -> tuple[dict[str, str], str]:
+    """The members' identity keys (base64) in force at the end of ``task``'s log, as the log
+    itself says: entries fetched, then the platform-signed checkpoint of exactly that size,
+    verified with :func:`~werkbund.platform.ledger.verify_log` (signatures along the key history,
+    seq, prev links, Merkle root) trusting no member key from the platform's tables. With
+    ``platform_key`` the platform must still sign with it; with ``seen`` (an earlier checkpoint
+    of this log) the log must extend it. Returns (keys, the platform key); raises
+    :class:`LedgerError` when the log does not verify."""
+    from werkbund.platform.ledger import verify_log
+
+    pairs = [(i["entry"], i["signature"]) for i in transport.call("ledger_entries", task=task)]
+    if not pairs:
+        raise LedgerError(f"the ledger of task {task!r} is empty; it names nobody's key")
+    latest = transport.call("ledger_checkpoint", task=task, size=len(pairs))
+    key = platform_key or latest["platform_key"]
+    if latest["platform_key"] != key:
+        raise LedgerError("the platform's ledger key changed since you first saw it")
+    report = verify_log(pairs, {E.PLATFORM_AUTHOR: key}, latest["checkpoint"], latest["signature"], key)
+    if not report.ok:
+        raise LedgerError(f"the ledger of task {task!r} does not verify, so no key can be taken from it: "
+                          f"{report.problems[0]}")
+    if seen is not None:
+        leaves = [E.entry_leaf_hash(e) for e, _ in pairs]
+        if len(leaves) < seen["size"] or merkle.MerkleTree(leaves).root(seen["size"]).hex() != seen["root"]:
+            raise LedgerError(f"the ledger of task {task!r} does not extend checkpoint {seen['size']} seen "
+                              "before (it was rewritten or forked)")
+    return dict(report.keys_in_force), key
 
 
 class LedgerChannel:
@@ -113,8 +163,32 @@ class LedgerChannel:
         self._ledger_state()["own"].append((result["seq"], result["leaf_hash"]))
         return result
 
+    def ledger_identity_keys(self) -> dict[str, str]:
+        """The members' identity keys in force by this task's verified ledger (base64), with the
+        platform key pinned at first sight and the log checked to extend what this handle saw."""
+        state = self._ledger_state()
+        keys, state["platform_key"] = verified_identity_keys(self.transport, self.task, state["platform_key"],
+                                                             state["seen"])
+        return keys
+
     def entries(self, start: int = 0) -> list[dict]:
         return self.transport.call("ledger_entries", task=self.task, start=start)
+
+    def joined_members(self) -> list[str]:
+        """Who joined the task, as the platform recorded it on the task's ledger (its own ``joined`` and
+        ``left`` entries; members join and leave only before the task starts). The aggregator cannot
+        write these entries, so a POM 2 roster checked against them binds it."""
+        members: list[str] = []
+        for item in self.entries():
+            entry = item.get("entry") if isinstance(item, dict) else None
+            if not isinstance(entry, dict) or entry.get("author") != E.PLATFORM_AUTHOR:
+                continue
+            user = (entry.get("payload") or {}).get("user")
+            if entry.get("type") == "joined" and isinstance(user, str) and user not in members:
+                members.append(user)
+            elif entry.get("type") == "left" and user in members:
+                members.remove(user)
+        return sorted(members)
 
     def published_update(self, sender: str, number: int) -> dict | None:
         """The latest ``update_submitted`` payload of ``sender`` for round ``number`` (with its seq)."""

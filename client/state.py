@@ -75,15 +75,67 @@ def identity_path(url: str | None, user: str) -> Path:
     return home() / "identity" / f"{_platform_key(url)}-{user}.pem"
 
 
-def load_identity(url: str | None, user: str):
-    """The user's identity key, or None when they have none here (a passphrase from
-    WERKBUND_KEY_PASSPHRASE when the key is encrypted)."""
+PASSPHRASE_ENV = "WERKBUND_KEY_PASSPHRASE"
+
+
+def key_passphrase(password: str | None = None) -> str | None:
+    """The passphrase a new identity key is encrypted with: WERKBUND_KEY_PASSPHRASE if set, else
+    the account password the user just gave (None only when neither is there)."""
+    return os.environ.get(PASSPHRASE_ENV) or password or None
+
+
+def load_identity(url: str | None, user: str, password=None):
+    """The user's identity key, or None when they have none here. An encrypted key is unlocked
+    with WERKBUND_KEY_PASSPHRASE, else with ``password`` (the account password given to the
+    session or command; a callable is asked only when needed); with neither, an IdentityError
+    says how to give one."""
+    from werkbund.client.identity import IdentityError, is_encrypted
     from werkbund.client.identity import load_identity as load
+    from werkbund.platform.errors import WerkbundError
 
     path = identity_path(url, user)
     if not path.exists():
         return None
-    return load(path, os.environ.get("WERKBUND_KEY_PASSPHRASE") or None)
+    if not is_encrypted(path):
+        return load(path)
+    tried = []
+    if os.environ.get(PASSPHRASE_ENV):
+        try:
+            return load(path, os.environ[PASSPHRASE_ENV])
+        except IdentityError:
+            tried.append(PASSPHRASE_ENV)
+    if callable(password):  # asked only now: the variable did not unlock the key
+        try:
+            password = password()
+        except WerkbundError:  # e.g. no password and no terminal to ask at
+            password = None
+    if password:
+        try:
+            return load(path, password)
+        except IdentityError:
+            tried.append("your password")
+    if tried:
+        raise IdentityError(f"wrong passphrase for your identity key {path}: {' and '.join(tried)} did not "
+                            f"unlock it; set {PASSPHRASE_ENV} to the passphrase it was made with")
+    raise IdentityError(f"your identity key {path} is encrypted: set {PASSPHRASE_ENV} to its passphrase "
+                        "(by default the password you registered with), or give your password "
+                        "(WERKBUND_PASSWORD, the credentials file, or password=)")
+
+
+class IdentityFile:
+    """A user's key file under WERKBUND_HOME, read and unlocked on first use (by
+    ``werkbund.client.api.User.identity``) with :func:`load_identity`."""
+
+    def __init__(self, url: str | None, user: str, password=None):
+        self.url, self.user, self.password = url, user, password
+
+    def load(self):
+        return load_identity(self.url, self.user, self.password)
+
+
+def identity_file(url: str | None, user: str, password=None) -> IdentityFile | None:
+    """The user's key file to be unlocked when first used, or None when they have none here."""
+    return IdentityFile(url, user, password) if identity_path(url, user).exists() else None
 
 
 def ledger_path(url: str | None, user: str, task: str) -> Path:
@@ -97,6 +149,13 @@ def save_ledger_view(url: str | None, user: str, task: str, view: dict) -> None:
 
 def load_ledger_view(url: str | None, user: str, task: str) -> dict | None:
     return _read(ledger_path(url, user, task))
+
+
+def participant_dir(url: str | None, user: str, task: str, created_at: str | None) -> Path:
+    """What a participant keeps of one task across restarts (its DP account): per platform, user and
+    task, the task's creation time telling a task from a later one of the same name."""
+    tag = hashlib.sha256(f"{task}\0{created_at}".encode()).hexdigest()[:12]
+    return home() / "participant" / _platform_key(url) / user / f"{task}-{tag}"
 
 
 def maintenance_dir(url: str | None, user: str, task: str) -> Path:

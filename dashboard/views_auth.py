@@ -101,7 +101,7 @@ def connect(user: str, password: str):
         raise
     if data.get("token") and s.platform != "inproc":
         state.save_token(s.url, user, data["token"])
-    return Session(User(transport, state.load_identity(s.url, user)), s.platform, s.url)
+    return Session(User(transport, state.identity_file(s.url, user, password)), s.platform, s.url)
 
 
 def create_account(user: str, password: str, org: str):
@@ -117,7 +117,7 @@ def create_account(user: str, password: str, org: str):
     except Exception:
         _close_transport(transport)
         raise
-    return Session(User(transport, state.load_identity(s.url, user)), s.platform, s.url)
+    return Session(User(transport, state.identity_file(s.url, user, password)), s.platform, s.url)
 
 
 def _close_transport(transport) -> None:

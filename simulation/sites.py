@@ -53,6 +53,8 @@ class SiteTransport(Transport):
     user (the core's ``dispatch``), where there is a core in the process.
     """
 
+    participant_state_base = None  # a virtual participant keeps its state (a DP account) in memory only
+
     def __init__(self, name: str, send, control=None):
         self.user = name
         self.inbox: deque = deque()
@@ -89,6 +91,8 @@ class SiteTransport(Transport):
 class VirtualParticipantHandle(ParticipantHandle):
     """A ``ParticipantHandle`` made from the task's details fetched once for all virtual participants
     (one ``task_info`` each would cost N reads of N memberships). The enrolment made it a member."""
+
+    restartable = False  # never run again after a crash: the engine keeps no run mark for a resync
 
     def __init__(self, user: User, task: str, info: dict):
         self.user = user

@@ -30,9 +30,11 @@ from werkbund.platform.errors import InvalidInput
 DELTA = 1e-5
 
 
-def reference_epsilon(rounds: list[dict], delta: float) -> float:
-    """Epsilon of one participant's per-round (q, sigma, steps), straight from dp-accounting."""
-    accountant = pld_privacy_accountant.PLDAccountant()
+def reference_epsilon(rounds: list[dict], delta: float,
+                      relation=dp_accounting.NeighboringRelation.REPLACE_ONE) -> float:
+    """Epsilon of one participant's per-round (q, sigma, steps), straight from dp-accounting; replace-one
+    neighbours (the training-set sizes are public), unless ``relation`` says otherwise."""
+    accountant = pld_privacy_accountant.PLDAccountant(relation)
     for r in rounds:
         accountant.compose(dp_accounting.SelfComposedDpEvent(
             dp_accounting.PoissonSampledDpEvent(r["q"], dp_accounting.GaussianDpEvent(r["noise_multiplier"])),
@@ -140,17 +142,18 @@ def test_noise_is_applied_with_the_calibrated_scale():
 
 
 # ------------------------------------------------------------ budget in a task
-def federation(definition, sizes=(150, 150)):
+def federation(definition, sizes=(150, 150), ledger=False):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     platform = InProcPlatform()
-    keys = {"identity": Ed25519PrivateKey.generate()} if definition.get("pom", 1) != 1 else {}
+    ledger = ledger or definition.get("pom", 1) != 1  # identity keys: signed ledger entries
+    keys = {"identity": Ed25519PrivateKey.generate()} if ledger else {}
     alice = register("alice", "alice-password", "acme", platform="inproc", inproc=platform, **keys)
     alice.create_task("dp", definition)
     threads, outcome = [], {}
     for i, n in enumerate(sizes):
         name = f"site{i + 1}"
-        keys = {"identity": Ed25519PrivateKey.generate()} if definition.get("pom", 1) != 1 else {}
+        keys = {"identity": Ed25519PrivateKey.generate()} if ledger else {}
         user = register(name, f"{name}-password", name, platform="inproc", inproc=platform, **keys)
         data = tiny_data(n=n, seed=i)
         user.join_task("dp", data.schema())
@@ -192,6 +195,45 @@ def test_training_stops_when_the_budget_is_spent_and_reports_the_epsilon():
     assert meta["meta"]["dp"]["epsilon"] == record["dp"]["epsilon"]
     assert meta["meta"]["dp"]["rounds_trained"] == 1
     assert all(isinstance(outcome[s], dict) for s in ("site1", "site2"))
+
+
+def test_with_dp_no_moments_and_no_participant_metrics_reach_the_aggregator_or_the_ledger():
+    definition = {"quorum": 2, "rounds": 2, "epochs": 1, "batch_size": 30, "learning_rate": 0.05,
+                  "round_timeout": 60, "dp": {"noise_multiplier": 1.0, "delta": DELTA}}
+    alice, threads, outcome = federation(definition, ledger=True)
+    handle, received = alice.aggregator("dp"), []
+    receive = handle.receive
+
+    def recording(timeout):
+        message = receive(timeout)
+        if message is not None:
+            received.append(message)
+        return message
+
+    handle.receive = recording
+    holdout = tiny_data(n=60, seed=9)
+    result = ALGORITHM.aggregator(handle, holdout=holdout).run()
+    for t in threads:
+        t.join(timeout=60)
+    assert result["task"]["status"] == "COMPLETE"
+    kinds = {m.kind for m in received}
+    assert kinds == {"dp_plan", "update", "final_eval"}  # no "stats": nothing to standardize with
+    assert not any({"count", "mean", "m2"} & set(m.header) for m in received)
+    assert all(m.get("eval") == {} for m in received if m.kind in ("update", "final_eval"))
+    for r in alice.rounds("dp"):
+        metrics = r["metrics"]
+        assert all(e == {} for e in metrics["participants"].values()) and "accuracy" not in metrics
+        assert "loss" not in metrics
+        assert all(t["loss"] is None for t in metrics["train"].values())
+        assert 0 <= metrics["aggregator"]["accuracy"] <= 1  # the aggregator's own held-out data still counts
+    updates = [e["entry"]["payload"] for e in alice.transport.call("ledger_entries", task="dp", start=0)
+               if e["entry"]["type"] == "update_submitted"]
+    assert len(updates) == 4
+    for payload in updates:
+        assert payload["validation"] == {} and payload["train_loss"] is None
+        assert payload["dp"]["neighbouring_relation"] == "replace_one" and payload["dp"]["steps"] == 4
+    for site in ("site1", "site2"):  # each participant keeps its own figures
+        assert outcome[site]["eval"]["n_test"] == 30
 
 
 def test_a_budget_too_small_for_one_round_fails_the_task_with_the_reason():
@@ -298,3 +340,142 @@ def test_dp_task_end_to_end_on_the_local_platform(local_platform, tmp_path):
     shown = cli.run("bob", "info", "--task", "dp-1").stdout
     assert "record-level DP-SGD, epsilon 2, delta 1e-05" in shown
     assert "privacy spent: epsilon" in shown
+
+
+# ------------------------------------------- the epsilon that holds for what is released
+def test_reported_epsilon_is_the_replace_one_figure_about_twice_the_add_or_remove_one():
+    """The training-set sizes are public (DP plan, update headers, ledger), so the neighbouring datasets
+    differ in one replaced record; the same noise under add-or-remove-one would claim about half."""
+    from werkbund.algorithms.privacy.dp_budget import AggregatorBudget
+
+    rounds = [{"q": 0.25, "noise_multiplier": 4.0, "steps": 4}] * 3
+    ours = epsilon_spent([StepEvents(**r) for r in rounds], DELTA)
+    assert ours == pytest.approx(reference_epsilon(rounds, DELTA), rel=1e-6)
+    add_or_remove = reference_epsilon(rounds, DELTA, dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
+    assert 1.7 < ours / add_or_remove < 2.3
+    definition = {"batch_size": 30, "epochs": 1, "rounds": 3, "dp": {"noise_multiplier": 4.0, "delta": DELTA}}
+    budget = AggregatorBudget(definition, {"site1": 120})
+    assert budget.setup_header()["neighbouring_relation"] == "replace_one"
+    for number in range(3):
+        budget.records["site1"].append(budget.planned("site1"))
+        entry = budget.after_round(number, ["site1"])["dp"]
+    assert entry["neighbouring_relation"] == "replace_one" and entry["epsilon"] == pytest.approx(ours, rel=1e-6)
+    assert budget.summary()["neighbouring_relation"] == "replace_one"
+    assert "replace one" in budget.describe()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"standardize": True}, "federated standardization releases each participant's exact row count"),
+    ({"early_stopping": {"metric": "loss"}}, "use \"source\": \"aggregator\""),
+    ({"selection": {"max_validation_loss": 1.0}}, "max_validation_loss needs the participants' validation loss"),
+])
+def test_what_dp_does_not_cover_cannot_be_switched_on(extra, message):
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        check_definition({"dp": {"epsilon": 1.0, "delta": DELTA}, **extra})
+    assert check_definition({"dp": {"epsilon": 1.0, "delta": DELTA}, "standardize": False})[0]["standardize"] is False
+    assert check_definition({"dp": {"epsilon": 1.0, "delta": DELTA},
+                             "early_stopping": {"metric": "loss", "source": "aggregator"}})
+
+
+# ------------------------------------------------ the participant's own account, kept
+class ScriptedChannel:
+    """A participant's channel that hands out the given messages and keeps what the participant sends."""
+
+    def __init__(self, definition: dict, state_dir, messages: list):
+        self.definition, self.state_dir, self.name, self.task = definition, state_dir, "site1", "dp"
+        self.messages, self.sent = list(messages), []
+
+    def receive(self, timeout):
+        from werkbund.client.messages import TaskMessage
+
+        if self.messages:
+            return self.messages.pop(0)
+        return TaskMessage("failed", {"reason": "script over"}, sender="alice")
+
+    def send(self, kind, payload=b"", **header):
+        self.sent.append((kind, payload, header))
+
+    def info(self):
+        return {"status": "STARTED"}
+
+
+def scripted_participant(definition, state_dir, script):
+    """Run a neural_network participant on 150 rows (120 for training) through ``script``: the kinds it
+    receives, ``("setup", n)`` the n-th model; it returns what was sent and the participant."""
+    from werkbund.algorithms.arrays import encode_weights
+    from werkbund.client.messages import TaskMessage
+
+    models = [km.compile_for("classification", km.default_network(6, 2, hidden=(16,)), 0.05) for _ in range(2)]
+    messages = []
+    for step in script:
+        kind, arg = step
+        if kind == "setup":
+            messages.append(TaskMessage("setup", {"round": -1, "classes": [0, 1], "task_kind": "classification",
+                                                  "dp": None}, models[arg].to_json().encode(), "alice"))
+        elif kind in ("round", "final"):
+            messages.append(TaskMessage(kind, {"round": arg}, encode_weights(models[0].get_weights()), "alice"))
+        else:
+            messages.append(TaskMessage(kind, {"round": arg}, b"", "alice"))
+    train, test = tiny_data(n=150).split(0.2, 0)
+    channel = ScriptedChannel(definition, state_dir, messages)
+    participant = ALGORITHM.participant(channel, train, test)
+    try:
+        participant.run()  # returns after a final message
+    except TaskEnded as exc:
+        assert "script over" in str(exc)
+    # a restarted participant first asks for the set-up again ("resync"; the script answers "resynced")
+    return [m for m in channel.sent if m[0] != "resync"], participant, models[0].get_weights()
+
+
+def test_a_resent_setup_or_a_restart_never_resets_the_participants_budget(tmp_path):
+    one = StepEvents(0.25, 1.0, 4)  # 120 training rows, batch 30
+    budget = round((epsilon_spent([one], DELTA) + epsilon_spent([one, one], DELTA)) / 2, 3)
+    definition = {"batch_size": 30, "epochs": 1, "learning_rate": 0.05, "rounds": 4,
+                  "dp": {"noise_multiplier": 1.0, "epsilon": budget, "delta": DELTA}}
+    sent, _, _ = scripted_participant(definition, tmp_path, [("setup", 0), ("round", 0), ("setup", 1), ("round", 1)])
+    assert [kind for kind, _, _ in sent] == ["update", "error"]
+    assert "over the task's budget" in sent[1][2]["reason"] and "refused" in sent[1][2]["reason"]
+    account = tmp_path / "dp_account.json"
+    assert account.stat().st_mode & 0o777 == 0o600
+    kept = json.loads(account.read_text())
+    assert kept["events"] == [one.as_header()] and kept["neighbouring_relation"] == "replace_one"
+    # the participant restarts (a new object, a new process would be the same) and gets a fresh setup
+    sent, _, _ = scripted_participant(definition, tmp_path, [("resynced", -1), ("setup", 1), ("round", 1)])
+    assert [kind for kind, _, _ in sent] == ["error"] and "over the task's budget" in sent[0][2]["reason"]
+    assert json.loads(account.read_text())["events"] == [one.as_header()]
+    # without a state folder the account lives in the participant object: a re-sent setup keeps it too
+    sent, _, _ = scripted_participant(definition, None, [("setup", 0), ("round", 0), ("setup", 0), ("round", 1)])
+    assert [kind for kind, _, _ in sent] == ["update", "error"]
+    account.write_text("{not json")
+    sent, _, _ = scripted_participant(definition, tmp_path, [("resynced", -1), ("setup", 0), ("round", 1)])
+    assert [kind for kind, _, _ in sent] == ["error", "error"] and "cannot be read" in sent[0][2]["reason"]
+
+
+def test_after_a_resent_setup_dp_sgd_trains_the_new_model(tmp_path):
+    from werkbund.algorithms.arrays import decode_weights
+
+    definition = {"batch_size": 30, "epochs": 1, "learning_rate": 0.5, "rounds": 4,
+                  "dp": {"noise_multiplier": 1.0, "delta": DELTA}}
+    sent, participant, global_weights = scripted_participant(
+        definition, tmp_path, [("setup", 0), ("round", 0), ("setup", 1), ("round", 1)])
+    assert [kind for kind, _, _ in sent] == ["update", "update"]
+    assert participant.dp_trainer.model is participant.model
+    for _, payload, header in sent:  # each update is trained: it moved away from the global weights it got
+        update = decode_weights(payload)
+        assert any(not np.allclose(u, g) for u, g in zip(update, global_weights))
+        assert header["dp"] == {"q": 0.25, "noise_multiplier": 1.0, "steps": 4}
+    assert len(json.loads((tmp_path / "dp_account.json").read_text())["events"]) == 2
+
+
+def test_under_dp_the_participant_sends_no_moments_and_no_test_metrics(tmp_path):
+    definition = {"batch_size": 30, "epochs": 1, "learning_rate": 0.05, "rounds": 1,
+                  "dp": {"noise_multiplier": 1.0, "delta": DELTA}}
+    # even an aggregator that asks for the standardization moments gets none
+    sent, participant, _ = scripted_participant(definition, tmp_path, [("stats", -1), ("setup", 0), ("round", 0),
+                                                                       ("final", 1)])
+    assert sent[0][0] == "error" and "differential privacy" in sent[0][2]["reason"]
+    assert not any({"count", "mean", "m2"} & set(header) for _, _, header in sent)
+    update = [header for kind, _, header in sent if kind == "update"][0]
+    assert update["eval"] == {} and "train_loss" not in update
+    assert sent[-1][0] == "final_eval" and sent[-1][2]["eval"] == {}
+    assert participant.result["eval"]["n_test"] == 30  # its own figures stay with the participant

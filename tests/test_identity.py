@@ -1,4 +1,6 @@
-"""Identity keys: made locally, stored 0600, optionally encrypted, refused when exposed."""
+"""Identity keys: made locally, stored 0600, encrypted at rest by default (`werkbund register`
+and `werkbund.register` with WERKBUND_KEY_PASSPHRASE, else the account password), unlocked the
+same way later, refused when exposed."""
 from __future__ import annotations
 
 import base64
@@ -6,9 +8,12 @@ import os
 import stat
 
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 
+from werkbund.client import cli_ledger  # noqa: F401  (registers `ledger`)
+from werkbund.client.cli import cli
 from werkbund.client.identity import (IdentityError, generate_identity, load_identity,
                                       public_key_b64, public_key_from_b64)
 from werkbund.platform.ledger import (GENESIS_PREV, decode_public_key, make_entry, sign_entry,
@@ -118,3 +123,90 @@ def test_missing_garbage_and_foreign_key_files(tmp_path):
     os.chmod(ec, 0o600)
     with pytest.raises(IdentityError, match="not an Ed25519 key"):
         load_identity(ec)
+
+
+# -- encrypted at rest by default ---------------------------------------------------------------
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    from test_ledger_platform import Site
+
+    monkeypatch.delenv("WERKBUND_KEY_PASSPHRASE", raising=False)
+    s = Site(tmp_path, monkeypatch)
+    yield s
+    s.server.stop()
+
+
+def _key_file(site, user):
+    from werkbund.client import state
+
+    site.monkeypatch.setenv("WERKBUND_HOME", str(site.tmp / user))
+    return state.identity_path(site.url, user)
+
+
+def test_register_encrypts_the_key_with_the_password_and_later_commands_unlock_it(site):
+    from test_ledger_platform import PASSWORDS
+
+    result = site.cli("alice", "register", "--org", "acme")
+    assert result.exit_code == 0 and "(encrypted; public " in result.output, result.output
+    path = _key_file(site, "alice")
+    assert path.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    with pytest.raises(IdentityError, match="is encrypted; a passphrase is needed"):
+        load_identity(path)
+    key = load_identity(path, PASSWORDS["alice"])
+    created = site.cli("alice", "create", "--task", "weld", "--quorum", "1")
+    assert created.exit_code == 0, created.output
+    # a command that signs: the key is unlocked with the command's password (WERKBUND_PASSWORD)
+    signed = site.cli("alice", "ledger", "maintenance", "--task", "weld", "--machine", "m", "--event", "e")
+    assert signed.exit_code == 0, signed.output
+    entry = site.api("alice").transport.call("ledger_entries", task="weld")[-1]
+    assert verify_entry_signature(entry["entry"], entry["signature"], public_key_b64(key))
+    # a cached session token, but neither a password nor WERKBUND_KEY_PASSPHRASE: one clear line
+    site.monkeypatch.delenv("WERKBUND_PASSWORD")
+    listed = CliRunner().invoke(cli, ["list"])  # signs nothing: works with the token alone
+    assert listed.exit_code == 0 and "weld" in listed.output, listed.output
+    refused = CliRunner().invoke(cli, ["ledger", "maintenance", "--task", "weld", "--machine", "m", "--event", "e"])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert refused.output.count("\n") == 1 and "is encrypted: set WERKBUND_KEY_PASSPHRASE" in refused.output
+
+
+def test_the_passphrase_variable_wins_and_the_opt_out_is_explicit(site):
+    from test_ledger_platform import PASSWORDS
+
+    from werkbund.client import state
+
+    site.monkeypatch.setenv("WERKBUND_KEY_PASSPHRASE", "a passphrase of its own")
+    assert site.cli("bob", "register", "--org", "beta").exit_code == 0
+    path = _key_file(site, "bob")
+    with pytest.raises(IdentityError, match="wrong passphrase"):
+        load_identity(path, PASSWORDS["bob"])
+    assert load_identity(path, "a passphrase of its own") is not None
+    assert state.load_identity(site.url, "bob") is not None  # the variable unlocks it
+    site.monkeypatch.delenv("WERKBUND_KEY_PASSPHRASE")
+    with pytest.raises(IdentityError, match="wrong passphrase for your identity key"):
+        state.load_identity(site.url, "bob", PASSWORDS["bob"])
+    plain = site.cli("carol", "register", "--org", "gamma", "--unencrypted-key")
+    assert plain.exit_code == 0 and "(UNENCRYPTED; public " in plain.output, plain.output
+    assert _key_file(site, "carol").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+def test_the_python_api_encrypts_with_the_password_and_unlocks_with_it(site):
+    import werkbund
+
+    site.monkeypatch.setenv("WERKBUND_HOME", str(site.tmp / "dave"))
+    site.monkeypatch.delenv("WERKBUND_PASSWORD", raising=False)
+    session = werkbund.register("dave", "dave-secret-4444", "delta", url=site.url)
+    path = _key_file(site, "dave")
+    assert path.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert session.client.identity is not None
+    again = werkbund.connect(url=site.url, user="dave", password="dave-secret-4444")
+    assert public_key_b64(again.client.identity) == public_key_b64(session.client.identity)
+    cached = werkbund.connect(url=site.url, user="dave")  # the cached token: no password here
+    with pytest.raises(IdentityError, match="is encrypted: set WERKBUND_KEY_PASSPHRASE"):
+        cached.client.identity  # noqa: B018
+    site.monkeypatch.setenv("WERKBUND_KEY_PASSPHRASE", "dave-secret-4444")
+    assert werkbund.connect(url=site.url, user="dave").client.identity is not None
+    site.monkeypatch.setenv("WERKBUND_HOME", str(site.tmp / "erin"))
+    plain = werkbund.register("erin", "erin-secret-55555", "eps", url=site.url, encrypt_key=False)
+    assert _key_file(site, "erin").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert plain.client.identity is not None

@@ -1,18 +1,23 @@
-"""Identity key rotation and revocation as ledger entries, on a running local platform:
-the rotation is signed with the old key and names the new one; the platform then refuses the
-old key; a revoked key signs nothing more; `werkbund ledger verify` (online and offline)
-follows the key history and names an entry signed with a retired key."""
+"""Identity key rotation, revocation and operator reset as ledger entries, on a running local
+platform: the rotation (and the revocation) is signed with the old key; a password alone
+replaces no key; a lost key is replaced only by the operator's `werkbund platform reset-key`,
+which every member sees in `werkbund ledger verify`; verify (online and offline) follows the
+key history and names an entry signed with a retired key; the POM key check takes each
+member's key from the verified ledger and refuses a platform that answers another one."""
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
-from test_ledger_platform import Site
+from test_ledger_platform import PASSWORDS, Site
 
 from werkbund.client import cli_ledger  # noqa: F401  (registers `ledger`)
 from werkbund.client import state
 from werkbund.client.cli import cli
 from werkbund.client.identity import generate_identity
-from werkbund.client.ledger import publish
+from werkbund.algorithms.privacy.pom_wire import PomError, registered_identity_keys
+from werkbund.client.ledger import publish, revoke_key, rotate_key
+from werkbund.platform.db import sqlite_url
 from werkbund.platform.errors import Conflict, InvalidInput, InvalidState, PermissionDenied
 from werkbund.platform.ledger import entries as E
 from werkbund.platform.ledger import merkle
@@ -53,7 +58,7 @@ def test_rotation_is_signed_by_the_old_key_and_the_old_key_is_refused_after(site
     result = site.cli("bob", "ledger", "rotate-key")
     assert result.exit_code == 0, result.output
     assert "recorded on the ledger of 2 task(s): cast, weld" in result.output
-    new_key = state.load_identity(site.url, "bob")
+    new_key = state.load_identity(site.url, "bob", PASSWORDS["bob"])
     new_pub = E.encode_public_key(new_key)
     assert new_pub != old_pub
     assert bob.transport.call("identity_key", user="bob")["public_key"] == new_pub
@@ -93,43 +98,147 @@ def test_rotation_is_signed_by_the_old_key_and_the_old_key_is_refused_after(site
         site.users["carol"].transport.call("rotate_identity_key", public_key=old_pub, entries=[])
 
 
-def test_revocation_is_recorded_and_later_entries_by_the_key_are_refused(site):
+def test_revocation_is_signed_by_the_key_and_later_entries_by_it_are_refused(site):
     bob = site.users["bob"]
     old_key, old_pub = bob.identity, E.encode_public_key(bob.identity)
-    result = site.cli("bob", "ledger", "revoke-key", "--reason", "laptop lost")
+    result = site.cli("bob", "ledger", "revoke-key", "--reason", "key copied")
     assert result.exit_code == 0, result.output
-    assert "recorded on the ledger of 2 task(s)" in result.output
+    assert "recorded on the ledger of 2 task(s)" in result.output and "werkbund ledger new-key" in result.output
     assert state.load_identity(site.url, "bob") is None  # the file is moved aside
-    entry = _log(site)[-1]["entry"]
-    assert (entry["type"], entry["author"]) == ("key_revoked", "platform")
-    assert entry["payload"] == {"subject": "bob", "public_key": old_pub, "reason": "laptop lost"}
+    last = _log(site)[-1]
+    entry = last["entry"]
+    assert (entry["type"], entry["author"]) == ("key_revoked", "bob")
+    assert entry["payload"] == {"subject": "bob", "public_key": old_pub, "reason": "key copied"}
+    assert E.verify_entry_signature(entry, last["signature"], old_pub)
     with pytest.raises(PermissionDenied, match="identity key was revoked"):
         publish(bob.transport, "weld", "bob", old_key, "update_submitted", UPDATE)
     with pytest.raises(InvalidState, match="no identity key in force to revoke"):
         bob.transport.call("revoke_identity_key", reason="again")
     again = site.cli("bob", "ledger", "rotate-key")
-    assert again.exit_code == 1 and "error:" in again.output and "revoke-key --new-key" in again.output
-    with pytest.raises(InvalidInput, match="already in use"):  # the revoked key does not come back
-        bob.transport.call("set_identity_key", public_key=old_pub)
-    # a new key: registered by the platform on every log, usable at once
-    new_key = generate_identity(state.identity_path(site.url, "bob"))
-    bob.transport.call("set_identity_key", public_key=E.encode_public_key(new_key))
-    assert _log(site, "cast")[-1]["entry"]["type"] == "key_registered"
-    publish(bob.transport, "weld", "bob", new_key, "update_submitted", UPDATE)
+    assert again.exit_code == 1 and "error:" in again.output and "ledger new-key" in again.output
     verified = site.cli("alice", "ledger", "verify", "--task", "weld")
-    assert verified.exit_code == 0, verified.output
-    assert "following 2 key change(s)" in verified.output
+    assert verified.exit_code == 0 and "following 1 key change(s)" in verified.output, verified.output
+    # a platform that quietly gives bob a new key after the revocation is caught by verify
+    items = _log(site)
+    last = items[-1]["entry"]
+    quiet = E.encode_public_key(generate_identity(site.tmp / "quiet.pem"))
+    for kind, payload, why in (("key_registered", {"subject": "bob"}, "registers a new key for bob, whose key "
+                                "was retired before"),
+                               ("joined", {"user": "bob"}, "joined names a key for bob, whose key was retired at entry")):
+        entry = E.make_entry("weld", kind, "platform", last["seq"] + 1, E.entry_hash(last),
+                             dict(payload, public_key=quiet))
+        report_text = _verify_with_extra(site, items, entry)
+        assert f"entry {entry['seq']}: {why}" in report_text and "VERIFICATION FAILED" in report_text
 
 
-def test_revoke_with_a_new_key_in_one_step(site):
-    result = site.cli("bob", "ledger", "revoke-key", "--reason", "stolen", "--new-key")
-    assert result.exit_code == 0, result.output
-    new_key = state.load_identity(site.url, "bob")
-    assert f"registered a new identity key {E.encode_public_key(new_key)}" in result.output
-    types = [item["entry"]["type"] for item in _log(site, "cast")]
-    assert types[-2:] == ["key_revoked", "key_registered"]
-    bob = site.api("bob")
-    assert bob.participant("weld").publish_entry("update_submitted", UPDATE)["seq"] == 6
+def test_a_password_alone_neither_revokes_nor_replaces_a_key(site):
+    """What a thief with only bob's password (a logged-in session, no key) can do: nothing to the key."""
+    bob = site.users["bob"]
+    old_pub = E.encode_public_key(bob.identity)
+    with pytest.raises(PermissionDenied, match="must be signed by your current identity key"):
+        bob.transport.call("revoke_identity_key", reason="thief")
+    thief = generate_identity(site.tmp / "thief.pem")
+    with pytest.raises(PermissionDenied, match="must be signed by your current identity key"):
+        bob.transport.call("rotate_identity_key", public_key=E.encode_public_key(thief), entries=[])
+    with pytest.raises(InvalidInput, match="names another previous_key than your key in force"):
+        rotate_key(bob.transport, "bob", thief, generate_identity(site.tmp / "thief2.pem"))
+    with pytest.raises(InvalidInput, match="names another public_key than your key in force"):
+        revoke_key(bob.transport, "bob", thief, "thief")
+    with pytest.raises(Conflict, match="already has an identity key"):
+        bob.transport.call("set_identity_key", public_key=E.encode_public_key(thief))
+    assert bob.transport.call("identity_key", user="bob")["public_key"] == old_pub
+    assert _log(site)[-1]["entry"]["type"] == "update_submitted"  # nothing was recorded
+    # after a revocation (signed by the key) a password does not register a new key either
+    revoke_key(bob.transport, "bob", bob.identity, "key copied")
+    with pytest.raises(PermissionDenied, match="needs the platform operator"):
+        bob.transport.call("set_identity_key", public_key=E.encode_public_key(thief))
+    assert bob.transport.call("identity_key", user="bob")["public_key"] is None
+
+
+def test_a_user_in_no_task_rotates_and_revokes_with_the_old_keys_signed_statement(site):
+    alice = site.users["alice"]
+    for task in ("weld", "cast"):
+        alice.delete_task(task)
+    assert alice.transport.call("ledger_key_logs") == []
+    old_pub = E.encode_public_key(alice.identity)
+    new_key = generate_identity(site.tmp / "alice-new.pem")
+    new_pub = E.encode_public_key(new_key)
+    with pytest.raises(PermissionDenied, match="sign the key statement"):
+        alice.transport.call("rotate_identity_key", public_key=new_pub, entries=[])
+    forged = E.encode_signature(new_key.sign(E.key_statement("key_rotated", "alice", old_pub, new_pub)))
+    with pytest.raises(PermissionDenied, match="sign the key statement"):
+        alice.transport.call("rotate_identity_key", public_key=new_pub, entries=[], statement_signature=forged)
+    assert alice.transport.call("identity_key", user="alice")["public_key"] == old_pub
+    assert rotate_key(alice.transport, "alice", alice.identity, new_key)["tasks"] == []
+    assert alice.transport.call("identity_key", user="alice")["public_key"] == new_pub
+    with pytest.raises(PermissionDenied, match="sign the key statement"):
+        revoke_key(alice.transport, "alice", alice.identity, "the old one")
+    assert revoke_key(alice.transport, "alice", new_key, "copied")["revoked"] == new_pub
+
+
+def test_a_lost_key_is_replaced_by_the_operator_and_every_member_sees_the_reset(site):
+    bob = site.users["bob"]
+    old_pub = E.encode_public_key(bob.identity)
+    site.monkeypatch.setenv("WERKBUND_HOME", str(site.tmp / "bob"))
+    state.identity_path(site.url, "bob").unlink()  # the laptop is gone
+    lost = site.cli("bob", "ledger", "revoke-key", "--reason", "laptop lost")
+    assert lost.exit_code == 1 and "needs its signature" in lost.output
+    asked = site.cli("bob", "ledger", "new-key")
+    assert asked.exit_code == 0, asked.output
+    new_pub = asked.output.split("your new public key: ")[1].split()[0]
+    assert "werkbund platform reset-key --user bob" in asked.output
+    assert bob.transport.call("identity_key", user="bob")["public_key"] == old_pub  # nothing changed yet
+    reset = CliRunner().invoke(cli, ["platform", "reset-key", "--db", sqlite_url(site.db), "--user", "bob",
+                                     "--public-key", new_pub, "--reason", "in person, ID card seen"])
+    assert reset.exit_code == 0, reset.output
+    assert f"reset bob's identity key to {new_pub} (was {old_pub})" in reset.output
+    assert "key_reset recorded on the ledger of 2 task(s): cast, weld" in reset.output
+    last = _log(site, "cast")[-1]["entry"]
+    assert (last["type"], last["author"]) == ("key_reset", "platform")
+    assert last["payload"] == {"subject": "bob", "public_key": new_pub, "previous_key": old_pub,
+                               "reason": "in person, ID card seen"}
+    taken = site.cli("bob", "ledger", "new-key")
+    assert taken.exit_code == 0 and "the operator's reset is in force" in taken.output, taken.output
+    new_key = state.load_identity(site.url, "bob", PASSWORDS["bob"])
+    assert E.encode_public_key(new_key) == new_pub
+    seq = publish(bob.transport, "weld", "bob", new_key, "update_submitted", UPDATE)["seq"]
+    for member in ("alice", "carol"):
+        verified = site.cli(member, "ledger", "verify", "--task", "weld")
+        assert verified.exit_code == 0, verified.output
+        assert (f"WARNING operator key resets: entry {seq - 1}: the platform operator reset bob's key "
+                "(in person, ID card seen)") in verified.output
+    # the reset key is the key the POM check takes from the ledger
+    got = registered_identity_keys(site.users["carol"].participant("weld"), ["bob"])
+    assert E.encode_public_key(got["bob"]) == new_pub
+    refused = CliRunner().invoke(cli, ["platform", "reset-key", "--db", sqlite_url(site.db), "--user", "bob",
+                                       "--public-key", old_pub, "--reason", "again"])
+    assert refused.exit_code == 1 and "already in use" in refused.output
+
+
+def test_the_pom_key_check_takes_keys_from_the_verified_ledger_not_the_platforms_word(site):
+    carol = site.users["carol"].participant("weld")
+    keys = {u: E.encode_public_key(site.users[u].identity) for u in ("alice", "bob", "carol")}
+    got = registered_identity_keys(carol, ["alice", "bob", "carol"])
+    assert {u: E.encode_public_key(k) for u, k in got.items()} == keys
+    # after a rotation the ledger names the new key, and the platform agrees
+    assert site.cli("bob", "ledger", "rotate-key").exit_code == 0
+    rotated = E.encode_public_key(state.load_identity(site.url, "bob", PASSWORDS["bob"]))
+    assert E.encode_public_key(registered_identity_keys(carol, ["bob"])["bob"]) == rotated
+    # the database row changed behind the ledger's back: the platform now answers mallory's key
+    mallory = E.encode_public_key(generate_identity(site.tmp / "mallory.pem"))
+    site.sql("UPDATE identity_keys SET public_key = ? WHERE user = ?", mallory, "bob")
+    assert site.users["alice"].transport.call("identity_key", user="bob")["public_key"] == mallory
+    with pytest.raises(PomError, match=re.escape(f"the platform says bob's identity key is {mallory}, but the "
+                                                  f"task's verified ledger says {rotated}")):
+        registered_identity_keys(site.users["alice"].aggregator("weld"), ["bob", "carol"])
+    # a user with no key on the ledger is refused, and a log that does not verify gives no keys at all
+    with pytest.raises(PomError, match="'nobody' has no identity key on the task's ledger"):
+        registered_identity_keys(carol, ["nobody"])
+    joined = _log(site)[1]["entry"]
+    tampered = dict(joined, payload=dict(joined["payload"], public_key=mallory))
+    site.sql("UPDATE ledger_entries SET entry = ? WHERE task = 'weld' AND seq = 1", E.canonical_bytes(tampered).decode())
+    with pytest.raises(PomError, match="does not verify"):
+        registered_identity_keys(site.users["alice"].aggregator("weld"), ["bob"])
 
 
 def _append_forged(site, entry_key, author="bob", task="weld"):

@@ -40,7 +40,7 @@ class Site:
 
     def api(self, user):
         self.monkeypatch.setenv("WERKBUND_HOME", str(self.tmp / user))
-        return connect(url=self.url, user=user, password=PASSWORDS[user], identity=state.load_identity(self.url, user))
+        return connect(url=self.url, user=user, password=PASSWORDS[user], identity=state.load_identity(self.url, user, PASSWORDS[user]))
 
     def register(self, users=(("alice", "acme"), ("bob", "beta"), ("carol", "gamma"))) -> "Site":
         for user, org in users:
@@ -194,4 +194,4 @@ def test_a_maintenance_record_is_proven_and_a_changed_tuple_is_not(site):
     assert forged.exit_code == 1 and "does not hold the hash" in forged.output
     assert oct(record.stat().st_mode & 0o777) == "0o600"
     key_file = state.identity_path(site.url, "bob")
-    assert oct(key_file.stat().st_mode & 0o777) == "0o600" and load_identity(key_file) is not None
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600" and load_identity(key_file, PASSWORDS["bob"]) is not None  # encrypted by default

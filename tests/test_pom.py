@@ -165,8 +165,9 @@ def test_pom2_survives_a_dropout_after_masking_and_keeps_its_input():
 def test_pom2_later_rounds_take_their_keys_from_the_round_before_and_a_dropout_falls_back():
     # dave vanishes after sending his masked input of round 1 (of 0, 1, 2): round 0 runs the key stages
     # as exchanges, round 1 gets its keys with round 0's messages, round 2 (without dave) runs them
-    # again as exchanges, since dave's keys for it never came
-    aggregator, alice, outcome, record = federation(dict(BASE, pom=2, rounds=3, round_timeout=10),
+    # again as exchanges, since dave's keys for it never came (round_timeout is the deadline dave
+    # misses; 20 s leaves room for round 0's training on a loaded machine)
+    aggregator, alice, outcome, record = federation(dict(BASE, pom=2, rounds=3, round_timeout=20),
                                                     vanish={"dave": ("secagg_unmask", 1)})
     assert alice.task_info("t")["status"] == "COMPLETE", getattr(aggregator, "failure", None)
     entries = alice.rounds("t")

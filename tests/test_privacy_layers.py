@@ -85,7 +85,7 @@ def site_data(i: int, rows: int) -> Dataset:
     return Dataset(x, np.zeros(rows, dtype=np.int64), [f"f{j}" for j in range(FEATURES)], "none")
 
 
-def federation(pom: int, algorithm=POOLED_MOMENTS, rounds: int = 2):
+def federation(pom: int, algorithm=POOLED_MOMENTS, rounds: int = 2, **options):
     """Run a task of ``algorithm`` on the in-process platform; returns (aggregator, outcome, training rows).
 
     The platform hosts the task without the algorithm installed (it checks the generic fields only),
@@ -94,7 +94,8 @@ def federation(pom: int, algorithm=POOLED_MOMENTS, rounds: int = 2):
     alice = register("alice", "alice-password", "acme", platform="inproc", inproc=platform,
                      identity=Ed25519PrivateKey.generate())
     alice.transport.call("create_task", task="t", definition={
-        "algorithm": algorithm.name, "quorum": len(SITES), "rounds": rounds, "round_timeout": 30, "pom": pom})
+        "algorithm": algorithm.name, "quorum": len(SITES), "rounds": rounds, "round_timeout": 30, "pom": pom,
+        **options})
     outcome, rows, threads = {}, [], []
     for i, (name, n) in enumerate(SITES.items()):
         user = register(name, f"{name}-password", name, platform="inproc", inproc=platform,
@@ -146,6 +147,25 @@ def test_an_algorithm_written_without_privacy_in_mind_gets_the_pooled_result_und
         assert [r["metrics"]["pom"]["mode"] for r in records] == [pom, pom]
         if pom == 2:  # the second round took its keys with the first round's messages
             assert [r["metrics"]["pom"]["keys_with_previous_round"] for r in records] == [False, True]
+
+
+def test_pom2_says_how_many_changes_it_clipped_to_the_participant_and_in_the_round_record(caplog):
+    # clip_range 0.5: the sites' means (around -1, 0, 1) and second moments change by more in round 0
+    caplog.set_level("WARNING", logger="werkbund.pom")
+    aggregator, alice, outcome, pooled = federation(2, rounds=1, pom_options={"clip_range": 0.5})
+    assert alice.task_info("t")["status"] == "COMPLETE", getattr(aggregator, "failure", None)
+    expected = {}
+    for i, (name, n) in enumerate(SITES.items()):
+        x = np.asarray(site_data(i, n).x, dtype=np.float64)
+        change = np.concatenate([x.mean(axis=0), (x.T @ x / len(x)).astype(np.float32).ravel()])
+        if np.count_nonzero(np.abs(change) > 0.5):
+            expected[name] = int(np.count_nonzero(np.abs(change) > 0.5))
+    assert expected  # the data do exceed the range
+    assert alice.rounds("t")[0]["metrics"]["pom"]["clipped"] == expected
+    warned = [r.getMessage() for r in caplog.records if "exceed pom_options.clip_range 0.5" in r.getMessage()]
+    assert sorted(m.split(" of ")[0].split(": ")[1] for m in warned) == sorted(str(c) for c in expected.values())
+    # and the aggregate is the mean of the clipped changes, not the pooled figures
+    assert np.max(np.abs(aggregator.weights[0] - pooled.mean(axis=0))) > 0.1
 
 
 class NotAWeightedSum(PooledMomentsAggregator):

@@ -72,6 +72,11 @@ def run(server, parts, xs, ws, no_masked=(), no_unmask=(), record=None, log=None
         if record is not None:
             record[name] = msg
         server.receive_masked_input(msg)
+    check = note(server.consistency_request())
+    for name, p in parts.items():
+        if name in no_masked:
+            continue
+        server.receive_consistency(note(p.check_consistency(check)))
     request = note(server.unmask_request())
     for name, p in parts.items():
         if name in no_masked or name in no_unmask:
@@ -212,6 +217,9 @@ def test_participant_never_releases_both_shares_of_one_peer():
     deliveries = server.share_deliveries()
     for name, p in parts.items():
         server.receive_masked_input(p.masked_input(deliveries[name], xs[name], ws[name]))
+    check = server.consistency_request()
+    for p in parts.values():
+        server.receive_consistency(p.check_consistency(check))
     honest = server.unmask_request()
     greedy = dict(honest, dropped=["p03"])  # p03 is also listed as a survivor
     with pytest.raises(SecAggError, match=r"both the self-mask share and the mask-key share of 'p03'"):
@@ -281,6 +289,9 @@ def test_server_detects_a_wrong_share_in_unmasking():
     deliveries = server.share_deliveries()
     for name in ("p00", "p01", "p02", "p03"):
         server.receive_masked_input(parts[name].masked_input(deliveries[name], xs[name], ws[name]))
+    check = server.consistency_request()
+    for name in ("p00", "p01", "p02", "p03"):
+        server.receive_consistency(parts[name].check_consistency(check))
     request = server.unmask_request()
     for name in ("p00", "p01", "p02", "p03"):
         reply = parts[name].unmask(request)
@@ -357,5 +368,6 @@ def test_messages_are_plain_data():
         return type(v) in (bytes, int, float, str)
 
     stages = [msg["stage"] for msg in log]
-    assert stages.count("advertise_keys") == 3 and stages.count("unmask") == 3 and len(log) == 18
+    assert stages.count("advertise_keys") == 3 and stages.count("consistency") == 3
+    assert stages.count("unmask") == 3 and len(log) == 22
     assert all(plain(msg) for msg in log)

@@ -12,12 +12,26 @@ An algorithm fills in ``moments``, ``configure``, ``train``, ``evaluate`` and
 safetensors, POM 2: masked, POM 3: encrypted), publishes the sha256 of exactly
 those bytes on the ledger and sends them. ``global_weights(message)`` gives the
 arrays a round or final message carries, decoded once per message.
+
+In a task with differential privacy (``dp``) the participant's test metrics of each
+aggregate stay on its machine (shown in its own progress and result): they are
+statistics of its records without noise, so neither the update, the final
+evaluation nor the ledger carries them. ``state_dir`` (by default the channel's) is
+where the participant keeps its own state of the task across restarts: its DP account.
+
+A participant run again after it was stopped or killed (its ``state_dir`` holds the mark of an
+earlier run) asks the aggregator for a ``resync`` and drops what its inbox held until the
+answer (``resynced``), then takes the set-up and the request under way sent with it. A set-up
+identical to the one it has is ignored (a resumed aggregator sends it to all); a round it already
+answered is answered again with the same update bytes (a resumed aggregator may ask twice).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
+from pathlib import Path
 
 from werkbund.algorithms.arrays import check_weights, decode_weights
 from werkbund.algorithms.engine.aggregation_stack import build_encoding
@@ -26,6 +40,7 @@ from werkbund.algorithms.engine.progress import Progress
 log = logging.getLogger("werkbund.participant")
 
 IDLE_CHECK_SECONDS = 30.0
+RUN_MARK = "participant-ran"  # in state_dir: this participant ran in the task before (a restart resyncs)
 
 
 class TaskEnded(RuntimeError):
@@ -33,9 +48,12 @@ class TaskEnded(RuntimeError):
 
 
 class RoundParticipant:
+    dp = None  # the participant's DP budget (privacy/dp_budget.py) in a task with "dp", from the setup
+
     def __init__(self, channel, train, test, progress: Progress | None = None, out_model=None,
-                 idle_timeout: float | None = None):
+                 idle_timeout: float | None = None, state_dir=None):
         self.channel = channel
+        self.state_dir = state_dir if state_dir is not None else getattr(channel, "state_dir", None)
         self.definition = channel.definition
         self.train_data = train
         self.test_data = test
@@ -44,6 +62,10 @@ class RoundParticipant:
         self.idle_timeout = idle_timeout
         self.result: dict = {}
         self._received = None  # (message, its arrays) once global_weights decoded them
+        self._ran = False          # run() was called before (a simulation calls it once per message)
+        self._awaiting_resync = False
+        self._setup_key: str | None = None         # digest of the set-up this participant is configured with
+        self._last_update: tuple | None = None     # (round, payload, header) of the last update sent
         self.encoding = build_encoding(self)  # how the update goes on the wire: plain, masked or encrypted
 
     @property
@@ -84,7 +106,14 @@ class RoundParticipant:
 
     # ------------------------------------------------------------ driver
     def run(self) -> dict:
-        self.progress.message(f"task {self.channel.task}: waiting for the aggregator")
+        if not self._ran:
+            self._ran = True
+            self.progress.message(f"task {self.channel.task}: waiting for the aggregator")
+            if self._restarted():
+                self.progress.message(f"task {self.channel.task}: this participant ran before; asking the "
+                                      "aggregator for the set-up and the current model")
+                self._awaiting_resync = True
+                self.channel.send("resync", b"", round=-1)
         idle_since = time.monotonic()
         while True:
             message = self.channel.receive(timeout=IDLE_CHECK_SECONDS)
@@ -97,24 +126,37 @@ class RoundParticipant:
             if message.kind == "malformed":
                 log.warning("dropping a malformed message: %s", message.extra.get("error"))
                 continue
+            if message.kind == "resynced":
+                self._awaiting_resync = False
+                continue
+            if self._awaiting_resync:
+                log.info("dropping %s of round %s sent before the resync", message.kind, message.get("round"))
+                continue
             number = message.get("round", -1)
             try:
-                if message.kind == "stats":
+                if message.kind == "setup" and self._same_setup(message):
+                    log.info("ignoring a set-up identical to the one this participant has")
+                elif message.kind == "round" and self._last_update is not None and self._last_update[0] == number:
+                    self.channel.send("update", self._last_update[1], round=number, **self._last_update[2])
+                elif message.kind == "stats":
                     self.channel.send("stats", b"", round=number, **self.moments())
                 elif message.kind == "dp_plan":  # DP-SGD: the training-set size the noise is calibrated for
                     self.channel.send("dp_plan", b"", round=number, n_train=int(len(self.train_data)))
                 elif message.kind == "setup":
                     self.configure(message)
+                    self._setup_key = _setup_digest(message)
                 elif message.kind == "round":
-                    evaluation = self.evaluate_global(message)
+                    evaluation = self._released(number, self.evaluate_global(message))
                     update, header = self.train(message)
                     payload, header = self.encoding.encode(message, update, header)  # the bytes on the wire
                     self._publish_metadata(number, payload, header, evaluation)
+                    self._last_update = (number, payload, {"eval": evaluation, **header})
                     self.channel.send("update", payload, round=number, eval=evaluation, **header)
                     self._audit_ledger()
                 elif message.kind == "final":
                     self.result = self.keep_final(message)
-                    self.channel.send("final_eval", b"", round=number, eval=self.result.get("eval", {}))
+                    evaluation = self._released(number, self.result.get("eval") or {})
+                    self.channel.send("final_eval", b"", round=number, eval=evaluation)
                     self.progress.message(f"task {self.channel.task}: final model received")
                     return self.result
                 elif message.kind in self.encoding.kinds:  # a privacy mode's own exchanges
@@ -130,14 +172,46 @@ class RoundParticipant:
                 log.exception("could not handle %s of round %s", message.kind, number)
                 self.channel.send("error", b"", round=number, reason=f"{type(exc).__name__}: {exc}")
 
+    def _restarted(self) -> bool:
+        """Whether this participant ran in the task before (a mark in its state_dir, left there now)."""
+        if self.state_dir is None or getattr(self.channel, "restartable", True) is False:  # (virtual participants)
+            return False
+        mark = Path(self.state_dir) / RUN_MARK
+        try:
+            if mark.exists():
+                return True
+            mark.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            mark.write_text(f"{self.channel.task}\n")
+        except OSError as exc:
+            log.warning("cannot keep the run mark in %s: %s", self.state_dir, exc)
+        return False
+
+    def _same_setup(self, message) -> bool:
+        return self._setup_key is not None and self._setup_key == _setup_digest(message)
+
+    def _released(self, number: int, evaluation: dict) -> dict:
+        """The test metrics that leave this machine: all of them, or none in a task with DP (shown here only)."""
+        if not self.definition.get("dp"):
+            return evaluation
+        if evaluation:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(evaluation.items())
+                              if k in ("accuracy", "loss", "rmse", "mae") and isinstance(v, (int, float)))
+            self.progress.message(f"the global model after {number} round(s): own test figures, kept here under DP: "
+                                  f"{shown or 'none'}")
+        return {}
+
     def _publish_metadata(self, number: int, payload: bytes, header: dict, evaluation: dict) -> None:
         """Metadata before the model (Fujitsu): the update's sha256, sample count and local
-        validation metrics go on the ledger before the update itself is sent."""
+        validation metrics (none under DP; the DP-SGD steps instead) go on the ledger before the
+        update itself is sent."""
         if getattr(self.channel, "ledger_enabled", False):
-            self.channel.publish_entry("update_submitted", {
-                "round": number, "sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload),
-                "n_samples": header.get("n_samples"), "train_loss": _json_safe(header.get("train_loss")),
-                "validation": _json_safe(evaluation)})
+            entry = {"round": number, "sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload),
+                     "n_samples": header.get("n_samples"), "train_loss": _json_safe(header.get("train_loss")),
+                     "validation": _json_safe(evaluation)}
+            if isinstance(header.get("dp"), dict):
+                entry["dp"] = _json_safe({**header["dp"], "epsilon_spent": header.get("epsilon_spent"),
+                                          "neighbouring_relation": header.get("neighbouring_relation")})
+            self.channel.publish_entry("update_submitted", entry)
 
     def _audit_ledger(self) -> None:
         """Own update entries included, checkpoint consistent with the last one seen; cosign."""
@@ -156,6 +230,12 @@ class RoundParticipant:
             raise TaskEnded(f"task {self.channel.task} is {info['status']}: {reason}")
         if self.idle_timeout is not None and time.monotonic() - idle_since > self.idle_timeout:
             raise TaskEnded(f"no message from the aggregator of {self.channel.task} in {self.idle_timeout:.0f} s")
+
+
+def _setup_digest(message) -> str:
+    header = {k: v for k, v in message.header.items() if k not in ("round", "task", "kind", "size", "sha256")}
+    text = json.dumps(header, sort_keys=True, default=str)
+    return hashlib.sha256(hashlib.sha256(bytes(message.payload)).digest() + text.encode()).hexdigest()
 
 
 def _json_safe(value):

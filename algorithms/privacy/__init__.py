@@ -1,9 +1,12 @@
 """Privacy: the layers around the aggregation (POM 2, POM 3, DP accounting) and their cores; see README.md."""
 from werkbund.algorithms.privacy.secagg_config import SecAggConfig, min_threshold
 from werkbund.algorithms.privacy.secagg_encoding import FixedPointEncoder
-from werkbund.algorithms.privacy.secagg_errors import SecAggError, SecAggOverflowError, SecAggSignatureError
+from werkbund.algorithms.privacy.secagg_errors import (
+    SecAggConsistencyError, SecAggError, SecAggOverflowError, SecAggRosterError, SecAggSignatureError,
+)
 from werkbund.algorithms.privacy.secagg_participant import SecAggParticipant
 from werkbund.algorithms.privacy.secagg_server import SecAggResult, SecAggServer
 
-__all__ = ["FixedPointEncoder", "SecAggConfig", "SecAggError", "SecAggOverflowError", "SecAggParticipant",
-           "SecAggResult", "SecAggServer", "SecAggSignatureError", "min_threshold"]
+__all__ = ["FixedPointEncoder", "SecAggConfig", "SecAggConsistencyError", "SecAggError", "SecAggOverflowError",
+           "SecAggParticipant", "SecAggResult", "SecAggRosterError", "SecAggServer", "SecAggSignatureError",
+           "min_threshold"]

@@ -5,6 +5,16 @@ a participant's training is a composition of such steps. Steps with the same ``(
 grouped into one ``SelfComposedDpEvent`` (composition is commutative), so the same steps give the
 same epsilon whichever order or round they were taken in, and calibration and accounting agree
 exactly. Epsilons come from ``dp_accounting.pld.PLDAccountant`` (a tight, pessimistic estimate).
+
+Neighbouring relation: **replace one record** (``NeighboringRelation.REPLACE_ONE``). Each
+participant's exact training-set size is public (``n_train`` in the DP plan, ``n_samples`` and
+``q`` in every update header and on the ledger); under add-or-remove-one neighbours the size
+alone would tell whether a record was added, so that guarantee would not hold for what is
+released. Under replace-one neighbours the size is the same in both worlds and harmless. A
+replaced record moves the clipped gradient sum by up to ``2 * l2_norm_clip``, which the
+accountant's replace-one Gaussian takes into account: the same noise gives a larger epsilon than
+under add-or-remove (about twice as large for small epsilons); the reported epsilon is this one,
+and calibration uses the same relation.
 """
 from __future__ import annotations
 
@@ -17,6 +27,10 @@ from functools import lru_cache
 MAX_NOISE_MULTIPLIER = 1000.0
 # smallest one it returns: below it epsilon is in the dozens or more, and the accountant gets slow
 MIN_NOISE_MULTIPLIER = 0.5
+
+
+# the neighbouring relation of every epsilon here (shown in the DP plan, the round records, the model's metadata)
+NEIGHBOURING_RELATION = "replace_one"
 
 
 class CalibrationError(ValueError):
@@ -82,7 +96,9 @@ def _epsilon(key: tuple, delta: float) -> float:
         return math.inf
     from dp_accounting.pld import pld_privacy_accountant
 
-    accountant = pld_privacy_accountant.PLDAccountant()
+    import dp_accounting
+
+    accountant = pld_privacy_accountant.PLDAccountant(dp_accounting.NeighboringRelation.REPLACE_ONE)
     accountant.compose(dp_event(events))
     return float(accountant.get_epsilon(delta))
 

@@ -10,20 +10,24 @@ training-set size, calibrates each participant's noise multiplier so that the pl
 (a smaller site samples a larger fraction per step and needs more noise), and sends the
 multipliers in the setup message. Every update carries the participant's ``(q, sigma,
 steps)``, which must be what the plan says; the aggregator composes them per participant
-with the PLD accountant and reports the worst participant's epsilon in every round record
-and the final result. Before a round it checks that every active participant stays within
+with the PLD accountant (replace-one neighbours: the training-set sizes are public) and
+reports the worst participant's epsilon in every round record and the final result. Before a round it checks that every active participant stays within
 the budget after it; if not, training stops there and the task completes with the model so far.
 
-Participant (``ParticipantBudget``): keeps its own steps and refuses to train a round that
-would take its epsilon over the task's budget, whatever the aggregator sent it.
+Participant (``ParticipantBudget``): keeps its own steps, on disk in its state folder for the task
+(so a restart or a re-sent setup never resets them), and refuses to train a round that would take
+its epsilon over the task's budget, whatever the aggregator sent it.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
 
 from werkbund.algorithms.arrays import UpdateRejected
-from werkbund.algorithms.privacy.dp_accounting_pld import (StepEvents, calibrate_noise, epsilon_spent,
-                                                           round_events, worst_epsilon)
+from werkbund.algorithms.privacy.dp_accounting_pld import (NEIGHBOURING_RELATION, StepEvents, calibrate_noise,
+                                                           epsilon_spent, round_events, worst_epsilon)
 
 
 class BudgetExceeded(RuntimeError):
@@ -74,13 +78,13 @@ class AggregatorBudget:
 
     def setup_header(self) -> dict:
         return {"delta": self.delta, "epsilon": self.budget, "l2_norm_clip": self.settings["l2_norm_clip"],
-                "noise_multiplier": dict(self.noise)}
+                "noise_multiplier": dict(self.noise), "neighbouring_relation": NEIGHBOURING_RELATION}
 
     def describe(self) -> str:
         noise = ", ".join(f"{p} {s:.3f}" for p, s in sorted(self.noise.items()))
         target = f"budget epsilon {self.budget:g}" if self.budget is not None else "no epsilon budget"
-        return (f"DP-SGD: {target} at delta {self.delta:g}, clip {self.settings['l2_norm_clip']:g}, "
-                f"noise multiplier {noise}")
+        return (f"DP-SGD: {target} at delta {self.delta:g} (neighbouring records: replace one), "
+                f"clip {self.settings['l2_norm_clip']:g}, noise multiplier {noise}")
 
     # ------------------------------------------------------------- rounds
     def record(self, participant: str, message) -> None:
@@ -109,7 +113,7 @@ class AggregatorBudget:
         each = {p: epsilon_spent(events, self.delta) for p, events in self.records.items()}
         worst, who = worst_epsilon(self.records, self.delta)
         return {"epsilon": worst, "worst_participant": who, "delta": self.delta, "budget": self.budget,
-                "participants": each}
+                "neighbouring_relation": NEIGHBOURING_RELATION, "participants": each}
 
     def after_round(self, number: int, active: list[str]) -> dict:
         """The ``dp`` entry of round ``number``'s record; decides whether the next round fits."""
@@ -150,9 +154,17 @@ class AggregatorBudget:
 
 
 class ParticipantBudget:
-    """A participant's own account of its training steps in one task."""
+    """A participant's own account of its training steps in one task.
 
-    def __init__(self, definition: dict, setup: dict, participant: str, n_records: int):
+    With ``path`` (a file in the participant's state folder for this task, ``RoundParticipant.state_dir``)
+    the account is kept on disk (JSON, 0600, replaced atomically after every round trained) and loaded
+    when the participant starts, so neither a restart nor a re-sent ``setup`` resets it; ``previous`` (the
+    budget of the same participant object before a re-sent ``setup``) carries the steps over when there
+    is no file.
+    """
+
+    def __init__(self, definition: dict, setup: dict, participant: str, n_records: int, path=None,
+                 previous: "ParticipantBudget | None" = None):
         settings = dp_settings(definition)
         if settings is None:
             raise ValueError("the task has no dp settings")
@@ -165,7 +177,16 @@ class ParticipantBudget:
                 raise ValueError(f"the aggregator sent no valid noise multiplier for {participant}")
             self.noise_multiplier = float(noise[participant])
         self.planned = round_events(definition["batch_size"], definition["epochs"], n_records, self.noise_multiplier)
-        self.events: list[StepEvents] = []
+        self.participant = participant
+        self.path = Path(path) if path is not None else None
+        self.events: list[StepEvents] = list(previous.events) if previous is not None else []
+        stored = load_account(self.path) if self.path is not None else None
+        if stored is not None:
+            if stored["delta"] != self.delta:
+                raise AccountError(f"the DP account {self.path} was kept at delta {stored['delta']:g}, the task's "
+                                   f"is {self.delta:g}; refusing to train")
+            if len(stored["events"]) >= len(self.events):
+                self.events = stored["events"]
 
     def check_next_round(self) -> None:
         if self.budget is None:
@@ -176,5 +197,49 @@ class ParticipantBudget:
                                  f"{self.budget:g} (delta {self.delta:g}); refused")
 
     def add(self, events: StepEvents) -> float:
+        """Account a round's steps (on disk first, when kept there); the epsilon spent so far."""
         self.events.append(events)
-        return epsilon_spent(self.events, self.delta)
+        epsilon = epsilon_spent(self.events, self.delta)
+        if self.path is not None:
+            save_account(self.path, {
+                "format": ACCOUNT_FORMAT, "participant": self.participant, "delta": self.delta,
+                "neighbouring_relation": NEIGHBOURING_RELATION, "epsilon": epsilon,
+                "events": [e.as_header() for e in self.events]})
+        return epsilon
+
+
+ACCOUNT_FORMAT = 1
+
+
+class AccountError(ValueError):
+    """A participant's stored DP account cannot be read; training is refused rather than started afresh."""
+
+
+def load_account(path: Path) -> dict | None:
+    """The account stored at ``path`` (None if there is none yet): its delta and its steps."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise AccountError(f"the DP account {path} cannot be read ({exc}); refusing to train") from None
+    try:
+        if data["format"] != ACCOUNT_FORMAT or data["neighbouring_relation"] != NEIGHBOURING_RELATION:
+            raise ValueError("another format")
+        events = [StepEvents(float(e["q"]), float(e["noise_multiplier"]), int(e["steps"])) for e in data["events"]]
+        return {"delta": float(data["delta"]), "events": events}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AccountError(f"the DP account {path} is not one this version keeps ({exc}); refusing to train") from None
+
+
+def save_account(path: Path, account: dict) -> None:
+    """Write ``account`` to ``path`` as JSON, owner-only (0600), replacing the old file atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)  # a leftover of a crash: made anew, 0600
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(account, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

@@ -9,9 +9,11 @@ of every round record, are the engine's: ``dp_accounting_aggregation.DPAccountin
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from werkbund.algorithms.arrays import UpdateRejected
 from werkbund.algorithms.engine.errors import TaskFailure
-from werkbund.algorithms.privacy.dp_accounting_pld import CalibrationError
+from werkbund.algorithms.privacy.dp_accounting_pld import NEIGHBOURING_RELATION, CalibrationError
 from werkbund.algorithms.privacy.dp_budget import AggregatorBudget, BudgetExceeded, ParticipantBudget
 
 PLAN_KIND = "dp_plan"
@@ -49,11 +51,20 @@ def restore_budget(definition: dict, state: dict | None) -> AggregatorBudget | N
     return AggregatorBudget.restore(definition, state)
 
 
+ACCOUNT_FILE = "dp_account.json"
+
+
 def participant_budget(participant, setup_message) -> ParticipantBudget | None:
+    """The participant's budget for the plan in ``setup_message``, with every step it already took in
+    this task: from its account file in ``participant.state_dir`` (kept across restarts), or from its
+    budget before this (re-sent) setup. A re-sent setup never resets the account."""
     if not participant.definition.get("dp"):
         return None
+    state_dir = getattr(participant, "state_dir", None)
+    path = None if state_dir is None else Path(state_dir) / ACCOUNT_FILE
     return ParticipantBudget(participant.definition, setup_message.get("dp"), participant.channel.name,
-                             int(len(participant.train_data)))
+                             int(len(participant.train_data)), path=path,
+                             previous=getattr(participant, "dp", None))
 
 
 def train_private(participant, number: int) -> tuple[list, dict]:
@@ -64,9 +75,15 @@ def train_private(participant, number: int) -> tuple[list, dict]:
     """
     from werkbund.algorithms.privacy.dp_sgd import DPSGDTrainer
 
-    budget: ParticipantBudget = participant.dp
+    budget: ParticipantBudget | None = getattr(participant, "dp", None)
+    if budget is None:  # never train without DP-SGD in a DP task, e.g. after a setup that could not be taken
+        raise BudgetExceeded("the task has differential privacy, but no DP plan was taken from the aggregator's "
+                             "setup; refused to train")
     budget.check_next_round()
-    if getattr(participant, "dp_trainer", None) is None:
+    trainer = getattr(participant, "dp_trainer", None)
+    # a re-sent setup makes a new model (and may send a new noise multiplier): the trainer follows it
+    if (trainer is None or trainer.model is not participant.model
+            or trainer.noise_multiplier != budget.noise_multiplier or trainer.l2_norm_clip != budget.l2_norm_clip):
         participant.dp_trainer = DPSGDTrainer(participant.model, budget.l2_norm_clip, budget.noise_multiplier,
                                               participant.definition["batch_size"])
     epochs = participant.definition["epochs"]
@@ -78,5 +95,6 @@ def train_private(participant, number: int) -> tuple[list, dict]:
     participant.progress.message(f"round {number + 1}: DP-SGD on {len(participant.y_train)} rows, "
                                  f"{events.steps} steps, q {events.q:.4g}, noise multiplier "
                                  f"{events.noise_multiplier:.4g}; own epsilon {epsilon:.4f}")
-    header = {"n_samples": int(len(participant.y_train)), "dp": events.as_header(), "epsilon_spent": epsilon}
+    header = {"n_samples": int(len(participant.y_train)), "dp": events.as_header(), "epsilon_spent": epsilon,
+              "neighbouring_relation": NEIGHBOURING_RELATION}
     return participant.model.get_weights(), header

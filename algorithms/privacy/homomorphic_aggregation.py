@@ -1,29 +1,40 @@
-"""POM 3, updates encrypted with CKKS and summed by the aggregator without the key, as a layer around
-an inner aggregation (``HomomorphicAggregation``) and the participant's encoding (``HomomorphicParticipant``).
+"""POM 3, updates encrypted with CKKS, checked by the aggregator without the key and decrypted only as
+a sum that the decryptors verify on the ledger, as a layer around an inner aggregation
+(``HomomorphicAggregation``) and the participant's encoding (``HomomorphicParticipant``).
 
 Once per task, at the stack's set-up (all with round -1):
 
 1. ``pom3_setup``: every participant answers with a fresh X25519 key, signed with its identity
    key (``pom3_key``); the aggregator checks the signatures against the registered keys.
 2. ``pom3_keys``: the aggregator forwards the announcements. The key holder, the participant with
-   the lowest name, makes the CKKS secret context and answers (``pom3_context``) with a context
-   without any key for the aggregator and, for every other participant, the secret context
-   encrypted to that participant's announced key (``he_ckks.wrap_secret``). The others answer empty.
+   the lowest name, makes a fresh CKKS secret context for the task and answers (``pom3_context``)
+   with a context without any key for the aggregator and, for every other participant, the secret
+   context encrypted to that participant's announced key (``he_ckks.wrap_secret``). The others
+   answer empty.
 3. ``pom3_secret`` (one per participant): the aggregator routes the encrypted contexts, which it
    cannot open. ``pom3_confirm`` -> ``pom3_ready`` once a participant holds the key.
 
 Every round: the ``update`` is ``n_samples * (arrays - global)``, flattened, as CKKS ciphertexts of
-4096 values each. The aggregator adds them and sends the encrypted sum with the total sample
-count (``pom3_decrypt``, sent to the decryptors only); two contributors (the lowest names; the next
-two if both vanish) decrypt it, once per round each, divide by the total and send the mean change
-back (``pom3_plain``); a participant asked without being named a decryptor answers empty. The two
-replies must agree (CKKS decryption is deterministic), else the round fails. So the aggregator
-learns the aggregate, as in POM 2, and never one update, as long as it follows the protocol (see
-algorithms/privacy/README.md for what this does not cover). The mean goes to the inner layer as in
-POM 2 (``private_sum.py``).
+4096 values each; the engine puts the sha256 of exactly these bytes on the ledger
+(``update_submitted``) before sending them. The aggregator checks each update's ciphertexts (count,
+size, scale, level) without decrypting, commits to the round's sum on the ledger (``sum_committed``:
+the contributors and their total sample count) and forwards the contributors' ciphertexts as they
+were sent (``pom3_decrypt``, to the decryptors only). Two contributors (the lowest names; the next
+two if both vanish) each decrypt at most once per round, and only a round in which they sent an
+encrypted update themselves (their own record, not a field the aggregator sets), and only if:
+the contributors are the ones of the first ``sum_committed`` entry of that round, at least 2, they
+included; each forwarded update has the sha256 its author put on the ledger for that round (their
+own: the bytes they sent); the total is the sum of the sample counts on the ledger. They add the
+ciphertexts themselves, decrypt, add noise flooding (``he_ckks.decrypt_sum``), divide by the total
+and send the mean change back (``pom3_plain``); every other request is refused with the check it
+failed (``test_a_malicious_aggregator_gets_no_decryption_but_the_committed_sum_once_per_round`` in
+tests/test_pom3_attacks.py). The two replies must agree within the flooding noise, else the round
+fails. The mean goes to the inner layer as in POM 2 (``private_sum.py``).
+What this covers and what it does not: algorithms/privacy/README.md.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -37,12 +48,18 @@ from werkbund.algorithms.privacy.pom_wire import (
 from werkbund.algorithms.privacy.private_sum import PrivateSumAggregation, PrivateSumParticipant, rejecting
 from werkbund.algorithms.privacy.secagg_crypto import new_x25519, x25519_public_bytes
 
-AGREEMENT = 1e-6   # relative tolerance between two participants' decryptions of the same sum
+AGREEMENT = 1e-6   # relative tolerance between two participants' decryptions of the same sum (plus the flooding)
 DECRYPTORS = 2     # contributors asked to decrypt each round's sum (they check each other)
+COMMIT = "sum_committed"  # the ledger entry that fixes a round's sum before anyone decrypts it
+
+
+def decryptions_bound(definition: dict, roster) -> int:
+    """How many decryptions a task's key can see at most: each participant decrypts once per round."""
+    return max(1, int(definition.get("rounds") or 1)) * max(1, len(roster))
 
 
 class HomomorphicAggregation(PrivateSumAggregation):
-    """POM 3 on the aggregator: a context without keys, the sum of ciphertexts, two decryptions of it."""
+    """POM 3 on the aggregator: a context without keys, checked ciphertexts, the sum decrypted by two others."""
 
     privacy_mode = 3
     context = None
@@ -52,7 +69,11 @@ class HomomorphicAggregation(PrivateSumAggregation):
         roster = sorted(self.agg.active)
         if len(roster) < 2:
             raise TaskFailure("homomorphic encryption (POM 3) needs at least 2 participants")
+        if not getattr(self.channel, "ledger_enabled", False):
+            raise TaskFailure("homomorphic encryption (POM 3) needs the ledger: the decryptors check the sum against "
+                              "it, so the task creator must have an identity key (`werkbund register` makes one)")
         holder, task = roster[0], self.channel.task
+        self._roster = roster
         identity = registered_identity_keys(self.channel, roster, self._keys)
         announced: dict[str, dict] = {}
 
@@ -95,8 +116,9 @@ class HomomorphicAggregation(PrivateSumAggregation):
     def begin_round(self, number, global_weights):
         header = super().begin_round(number, global_weights)
         self._n = int(self._global_flat.size)
-        self._sum, self._total, self._contributors = None, 0, []
-        self.stats = {"bytes_in": 0, "add_s": 0.0}
+        self._payloads: dict[str, bytes] = {}
+        self._total = 0
+        self.stats = {"bytes_in": 0, "check_s": 0.0}
         return header
 
     def accept(self, update) -> None:
@@ -105,22 +127,23 @@ class HomomorphicAggregation(PrivateSumAggregation):
     def _take(self, update) -> None:
         n = self._n_samples(update)
         started = time.perf_counter()
-        cts = he.read_ciphertexts(self.context, unpack_blobs(update.payload), self._n)
-        self._sum = he.add_into(self._sum, cts)
-        self.stats["add_s"] += time.perf_counter() - started
+        he.read_ciphertexts(self.context, unpack_blobs(update.payload), self._n)  # readable and addable
+        self.stats["check_s"] += time.perf_counter() - started
         self.stats["bytes_in"] += len(update.payload)
+        self._payloads[update.sender] = bytes(update.payload)
         self._total += n
-        self._contributors.append(update.sender)
 
     def end_round(self, number, collected) -> None:
-        if len(self._contributors) < 2:
-            raise TaskFailure(f"round {number}: only {len(self._contributors)} encrypted update(s) "
-                              f"({', '.join(self._contributors) or 'none'}); decrypting the sum of fewer than "
+        contributors = sorted(self._payloads)
+        if len(contributors) < 2:
+            raise TaskFailure(f"round {number}: only {len(contributors)} encrypted update(s) "
+                              f"({', '.join(contributors) or 'none'}); decrypting the sum of fewer than "
                               "2 would reveal a participant's update")
         started = time.perf_counter()
+        self.channel.publish_entry(COMMIT, {"round": number, "contributors": contributors, "n_samples": self._total})
+        forwarded = pack_blobs([self._payloads[name] for name in contributors])
         plain: dict[str, np.ndarray] = {}
-        summed = pack_blobs([ct.serialize() for ct in self._sum])
-        candidates = sorted(self._contributors)
+        candidates = list(contributors)
         while not plain and candidates:  # the next DECRYPTORS contributors, if all before them vanished
             decryptors, candidates = candidates[:DECRYPTORS], candidates[DECRYPTORS:]
 
@@ -128,22 +151,24 @@ class HomomorphicAggregation(PrivateSumAggregation):
                 if message.sender in decryptors:
                     plain[message.sender] = vector_from(message.payload, np.float64, self._n)
 
-            self.agg.exchange("pom3_decrypt", summed, expect="pom3_plain", number=number, total=self._total,
-                              contributors=sorted(self._contributors), decryptors=decryptors,
+            self.agg.exchange("pom3_decrypt", forwarded, expect="pom3_plain", number=number, total=self._total,
+                              contributors=contributors, decryptors=decryptors,
                               handler=rejecting(on_plain), among=decryptors, minimum=0)
         if not plain:
             raise TaskFailure(f"round {number}: no participant decrypted the aggregate")
         names = sorted(plain)
         reference = plain[names[0]]
-        tolerance = AGREEMENT * (1.0 + float(np.max(np.abs(reference), initial=0.0)))
+        noise = he.flooding_sigma(len(contributors), decryptions_bound(self.agg.definition, self._roster))
+        tolerance = AGREEMENT * (1.0 + float(np.max(np.abs(reference), initial=0.0))) + 20 * noise / self._total
         for name in names[1:]:
             gap = float(np.max(np.abs(plain[name] - reference), initial=0.0))
             if gap > tolerance:
                 raise TaskFailure(f"round {number}: {name} and {names[0]} decrypted different aggregates "
                                   f"(they differ by {gap:.3g}); refusing both")
-        self.stats.update(contributors=sorted(self._contributors), decrypted_by=names, bytes_out=len(summed),
+        mean = np.mean([plain[name] for name in names], axis=0)
+        self.stats.update(contributors=contributors, decrypted_by=names, bytes_out=len(forwarded) * len(names),
                           decrypt_stage_s=time.perf_counter() - started)
-        self._hand_over(number, reference * self._total, self._total, self._contributors)
+        self._hand_over(number, mean * self._total, self._total, contributors)
         self.inner.end_round(number, collected)
 
 
@@ -158,8 +183,11 @@ class HomomorphicParticipant(PrivateSumParticipant):
         self.context = None
         self._x_sk = None
         self._holder: dict | None = None
-        self._decrypted: set[int] = set()
         self._length: int | None = None
+        self._sent: dict[int, tuple[str, int]] = {}   # round -> (sha256 of the bytes sent, sample count)
+        self._decrypted: set[int] = set()
+        self._commits: dict[int, dict] = {}           # round -> the first sum_committed entry's payload
+        self._ledger_read = 0
 
     def handle(self, message) -> None:
         task, me = self.channel.task, self.channel.name
@@ -209,29 +237,89 @@ class HomomorphicParticipant(PrivateSumParticipant):
     def encode(self, message, update, header) -> tuple[bytes, dict]:
         if self.context is None:
             raise PomError("this participant holds no CKKS key for the task")
+        number = message.get("round")
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise PomError(f"the round number {number!r} is not a non-negative integer")
+        if self._decrypted and number <= max(self._decrypted):
+            raise PomError(f"round {number}: this participant already decrypted the sum of round "
+                           f"{max(self._decrypted)}; it sends no update for that round or an earlier one")
         started = time.perf_counter()
         change, n = self._change(message, update, header)
         self._length = int(change.size)
         body = pack_blobs(he.encrypt(self.context, change * float(n), n_summands=len(self.roster)))
+        self._sent[number] = (hashlib.sha256(body).hexdigest(), n)
         self.stats = {"protect_s": time.perf_counter() - started, "bytes": len(body)}
         return body, header
 
+    def _committed(self, number: int) -> dict | None:
+        """The payload of the first ``sum_committed`` entry for round ``number`` (only the task creator
+        may write one; the platform enforces it), read from the ledger."""
+        if number not in self._commits:
+            for item in self.channel.entries(self._ledger_read):
+                entry = item["entry"]
+                self._ledger_read = max(self._ledger_read, int(entry["seq"]) + 1)
+                payload = entry.get("payload") or {}
+                if entry.get("type") == COMMIT and isinstance(payload.get("round"), int):
+                    self._commits.setdefault(payload["round"], payload)
+        return self._commits.get(number)
+
     def _on_decrypt(self, message) -> None:
-        number, total, contributors = message.get("round"), message.get("total"), message.get("contributors")
+        number, me = message.get("round"), self.channel.name
         if self.context is None or self._length is None:
             raise PomError("nothing to decrypt: this participant sent no encrypted update")
+        if not isinstance(number, int) or isinstance(number, bool) or number not in self._sent:
+            raise PomError(f"round {number!r}: this participant sent no encrypted update in that round, "
+                           "so it decrypts nothing for it")
         if number in self._decrypted:
-            raise PomError(f"round {number}: the aggregate was already decrypted once; refusing a second request")
-        if not isinstance(contributors, list) or len(set(contributors)) < 2 or self.channel.name not in contributors:
-            raise PomError("refusing to decrypt a sum that does not name at least 2 contributors including "
-                           "this participant")
-        if not isinstance(total, int) or isinstance(total, bool) or total <= 0:
-            raise PomError(f"the total sample count {total!r} is not a positive integer")
-        if self.channel.name not in (message.get("decryptors") or []):
+            raise PomError(f"round {number}: this participant already decrypted that round's sum once; "
+                           "refusing a second request")
+        if me not in (message.get("decryptors") or []):
             self.channel.send("pom3_plain", round=number)  # another contributor decrypts this round
             return
-        self._decrypted.add(number)
+        contributors, total, blobs = self._check_request(message, number, me)
+        self._decrypted.add(number)  # one try per round, whatever happens next
         started = time.perf_counter()
-        mean = he.decrypt(self.context, unpack_blobs(message.payload), self._length) / float(total)
+        summed = he.decrypt_sum(self.context, [unpack_blobs(blob) for blob in blobs], self._length,
+                                decryptions_bound(self.part.definition, self.roster))
         self.stats["decrypt_s"] = time.perf_counter() - started
-        self.channel.send("pom3_plain", vector_bytes(mean, np.float64), round=number)
+        self.channel.send("pom3_plain", vector_bytes(summed / float(total), np.float64), round=number)
+
+    def _check_request(self, message, number: int, me: str) -> tuple[list[str], int, list[bytes]]:
+        """The round's sum as the ledger fixes it: the committed contributors (at least 2, this one
+        among them), each forwarded update the one its author put on the ledger, the ledger's total."""
+        if not getattr(self.channel, "ledger_enabled", False):
+            raise PomError("POM 3 decrypts only a sum it can check against the ledger, and this session has none")
+        contributors = message.get("contributors")
+        if (not isinstance(contributors, list) or len(set(contributors)) != len(contributors)
+                or len(contributors) < 2 or me not in contributors
+                or not all(isinstance(c, str) and c in self.roster for c in contributors)):
+            raise PomError(f"round {number}: refusing to decrypt a sum whose contributors {contributors!r} are not "
+                           "at least 2 distinct participants of the task including this one")
+        commit = self._committed(number)
+        if commit is None:
+            raise PomError(f"round {number}: the aggregator committed to no sum on the ledger ({COMMIT})")
+        if commit.get("contributors") != sorted(contributors) or commit.get("n_samples") != message.get("total"):
+            raise PomError(f"round {number}: the request names contributors {sorted(contributors)} and total "
+                           f"{message.get('total')!r}, but the sum committed on the ledger first is of "
+                           f"{commit.get('contributors')} with total {commit.get('n_samples')!r}")
+        blobs, total = unpack_blobs(message.payload), 0
+        if len(blobs) != len(contributors):
+            raise PomError(f"round {number}: {len(blobs)} updates forwarded for {len(contributors)} contributors")
+        for name, blob in zip(sorted(contributors), blobs):
+            digest = hashlib.sha256(blob).hexdigest()
+            if name == me:
+                expected, n = self._sent[number]
+            else:
+                meta = self.channel.published_update(name, number) or {}
+                expected, n = meta.get("sha256"), meta.get("n_samples")
+            if digest != expected:
+                raise PomError(f"round {number}: the ciphertexts forwarded as {name}'s update are not the ones "
+                               f"{name} recorded on the ledger for that round (sha256 {digest[:16]}..., "
+                               f"ledger {str(expected)[:16]}...)")
+            if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+                raise PomError(f"round {number}: the ledger holds no valid sample count for {name}")
+            total += n
+        if message.get("total") != total:
+            raise PomError(f"round {number}: the total sample count {message.get('total')!r} is not the "
+                           f"ledger's {total}")
+        return sorted(contributors), total, blobs

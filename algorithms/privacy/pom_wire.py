@@ -3,8 +3,9 @@
 Task messages are a JSON header plus a binary payload (``client/messages.py``). Protocol dicts
 that hold bytes (keys, signatures, encrypted shares) travel in the header with every bytes value
 written as ``{"$b": base64}``; vectors travel as raw little-endian payloads whose length is
-checked. Nothing is pickled. The participants' Ed25519 identity keys come from the platform
-(the key each user registered), never from a message.
+checked. Nothing is pickled. The participants' Ed25519 identity keys come from the task's
+ledger as this member verifies it (the key history, signed and hash-linked), never from a
+message, and never from the platform's word alone.
 """
 from __future__ import annotations
 
@@ -126,19 +127,37 @@ def own_identity(channel) -> Ed25519PrivateKey:
 
 
 def registered_identity_keys(channel, users, cache: dict | None = None) -> dict[str, Ed25519PublicKey]:
-    """The Ed25519 public key each user registered with the platform (``identity_key`` command)."""
+    """The Ed25519 key each user has in force by the task's ledger, verified here.
+
+    The key history (task_created/joined naming each member's key, key_rotated signed by the old
+    key, operator key_reset, ...) is read from the channel's task log and checked with the
+    ledger's own verification (``channel.ledger_identity_keys``); the platform's ``identity_key``
+    answer must agree with it, else the platform substituted a key and this refuses."""
     cache = {} if cache is None else cache
-    for user in users:
-        if user in cache:
-            continue
-        answer = channel.transport.call("identity_key", user=user) or {}
-        encoded = answer.get("public_key")
-        if not encoded:
-            raise PomError(f"{user!r} has no identity key registered with the platform, so its key "
-                           "announcements cannot be checked; it must register one to take part")
+    missing = [u for u in users if u not in cache]
+    if missing:
+        verify = getattr(channel, "ledger_identity_keys", None)
+        if verify is None:
+            raise PomError("this privacy mode checks key announcements against the task's ledger, and this "
+                           "channel has no ledger")
         try:
-            raw = base64.b64decode(encoded, validate=True)
-            cache[user] = Ed25519PublicKey.from_public_bytes(raw)
-        except (binascii.Error, TypeError, ValueError):
-            raise PomError(f"the identity key the platform holds for {user!r} is not an Ed25519 key") from None
+            logged = verify()
+        except Exception as exc:  # the client's LedgerError (or a platform error): it has a code
+            if not hasattr(exc, "code"):
+                raise
+            raise PomError(f"the identity keys cannot be taken from the task's ledger: {exc}") from None
+        for user in missing:
+            encoded = logged.get(user)
+            if not encoded:
+                raise PomError(f"{user!r} has no identity key on the task's ledger, so its key announcements "
+                               "cannot be checked; it must register one to take part")
+            claimed = (channel.transport.call("identity_key", user=user) or {}).get("public_key")
+            if claimed != encoded:
+                raise PomError(f"the platform says {user}'s identity key is {claimed}, but the task's verified "
+                               f"ledger says {encoded}: the platform's key is not the one on the ledger's key "
+                               "history; refusing to trust it")
+            try:
+                cache[user] = Ed25519PublicKey.from_public_bytes(base64.b64decode(encoded, validate=True))
+            except (binascii.Error, TypeError, ValueError):
+                raise PomError(f"the identity key on the ledger for {user!r} is not an Ed25519 key") from None
     return {u: cache[u] for u in users}

@@ -6,6 +6,7 @@ bytes and arrays, msgpack, AMQP bodies) can carry a round.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import numpy as np
@@ -13,13 +14,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from werkbund.algorithms.privacy.secagg_crypto import SHARE_BYTES
-from werkbund.algorithms.privacy.secagg_errors import SecAggError, SecAggSignatureError
+from werkbund.algorithms.privacy.secagg_errors import SecAggConsistencyError, SecAggError, SecAggSignatureError
 
 ADVERTISE = "advertise_keys"
 KEY_BROADCAST = "key_broadcast"
 SHARE_KEYS = "share_keys"
 SHARE_DELIVERY = "share_delivery"
 MASKED_INPUT = "masked_input"
+CONSISTENCY_REQUEST = "consistency_request"
+CONSISTENCY = "consistency"
 UNMASK_REQUEST = "unmask_request"
 UNMASK = "unmask"
 
@@ -139,6 +142,55 @@ def verify_announcement(msg: object, round_id: str, roster: tuple[str, ...],
             f"the key announcement of {sender!r} has a forged or invalid signature") from None
     return {"stage": ADVERTISE, "round_id": round_id, "sender": sender, "c_pk": c_pk,
             "s_pk": s_pk, "b_commitment": commitment, "signature": bytes(sig)}
+
+
+# -- the consistency check: every participant signs its view of the round ------------------------
+
+def view_payload(config: dict, announcements: list[dict], survivors: list[str]) -> bytes:
+    """What a participant signs in the consistency check (Bonawitz et al. 2017, round 4): the
+    round's parameters (``SecAggConfig.to_message``), the participants that shared keys with it
+    (U2) with the keys and commitment each announced, and the survivors (U3) it was told of.
+    Two participants sign the same bytes only if the aggregator told them the same story."""
+    params = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    u2 = [pack(a["sender"].encode(), a["c_pk"], a["s_pk"], a["b_commitment"])
+          for a in sorted(announcements, key=lambda a: a["sender"])]
+    return pack(b"werkbund-secagg-v1", CONSISTENCY.encode(), str(config.get("round_id")).encode(), params,
+                pack(*u2), pack(*(s.encode() for s in sorted(survivors))))
+
+
+def check_view_signatures(signatures: object, payload: bytes, survivors: list[str], threshold: int,
+                          identity_keys: Mapping[str, Ed25519PublicKey], who: str) -> list[str]:
+    """The signers, after checking that at least ``threshold`` survivors signed ``payload``.
+
+    Raises ``SecAggConsistencyError`` for a signature that does not verify (its signer saw another
+    view, or it is forged), a signer who is not a survivor, or too few signatures."""
+    if not isinstance(signatures, list):
+        raise SecAggConsistencyError(f"{who}: the unmask request carries no list of consistency signatures")
+    signers: list[str] = []
+    for item in signatures:
+        if not isinstance(item, dict):
+            raise SecAggConsistencyError(f"{who}: a consistency signature must be a dict")
+        signer, sig = item.get("sender"), item.get("signature")
+        if not isinstance(signer, str) or signer not in survivors or signer in signers:
+            raise SecAggConsistencyError(f"{who}: a consistency signature names {signer!r}, who is not a "
+                                         "survivor or signed twice")
+        key = identity_keys.get(signer)
+        if isinstance(sig, bytearray):
+            sig = bytes(sig)
+        try:
+            if not isinstance(sig, bytes) or not isinstance(key, Ed25519PublicKey):
+                raise InvalidSignature
+            key.verify(sig, payload)
+        except InvalidSignature:
+            raise SecAggConsistencyError(
+                f"{who}: {signer!r} did not sign this participant's view of the round: the aggregator told "
+                "participants different stories (who shared keys, who survived, or the round's parameters); "
+                "refusing to release any share") from None
+        signers.append(signer)
+    if len(signers) < threshold:
+        raise SecAggConsistencyError(f"{who}: only {len(signers)} survivors signed this participant's view of "
+                                     f"the round; the threshold is {threshold}; refusing to release any share")
+    return signers
 
 
 # -- share plaintexts (encrypted u -> v with AES-GCM) -----------------------------------------

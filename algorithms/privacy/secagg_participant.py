@@ -7,7 +7,14 @@ constructor, and every stage method may be called once, in order:
 1. ``advertise_keys()``            -> signed key announcement
 2. ``share_keys(key_broadcast)``   -> Shamir shares of ``b_u`` and ``s_u``, encrypted per peer
 3. ``masked_input(share_delivery, update, weight)`` -> ``y_u`` (the only vector that leaves)
-4. ``unmask(unmask_request)``      -> b-shares of survivors, s-shares of dropped peers
+4. ``check_consistency(consistency_request)`` -> an Ed25519 signature on this participant's view
+   of the round (parameters, who shared keys with which keys, who survived)
+5. ``unmask(unmask_request)``      -> b-shares of survivors, s-shares of dropped peers, only after
+   checking that at least ``threshold`` survivors signed exactly the same view
+
+Stage 4 is the consistency check of Bonawitz et al.: without it an aggregator can tell the victim
+that only it and t-1 peers shared keys and tell the others that those peers dropped, and so
+collect both the victim's self-mask and its peers' mask keys (tests/test_secagg_consistency.py).
 """
 from __future__ import annotations
 
@@ -22,10 +29,11 @@ from werkbund.algorithms.privacy.secagg_crypto import (
     SEED_BYTES, aead_decrypt, aead_encrypt, agree, commit_seed, new_x25519, pair_info, prg,
     shamir_split, x25519_private_bytes, x25519_public_bytes,
 )
-from werkbund.algorithms.privacy.secagg_errors import SecAggError
+from werkbund.algorithms.privacy.secagg_errors import SecAggConsistencyError, SecAggError
 from werkbund.algorithms.privacy.secagg_messages import (
-    KEY_BROADCAST, MASKED_INPUT, SHARE_DELIVERY, SHARE_KEYS, UNMASK, UNMASK_REQUEST, check_stage, field,
-    id_list, pack_shares, share_aad, sign_announcement, unpack_shares, verify_announcement,
+    CONSISTENCY, CONSISTENCY_REQUEST, KEY_BROADCAST, MASKED_INPUT, SHARE_DELIVERY, SHARE_KEYS, UNMASK,
+    UNMASK_REQUEST, check_stage, check_view_signatures, field, id_list, pack_shares, share_aad,
+    sign_announcement, unpack_shares, verify_announcement, view_payload,
 )
 
 ENC_INFO = b"share-encryption"
@@ -57,6 +65,8 @@ class SecAggParticipant:
         self._stage = 0
         self._keys: dict[str, dict] = {}           # U1: verified announcements by sender
         self._u2: list[str] = []
+        self._u3: list[str] = []
+        self._view: bytes | None = None            # what this participant signed in stage 4
         self._held_b: dict[str, bytes] = {}        # shares this participant holds, by owner
         self._held_s: dict[str, bytes] = {}
 
@@ -166,15 +176,42 @@ class SecAggParticipant:
                 "weight": w, "masked": y}
 
     # -- stage 4 ----------------------------------------------------------------------------
+    def check_consistency(self, request: dict) -> dict:
+        """Sign this participant's view of the round: the parameters, U2 with its keys, and U3.
+
+        ``request`` is ``{"stage": "consistency_request", "round_id", "survivors": U3}``; U3 must lie
+        in this participant's U2, include it and have at least ``threshold`` members.  Returns
+        ``{"stage": "consistency", "round_id", "sender", "signature": 64 bytes}``.  Signs once per
+        round, so it cannot vouch for two stories.
+        """
+        self._advance(3, "check_consistency")
+        cfg = self.config
+        msg = check_stage(request, CONSISTENCY_REQUEST, cfg.round_id)
+        survivors = id_list(msg, "survivors")
+        if self.id not in survivors:
+            raise SecAggConsistencyError(f"{self.id}: the consistency request lists this participant as dropped")
+        outside = sorted(set(survivors) - set(self._u2))
+        if outside:
+            raise SecAggConsistencyError(f"{self.id}: the consistency request names survivors that did not share "
+                                         f"keys with this participant ({', '.join(outside)})")
+        cfg.require(len(survivors), "survived")
+        self._u3 = sorted(survivors)
+        self._view = view_payload(cfg.to_message(), [self._keys[v] for v in self._u2], self._u3)
+        return {"stage": CONSISTENCY, "round_id": cfg.round_id, "sender": self.id,
+                "signature": self._identity.sign(self._view)}
+
+    # -- stage 5 ----------------------------------------------------------------------------
     def unmask(self, request: dict) -> dict:
         """Release b-shares of the survivors and s-shares of the dropped, never both for one peer.
 
         ``request`` is ``{"stage": "unmask_request", "round_id", "survivors": [...], "dropped":
-        [...]}`` and must split the participants that shared keys (U2) into two disjoint sets.
-        Returns ``{"stage": "unmask", "round_id", "sender", "b_shares": [{"owner", "share"}],
-        "s_shares": [{"owner", "share"}]}``.  May be called once per round.
+        [...], "signatures": [{"sender", "signature"}]}``: the survivors must be the U3 this
+        participant signed, the dropped the rest of its U2, and at least ``threshold`` survivors
+        must have signed the same view (``check_consistency``); otherwise ``SecAggConsistencyError``
+        and nothing is released.  Returns ``{"stage": "unmask", "round_id", "sender", "b_shares":
+        [{"owner", "share"}], "s_shares": [{"owner", "share"}]}``.  May be called once per round.
         """
-        self._advance(3, "unmask")
+        self._advance(4, "unmask")
         cfg = self.config
         msg = check_stage(request, UNMASK_REQUEST, cfg.round_id)
         survivors, dropped = id_list(msg, "survivors"), id_list(msg, "dropped")
@@ -187,11 +224,15 @@ class SecAggParticipant:
                               f"participants that shared keys into survivors and dropped")
         if self.id not in survivors:
             raise SecAggError(f"{self.id}: the unmask request lists this participant as dropped")
-        cfg.require(len(survivors), "survived")
+        if sorted(survivors) != self._u3:
+            raise SecAggConsistencyError(f"{self.id}: the unmask request names other survivors than the "
+                                         "consistency request this participant signed")
+        check_view_signatures(msg.get("signatures"), self._view, self._u3, cfg.threshold,
+                              self._identity_keys, self.id)
         out = {"stage": UNMASK, "round_id": cfg.round_id, "sender": self.id,
                "b_shares": [{"owner": v, "share": self._held_b[v]} for v in sorted(survivors)],
                "s_shares": [{"owner": v, "share": self._held_s[v]} for v in sorted(dropped)]}
         self._held_b.clear()
         self._held_s.clear()
-        self._b = self._s_sk = self._c_sk = None  # the round is over for this participant
+        self._b = self._s_sk = self._c_sk = self._view = None  # the round is over for this participant
         return out

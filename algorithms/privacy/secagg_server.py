@@ -6,8 +6,12 @@ dropped):
 
 1. ``receive_announcement(msg)`` ...  ``key_broadcast()``     -> one message for everyone in U1
 2. ``receive_shares(msg)`` ...        ``share_deliveries()``  -> {participant: message} for U2
-3. ``receive_masked_input(msg)`` ...  ``unmask_request()``    -> one message for the survivors U3
-4. ``receive_unmask(msg)`` ...        ``finalize()``          -> ``SecAggResult``
+3. ``receive_masked_input(msg)`` ...  ``consistency_request()`` -> one message for the survivors U3
+4. ``receive_consistency(msg)`` ...   ``unmask_request()``    -> U3, U2 - U3 and the signatures
+5. ``receive_unmask(msg)`` ...        ``finalize()``          -> ``SecAggResult``
+
+Stage 4 is the consistency check of Bonawitz et al. (2017): every survivor signs its view of the
+round, and a participant releases shares only against ``threshold`` signatures on its own view.
 
 Every closing method raises ``SecAggError`` when fewer than ``threshold`` participants are left.
 """
@@ -17,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from werkbund.algorithms.privacy.secagg_config import SecAggConfig
@@ -25,8 +30,8 @@ from werkbund.algorithms.privacy.secagg_crypto import (
 )
 from werkbund.algorithms.privacy.secagg_errors import SecAggError
 from werkbund.algorithms.privacy.secagg_messages import (
-    KEY_BROADCAST, MASKED_INPUT, SHARE_DELIVERY, SHARE_KEYS, UNMASK, UNMASK_REQUEST, check_stage, field,
-    share_list, vector, verify_announcement,
+    CONSISTENCY, CONSISTENCY_REQUEST, KEY_BROADCAST, MASKED_INPUT, SHARE_DELIVERY, SHARE_KEYS, UNMASK,
+    UNMASK_REQUEST, check_stage, field, share_list, vector, verify_announcement, view_payload,
 )
 from werkbund.algorithms.privacy.secagg_participant import MASK_INFO
 
@@ -63,6 +68,7 @@ class SecAggServer:
         self._weights: dict[str, float] = {}
         self._survivors: list[str] = []
         self._dropped: list[str] = []
+        self._signatures: dict[str, bytes] = {}             # consistency signatures by survivor
         self._b_shares: dict[str, dict[str, bytes]] = {}    # responder -> owner -> share
         self._s_shares: dict[str, dict[str, bytes]] = {}
         self._unmasked: np.ndarray | None = None            # the stripped sum, once t shares are in
@@ -151,21 +157,45 @@ class SecAggServer:
         self._masked[sender] = vector(msg, "masked", cfg.encoder().dtype, cfg.vector_length).copy()
         self._weights[sender] = weight
 
-    def unmask_request(self) -> dict:
-        """``{"stage": "unmask_request", "round_id", "survivors": U3, "dropped": U2 - U3}``."""
-        self._in_stage(3, "unmask_request")
+    def consistency_request(self) -> dict:
+        """``{"stage": "consistency_request", "round_id", "survivors": U3}``."""
+        self._in_stage(3, "consistency_request")
         self.config.require(len(self._masked), "survived")
         self._stage = 4
         self._survivors = sorted(self._masked)
         self._dropped = sorted(set(self._shares) - set(self._masked))
-        return {"stage": UNMASK_REQUEST, "round_id": self.config.round_id,
-                "survivors": list(self._survivors), "dropped": list(self._dropped)}
+        return {"stage": CONSISTENCY_REQUEST, "round_id": self.config.round_id, "survivors": list(self._survivors)}
 
-    # -- stage 4: unmasking -------------------------------------------------------------------
+    # -- stage 4: consistency check ---------------------------------------------------------
+    def receive_consistency(self, msg: dict) -> None:
+        """Accept a survivor's signature on the view this server showed everyone (refused if it
+        does not verify: that participant was shown something else, or the message is forged)."""
+        self._in_stage(4, "receive_consistency")
+        msg = check_stage(msg, CONSISTENCY, self.config.round_id)
+        sender = self._sender(msg, self._survivors, self._signatures)
+        sig = field(msg, "signature", bytes, 64)
+        view = view_payload(self.config.to_message(), [self._keys[v] for v in self._shares], self._survivors)
+        try:
+            self._identity_keys[sender].verify(sig, view)
+        except InvalidSignature:
+            raise SecAggError(f"{sender!r} signed another view of the round than the one it was sent") from None
+        self._signatures[sender] = sig
+
+    def unmask_request(self) -> dict:
+        """``{"stage": "unmask_request", "round_id", "survivors": U3, "dropped": U2 - U3,
+        "signatures": [{"sender", "signature"}]}`` for the survivors that signed."""
+        self._in_stage(4, "unmask_request")
+        self.config.require(len(self._signatures), "signed the consistency check")
+        self._stage = 5
+        return {"stage": UNMASK_REQUEST, "round_id": self.config.round_id,
+                "survivors": list(self._survivors), "dropped": list(self._dropped),
+                "signatures": [{"sender": u, "signature": self._signatures[u]} for u in sorted(self._signatures)]}
+
+    # -- stage 5: unmasking -------------------------------------------------------------------
     def receive_unmask(self, msg: dict) -> None:
-        self._in_stage(4, "receive_unmask")
+        self._in_stage(5, "receive_unmask")
         msg = check_stage(msg, UNMASK, self.config.round_id)
-        sender = self._sender(msg, self._survivors, self._b_shares)
+        sender = self._sender(msg, self._signatures, self._b_shares)
         b, s = share_list(msg, "b_shares"), share_list(msg, "s_shares")
         if set(b) != set(self._survivors) or set(s) != set(self._dropped):
             raise SecAggError(f"{sender!r} answered the unmask request with the wrong set of shares")
@@ -180,10 +210,10 @@ class SecAggServer:
 
     def finalize(self) -> SecAggResult:
         """Reconstruct (and check) the seeds, strip the masks and decode the weighted sum."""
-        self._in_stage(4, "finalize")
+        self._in_stage(5, "finalize")
         cfg = self.config
         cfg.require(len(self._b_shares), "answered the unmask request")
-        self._stage = 5
+        self._stage = 6
         total = self._unmasked
         if total is None:
             # any t responders determine every secret; interpolating through more costs O(n^2)

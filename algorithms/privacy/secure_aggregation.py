@@ -4,10 +4,15 @@ participant's encoding of its update (``SecureAggregationParticipant``).
 The round (Bonawitz et al. 2017, staged as Flower's SecAgg+; the core is ``secagg_*``):
 ``secagg_setup`` -> signed key announcements, ``secagg_share`` -> encrypted Shamir shares, routed
 to each recipient with the round broadcast (or as ``secagg_delivery`` messages for a large
-roster), ``round`` -> masked update, ``secagg_unmask`` -> the shares that remove the masks. Keys
-and seeds are fresh in every round. Sample counts are sent in the clear, as the core's README says.
+roster), ``round`` -> masked update, ``secagg_check`` -> each survivor's signature on its view of the round
+(the consistency check), ``secagg_unmask`` -> the shares that remove the masks, released only
+against ``threshold`` signatures on the same view. Keys and seeds are fresh in every round.
+Participants check each round's roster and threshold against the task: everyone on the roster
+joined (the ledger's ``joined`` entries), and the threshold is at least the task's
+(``task_threshold``). Sample counts are sent in the clear, as the core's README says.
 From the second round on, the first two stages travel with the previous round's broadcast, updates
-and unmask exchange, so that a round costs one extra exchange, not three. What is masked and what
+and unmask exchange, so that a round costs two extra exchanges (the consistency check and the
+unmasking), not four. What is masked and what
 the inner layer gets: ``private_sum.py``.
 """
 from __future__ import annotations
@@ -16,19 +21,44 @@ import json
 import logging
 import time
 
+import numpy as np
+
 from werkbund.algorithms.engine.errors import TaskFailure
 from werkbund.algorithms.privacy.pom_wire import (
     PomError, from_header, own_identity, registered_identity_keys, to_header, vector_bytes, vector_from,
 )
 from werkbund.algorithms.privacy.private_sum import PrivateSumAggregation, PrivateSumParticipant, own_field, rejecting
 from werkbund.algorithms.privacy.secagg_config import SecAggConfig, min_threshold
-from werkbund.algorithms.privacy.secagg_errors import SecAggError
+from werkbund.algorithms.privacy.secagg_errors import SecAggError, SecAggRosterError
 from werkbund.algorithms.privacy.secagg_participant import SecAggParticipant
 from werkbund.algorithms.privacy.secagg_server import SecAggServer
 
 log = logging.getLogger("werkbund.pom")
 
 DELIVERIES_WITH_BROADCAST = 256 * 1024  # JSON bytes of all shares up to which they ride on the round broadcast
+
+
+def task_threshold(options: dict, members: list[str]) -> int:
+    """The task's secure-aggregation threshold: ``pom_options.threshold``, and at least a majority of
+    the participants that joined, however many are left in a round (so an aggregator cannot lower it
+    by calling participants dropped)."""
+    return max(int(options.get("threshold") or 0), min_threshold(len(members)))
+
+
+def check_roster(setup: dict, members: list[str], options: dict) -> None:
+    """Refuse a round whose roster names someone who did not join, or whose threshold is below the task's."""
+    roster = setup.get("participants")
+    if not isinstance(roster, list) or not all(isinstance(p, str) for p in roster):
+        raise SecAggRosterError("the secure-aggregation setup carries no list of participants")
+    strangers = sorted(set(roster) - set(members))
+    if strangers:
+        raise SecAggRosterError(f"the secure-aggregation roster names {', '.join(map(repr, strangers))}, who did "
+                                f"not join the task (the ledger lists {', '.join(members) or 'nobody'})")
+    wanted, threshold = task_threshold(options, members), setup.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < wanted:
+        raise SecAggRosterError(
+            f"the secure-aggregation threshold {threshold!r} is below the task's {wanted} (pom_options.threshold "
+            f"{options.get('threshold')}, at least a majority of the {len(members)} that joined)")
 
 
 class SecureAggregation(PrivateSumAggregation):
@@ -49,6 +79,7 @@ class SecureAggregation(PrivateSumAggregation):
         super().__init__(inner, aggregator)
         self.server: SecAggServer | None = None
         self._next: SecAggServer | None = None  # the following round's keys, gathered during this one
+        self._members: list[str] | None = None  # who joined, from the ledger
 
     def setup(self) -> None:
         try:  # fail before any training if a participant cannot sign its key announcements
@@ -59,7 +90,9 @@ class SecureAggregation(PrivateSumAggregation):
 
     def _threshold(self, n: int, number: int) -> int:
         wanted = self.options.get("threshold")
-        t = max(int(wanted or 0), min_threshold(n))
+        if self._members is None:
+            self._members = self.channel.joined_members()
+        t = task_threshold(self.options, self._members)
         if n < 2 or t > n:
             raise TaskFailure(f"round {number}: secure aggregation needs at least {max(t, 2)} participants "
                               f"(threshold t > n/2{f', pom_options.threshold {wanted}' if wanted else ''}), "
@@ -105,7 +138,7 @@ class SecureAggregation(PrivateSumAggregation):
         config = self.server.config
         self._dtype = config.encoder().dtype
         self._n = config.vector_length
-        self.stats = {"threshold": config.threshold, "participants": len(roster), "bytes_in": 0,
+        self.stats = {"threshold": config.threshold, "participants": len(roster), "bytes_in": 0, "clipped": {},
                       "keys_with_previous_round": pipelined, "key_stages_s": time.perf_counter() - started}
         return {**header, **shares, **self._prepare_next(number, roster)}
 
@@ -137,10 +170,18 @@ class SecureAggregation(PrivateSumAggregation):
     def _take(self, update) -> None:
         self._take_next(update, "secagg_next_keys", lambda nxt, value: nxt.receive_announcement(value))
         weight = self._n_samples(update)
+        clipped = update.get("clipped", 0)
+        if isinstance(clipped, bool) or not isinstance(clipped, int) or not 0 <= clipped <= self._n:
+            raise PomError(f"the update's count of clipped entries {clipped!r} is not an integer in [0, {self._n}]")
         masked = vector_from(update.payload, self._dtype, self._n)
         self.stats["bytes_in"] += len(update.payload)
         self.server.receive_masked_input({"stage": "masked_input", "round_id": self.server.config.round_id,
                                           "sender": update.sender, "weight": weight, "masked": masked})
+        if clipped:
+            self.stats["clipped"][update.sender] = clipped
+            self.agg.progress.message(f"round {update.get('round')}: {update.sender} "
+                                      f"clipped {clipped} weight changes to pom_options.clip_range "
+                                      f"{float(self.options['clip_range']):g}")
 
     def _take_next(self, message, key: str, take) -> None:
         """Hand the next round's part of a message to its server; a refusal only costs the early keys."""
@@ -164,6 +205,11 @@ class SecureAggregation(PrivateSumAggregation):
         else:
             self._next = None
         try:
+            check = self.server.consistency_request()
+            self.agg.exchange("secagg_check", expect="secagg_signed", number=number,
+                              request=to_header(check), handler=rejecting(
+                                  lambda m: self.server.receive_consistency(own_field(m, "signature"))))
+            checked = time.perf_counter()
             request = self.server.unmask_request()
             self.agg.exchange("secagg_unmask", expect="secagg_unmasked", number=number, request=to_header(request),
                               handler=rejecting(self._take_unmask), **upcoming)
@@ -174,7 +220,7 @@ class SecureAggregation(PrivateSumAggregation):
             self.agg.progress.message(f"round {number}: secure aggregation without "
                                       f"{', '.join(result.dropped)} (dropped before masking)")
         self.stats.update(survivors=list(result.survivors), dropped=list(result.dropped),
-                          unmask_s=time.perf_counter() - started)
+                          check_s=checked - started, unmask_s=time.perf_counter() - checked)
         collected.rejected.update(self._excluded)
         self._hand_over(number, result.weighted_sum, result.total_weight, result.survivors)
         self.inner.end_round(number, collected)
@@ -188,13 +234,14 @@ class SecureAggregationParticipant(PrivateSumParticipant):
     """
 
     privacy_mode = 2
-    kinds = frozenset({"secagg_setup", "secagg_share", "secagg_delivery", "secagg_unmask"})
+    kinds = frozenset({"secagg_setup", "secagg_share", "secagg_delivery", "secagg_check", "secagg_unmask"})
 
     def __init__(self, participant):
         super().__init__(participant)
         self.states: dict[int, SecAggParticipant] = {}
         self.deliveries: dict[int, dict] = {}
         self._keys_s = 0.0
+        self._members: list[str] | None = None  # who joined, from the ledger (read once: joining ends at the start)
 
     def handle(self, message) -> None:
         started = time.perf_counter()
@@ -213,6 +260,9 @@ class SecureAggregationParticipant(PrivateSumParticipant):
                 or setup.get("max_weight") != float(self.options["max_samples"])):
             raise PomError("the secure-aggregation setup does not use the task's pom_options "
                            f"(clip_range {setup.get('clip_range')}, max_weight {setup.get('max_weight')})")
+        if self._members is None:
+            self._members = self.channel.joined_members()
+        check_roster(setup, self._members, self.options)
         roster = list(setup.get("participants") or [])
         state = SecAggParticipant(setup, self.channel.name, own_identity(self.channel),
                                   registered_identity_keys(self.channel, roster, self._keys))
@@ -236,6 +286,9 @@ class SecureAggregationParticipant(PrivateSumParticipant):
             self.channel.send("secagg_shares", round=number, shares=to_header(shares))
         elif message.kind == "secagg_delivery":
             self.deliveries[number] = from_header(message.get("delivery"))
+        elif message.kind == "secagg_check":  # the consistency check: sign the view of the round shown
+            signature = state.check_consistency(from_header(message.get("request")))
+            self.channel.send("secagg_signed", round=number, signature=to_header(signature))
         elif message.kind == "secagg_unmask":
             shares = state.unmask(from_header(message.get("request")))
             self.states.pop(number)
@@ -245,6 +298,20 @@ class SecureAggregationParticipant(PrivateSumParticipant):
                 upcoming = self._early(number + 1, lambda: {"secagg_next_shares": to_header(
                     self.states[number + 1].share_keys(from_header(message.get("secagg_next"))))})
             self.channel.send("secagg_unmasked", round=number, shares=to_header(shares), **upcoming)
+
+    def _report_clipping(self, number, change) -> int:
+        """How many entries of the change lie outside ``pom_options.clip_range`` (the encoding clips
+        them); said in this participant's log and progress, and sent to the aggregator in the clear
+        with the update (``clipped``), which puts it in the round record."""
+        limit = float(self.options["clip_range"])
+        clipped = int(np.count_nonzero(np.abs(change) > limit))
+        if clipped:
+            text = (f"round {number}: {clipped} of {change.size} weight changes exceed pom_options.clip_range "
+                    f"{limit:g} and are clipped to it in the secure aggregate (raise clip_range or lower "
+                    "the learning rate)")
+            log.warning(text)
+            self.part.progress.message(text)
+        return clipped
 
     def _early(self, number: int, step) -> dict:
         """The next round's key step, sent along with this round's message; a failure costs only the
@@ -266,10 +333,11 @@ class SecureAggregationParticipant(PrivateSumParticipant):
             raise PomError(f"round {number}: no secure-aggregation keys were shared with this participant")
         started = time.perf_counter()
         change, n = self._change(message, update, header)
+        clipped = self._report_clipping(number, change)
         masked = state.masked_input(delivery, change, n)
         body = vector_bytes(masked["masked"], masked["masked"].dtype)
         protect_s = time.perf_counter() - started
-        header = dict(header, weight=n)
+        header = dict(header, weight=n, clipped=clipped)
         if message.get("secagg_next") is not None:  # announce the next round's keys with this update
             started = time.perf_counter()
             header.update(self._early(number + 1, lambda: {"secagg_next_keys": to_header(

@@ -80,7 +80,7 @@ def connect(platform: str | None = None, url: str | None = None, user: str | Non
         transport.token, transport.user = token, user
         try:
             transport.call("whoami")
-            return Session(User(transport, state.load_identity(url, user)), platform, url)
+            return Session(User(transport, state.identity_file(url, user)), platform, url)
         except AuthenticationFailed:
             state.forget_token(url, user)
     if not password:
@@ -89,22 +89,25 @@ def connect(platform: str | None = None, url: str | None = None, user: str | Non
     data = transport.login(user, password)
     if data.get("token") and platform != "inproc":
         state.save_token(url, user, data["token"])
-    return Session(User(transport, state.load_identity(url, user)), platform, url)
+    return Session(User(transport, state.identity_file(url, user, password)), platform, url)
 
 
 def register(user: str, password: str, org: str, platform: str | None = None, url: str | None = None,
-             credentials: str | Path | None = None, inproc: Any = None) -> "Session":
+             credentials: str | Path | None = None, inproc: Any = None, encrypt_key: bool = True) -> "Session":
     """Create an account on a platform, make your ledger identity key, and return the logged-in :class:`Session`.
 
     The Ed25519 identity key that signs your ledger entries is made on this machine under
-    ``WERKBUND_HOME/identity/`` (encrypted when ``WERKBUND_KEY_PASSPHRASE`` is set), as
-    ``werkbund register`` does; only its public key is sent to the platform.
+    ``WERKBUND_HOME/identity/``, encrypted with ``WERKBUND_KEY_PASSPHRASE`` if set, else with
+    ``password``, as ``werkbund register`` does; only its public key is sent to the platform.
+    Later sessions unlock it with the same (``WERKBUND_KEY_PASSPHRASE`` or the password given to
+    :func:`connect`).
 
     Args:
         user: the new user name.
         password: its password (checked with argon2id; about 0.2 s per login by design).
         org: your organisation, shown to others in the task list.
         platform, url, credentials, inproc: where, as for :func:`connect`.
+        encrypt_key: ``False`` writes the key unencrypted (an explicit opt-out; default ``True``).
 
     Raises:
         UserExists: the name is taken.
@@ -112,23 +115,25 @@ def register(user: str, password: str, org: str, platform: str | None = None, ur
     """
     platform, url, user, _, creds = _settings(platform, url, user, password, credentials)
     transport = make_transport(platform, url, inproc=inproc, **_cloud_options(creds))
-    register_account(transport, url, user, password, org, keep_token=platform != "inproc")
-    return Session(User(transport, state.load_identity(url, user)), platform, url)
+    register_account(transport, url, user, password, org, keep_token=platform != "inproc", encrypt_key=encrypt_key)
+    return Session(User(transport, state.identity_file(url, user, password)), platform, url)
 
 
 def register_account(transport, url: str | None, user: str, password: str, org: str,
-                     keep_token: bool = True) -> dict:
+                     keep_token: bool = True, encrypt_key: bool = True) -> dict:
     """Register ``user`` through ``transport``, log in, and register a fresh identity key.
 
-    The key is made under ``WERKBUND_HOME`` unless one exists for this platform and user; a key
-    made here is removed again if the platform refuses the registration. Returns the platform's
-    answer with ``key_path`` and ``public_key`` added.
+    The key is made under ``WERKBUND_HOME`` unless one exists for this platform and user, encrypted
+    with WERKBUND_KEY_PASSPHRASE if set, else with ``password`` (unencrypted only with
+    ``encrypt_key=False``); a key made here is removed again if the platform refuses the
+    registration. Returns the platform's answer with ``key_path``, ``public_key`` and
+    ``encrypted`` added.
     """
-    from werkbund.client.identity import generate_identity, public_key_b64
+    from werkbund.client.identity import generate_identity, is_encrypted, public_key_b64
 
     key_path, made = state.identity_path(url, user), False
     if not key_path.exists():  # the ledger identity key, made here and never sent anywhere
-        generate_identity(key_path, os.environ.get("WERKBUND_KEY_PASSPHRASE") or None)
+        generate_identity(key_path, state.key_passphrase(password) if encrypt_key else None)
         made = True
     try:
         data = transport.register(user, password, org)
@@ -139,9 +144,9 @@ def register_account(transport, url: str | None, user: str, password: str, org: 
     login = transport.login(user, password)
     if login.get("token") and keep_token:
         state.save_token(url, user, login["token"])
-    public_key = public_key_b64(state.load_identity(url, user))
+    public_key = public_key_b64(state.load_identity(url, user, password))
     transport.call("set_identity_key", public_key=public_key)
-    return dict(data, key_path=str(key_path), public_key=public_key)
+    return dict(data, key_path=str(key_path), public_key=public_key, encrypted=is_encrypted(key_path))
 
 
 class Session:

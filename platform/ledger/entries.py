@@ -39,11 +39,12 @@ from . import merkle
 ENTRY_PREFIX = b"werkbund-ledger-entry-v1\x00"
 CHECKPOINT_PREFIX = b"werkbund-ledger-checkpoint-v1\x00"
 COSIGN_PREFIX = b"werkbund-ledger-cosign-v1\x00"
+KEY_STATEMENT_PREFIX = b"werkbund-key-statement-v1\x00"
 
 ENTRY_TYPES = frozenset({
     "task_created", "joined", "left", "round_started", "update_submitted",
-    "aggregate_published", "task_finished", "task_failed", "maintenance",
-    "key_rotated", "key_revoked", "key_registered",
+    "aggregate_published", "sum_committed", "task_finished", "task_failed", "maintenance",
+    "key_rotated", "key_revoked", "key_registered", "key_reset",
 })
 ENTRY_FIELDS = ("task", "type", "author", "seq", "prev", "timestamp", "payload")
 CHECKPOINT_FIELDS = ("log", "size", "root", "timestamp")
@@ -224,6 +225,26 @@ def cosign_checkpoint(checkpoint: dict, private_key: Ed25519PrivateKey) -> bytes
 
 def verify_cosignature(checkpoint: dict, signature, public_key) -> bool:
     return _verify(COSIGN_PREFIX, checkpoint_bytes(checkpoint), signature, public_key)
+
+
+# -- key statements ------------------------------------------------------------
+
+
+def key_statement(kind: str, subject: str, previous_key: str, public_key: str | None,
+                  reason: str = "") -> bytes:
+    """What the holder of ``previous_key`` signs to rotate it (to ``public_key``) or revoke it
+    (``public_key`` None), on no task's log: the proof the platform asks for when the user is in
+    no task (the per-task ``key_rotated``/``key_revoked`` entries prove it otherwise). A key once
+    used never comes back, so a statement cannot be replayed."""
+    if kind not in ("key_rotated", "key_revoked"):
+        raise EntryError(f"a key statement is key_rotated or key_revoked, not {kind!r}")
+    body = {"kind": kind, "subject": subject, "previous_key": previous_key,
+            "public_key": public_key, "reason": reason}
+    return KEY_STATEMENT_PREFIX + rfc8785.dumps(body)
+
+
+def verify_key_statement(statement: bytes, signature, public_key) -> bool:
+    return _verify(b"", statement, signature, public_key)
 
 
 # -- key and signature encodings -----------------------------------------------

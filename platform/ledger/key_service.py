@@ -1,22 +1,29 @@
-"""Identity keys on the platform: registration, rotation and revocation, each on the ledger.
+"""Identity keys on the platform: registration, rotation, revocation and operator reset, each
+on the ledger.
 
 Mixed into :class:`~werkbund.platform.ledger.service.LedgerService`. A user's key history
 goes on the log of every task the user is in (as creator or participant), in the same
-transaction that changes the key the platform checks signatures against:
+transaction that changes the key the platform checks signatures against. Only the holder of
+the key in force changes it; a password alone never does:
 
 * ``key_rotated`` — authored by the user and signed with the OLD key, naming the new one
   (payload ``subject``, ``public_key``, ``previous_key``). The client signs one entry per
   task log at its head (``ledger_key_logs`` lists them) and sends them together; the
   platform takes all or none, then checks later entries against the new key only.
-* ``key_revoked`` — authored by the platform at the user's (password-authenticated)
-  request, e.g. for a lost key (payload ``subject``, ``public_key``, ``reason``). Entries
-  by that key are refused from then on; the user has no key until registering a new one.
-* ``key_registered`` — authored by the platform when a user with no key in force (never
-  had one, or revoked it) registers one (payload ``subject``, ``public_key``).
+* ``key_revoked`` — authored by the user and signed with the key it revokes (payload
+  ``subject``, ``public_key``, ``reason``), one per task log like a rotation. Entries by that
+  key are refused from then on, and the user has no key until the operator resets one.
+* ``key_registered`` — authored by the platform when a user who never had a key registers
+  one (payload ``subject``, ``public_key``).
+* ``key_reset`` — authored by the platform at its operator's command (``werkbund platform
+  reset-key``), for a user who lost the key: payload ``subject``, ``public_key`` (the new key,
+  handed to the operator out of band), ``previous_key`` (or None) and ``reason``. Every member
+  sees it in ``werkbund ledger verify`` as an operator reset.
 
-Joined and task_created entries name the member's key at that point, so the log holds
-the whole history a verifier needs (see :mod:`.verify`). A key once used by anyone is
-never accepted again.
+A user in no task has no log to sign on; the old key then signs a statement
+(:func:`~werkbund.platform.ledger.entries.key_statement`) instead. Joined and task_created
+entries name the member's key at that point, so the log holds the whole history a verifier
+needs (see :mod:`.verify`). A key once used by anyone is never accepted again.
 """
 from __future__ import annotations
 
@@ -87,7 +94,9 @@ class IdentityKeys:
 
     # ----------------------------------------------------------------- writes
     def set_identity_key(self, caller: str, public_key: str) -> dict:
-        """Register the caller's key when none is in force (first time, or after a revocation)."""
+        """Register the caller's first key. After a key was in force once (even if revoked),
+        only the old key (``rotate_identity_key``) or the operator (``reset_identity_key``)
+        sets another: a password alone never replaces a key."""
         self.check_public_key(public_key)
         with self.writing() as s:
             row = s.scalar(select(IdentityKey).where(IdentityKey.user == caller))
@@ -96,6 +105,11 @@ class IdentityKeys:
                     raise Conflict(f"{caller} already has an identity key; rotate it with "
                                    "`werkbund ledger rotate-key`")
                 return {"user": caller, "public_key": public_key}
+            if s.scalar(select(IdentityKeyEvent.id).where(IdentityKeyEvent.user == caller)) is not None:
+                raise PermissionDenied(
+                    f"{caller} had an identity key before; a new one after a revoked or lost key needs "
+                    "the platform operator: give them your new public key (`werkbund ledger new-key`) "
+                    "out of band, they run `werkbund platform reset-key`")
             self._check_unused(s, public_key)
             s.add(IdentityKey(user=caller, public_key=public_key))
             s.add(IdentityKeyEvent(user=caller, kind="registered", public_key=public_key))
@@ -106,70 +120,127 @@ class IdentityKeys:
                                         {"subject": caller, "public_key": public_key})
         return {"user": caller, "public_key": public_key, "tasks": tasks}
 
-    def rotate_identity_key(self, caller: str, public_key: str, entries: list) -> dict:
-        """Replace the caller's key by ``public_key``; ``entries`` are the ``key_rotated``
-        entries (``{"entry", "signature"}``), one at the head of each log of ``key_logs``,
-        signed with the key in force."""
-        self.check_public_key(public_key)
+    def _signed_entries(self, caller: str, kind: str, entries, check_payload) -> dict:
+        """``entries`` ({"entry", "signature"}) as task -> (entry, signature, bytes): each of
+        ``kind``, authored by the caller about themself, one per task, passing ``check_payload``."""
         if not isinstance(entries, list):
             raise InvalidInput("entries must be a list of {entry, signature}")
         given = {}
         for item in entries:
             entry, signature, data = self._parse(item)
             payload = entry["payload"]
-            if (entry["type"] != "key_rotated" or entry["author"] != caller
-                    or payload.get("subject", caller) != caller or payload.get("public_key") != public_key):
-                raise InvalidInput(f"the entry for task {entry['task']!r} must be a key_rotated entry "
-                                   "authored by you naming the new public_key")
+            if (entry["type"] != kind or entry["author"] != caller
+                    or payload.get("subject", caller) != caller or not check_payload(payload)):
+                what = "naming the new public_key" if kind == "key_rotated" else "with the reason given"
+                raise InvalidInput(f"the entry for task {entry['task']!r} must be a {kind} entry "
+                                   f"authored by you {what}")
             if entry["task"] in given:
-                raise InvalidInput(f"two rotation entries for task {entry['task']!r}")
+                raise InvalidInput(f"two {kind} entries for task {entry['task']!r}")
             self._check_clock(entry)
             given[entry["task"]] = (entry, signature, data)
+        return given
+
+    def _append_signed(self, s, caller: str, kind: str, given: dict, held: str, statement,
+                       statement_signature) -> list[str]:
+        """Check that the key ``held`` signed the change (on every log of the caller, or, in no
+        task, the ``statement``) and append the entries; all or none."""
+        tasks = self._key_logs(s, caller)
+        if tasks and not given:  # a password alone: no signature of the key at all
+            raise PermissionDenied(f"a {kind.replace('key_', '')} key must be signed by your current identity "
+                                   f"key: send the {kind} entries for every task you are in")
+        extra = sorted(set(given) - set(tasks))
+        if extra:
+            raise PermissionDenied(f"you are not in task(s) {', '.join(extra)}")
+        missing = [t for t in tasks if t not in given]
+        if missing:  # the client fetches the logs again and signs anew
+            raise Conflict(f"the {kind} entries must go on the log of every task you are in; "
+                           f"missing: {', '.join(missing)}")
+        if not tasks and (statement_signature is None
+                          or not E.verify_key_statement(statement, statement_signature, held)):
+            raise PermissionDenied(f"a {kind.replace('key_', '')} key must be signed by your current identity "
+                                   "key (you are in no task: sign the key statement)")
+        for task in tasks:
+            entry, signature, data = given[task]
+            field = "previous_key" if kind == "key_rotated" else "public_key"
+            if entry["payload"].get(field, held) != held:
+                raise InvalidInput(f"the entry for task {task!r} names another {field} than your key in force")
+            if not E.verify_entry_signature(entry, signature, held):
+                raise PermissionDenied(f"the {kind} entry for task {task!r} is not signed by "
+                                       "your current identity key")
+            self._check_head(s, task, entry)
+            self._insert(s, task, entry, signature, data)
+        return tasks
+
+    def rotate_identity_key(self, caller: str, public_key: str, entries: list,
+                            statement_signature: str | None = None) -> dict:
+        """Replace the caller's key by ``public_key``; ``entries`` are the ``key_rotated``
+        entries (``{"entry", "signature"}``), one at the head of each log of ``key_logs``,
+        signed with the key in force (in no task: ``statement_signature``, the old key's
+        signature of the ``key_statement``)."""
+        self.check_public_key(public_key)
+        given = self._signed_entries(caller, "key_rotated", entries,
+                                     lambda p: p.get("public_key") == public_key)
         with self.writing() as s:
             row = s.scalar(select(IdentityKey).where(IdentityKey.user == caller))
             if row is None:
-                raise InvalidState("you have no identity key in force to rotate; register one "
-                                   "(after a revocation: `werkbund ledger revoke-key --new-key`)")
+                raise InvalidState("you have no identity key in force to rotate; after a revoked or "
+                                   "lost key the platform operator resets it (`werkbund platform reset-key`)")
             if public_key == row.public_key:
                 raise InvalidInput("the new key is the key already in force")
             self._check_unused(s, public_key)
-            tasks = self._key_logs(s, caller)
-            extra = sorted(set(given) - set(tasks))
-            if extra:
-                raise PermissionDenied(f"you are not in task(s) {', '.join(extra)}")
-            missing = [t for t in tasks if t not in given]
-            if missing:  # the client fetches the logs again and signs anew
-                raise Conflict(f"the rotation must go on the log of every task you are in; "
-                               f"missing: {', '.join(missing)}")
-            for task in tasks:
-                entry, signature, data = given[task]
-                if entry["payload"].get("previous_key", row.public_key) != row.public_key:
-                    raise InvalidInput(f"the entry for task {task!r} names another previous_key")
-                if not E.verify_entry_signature(entry, signature, row.public_key):
-                    raise PermissionDenied(f"the rotation entry for task {task!r} is not signed by "
-                                           "your current identity key")
-                self._check_head(s, task, entry)
-                self._insert(s, task, entry, signature, data)
+            statement = E.key_statement("key_rotated", caller, row.public_key, public_key)
+            tasks = self._append_signed(s, caller, "key_rotated", given, row.public_key, statement,
+                                        statement_signature)
             row.public_key = public_key
             s.add(IdentityKeyEvent(user=caller, kind="rotated", public_key=public_key))
         return {"user": caller, "public_key": public_key, "tasks": tasks}
 
-    def revoke_identity_key(self, caller: str, reason: str = "") -> dict:
-        """Revoke the caller's key (lost or compromised); later entries by it are refused."""
+    def revoke_identity_key(self, caller: str, reason: str = "", entries: list | None = None,
+                            statement_signature: str | None = None) -> dict:
+        """Revoke the caller's key (compromised; later entries by it are refused). Signed with
+        that key, as a rotation is: ``key_revoked`` entries on every log, or in no task the
+        ``statement_signature``. A lost key is the operator's ``reset_identity_key``."""
         if not isinstance(reason, str) or len(reason) > MAX_REASON:
             raise InvalidInput(f"the reason must be a text of at most {MAX_REASON} characters")
+        given = self._signed_entries(caller, "key_revoked", entries or [],
+                                     lambda p: p.get("reason", "") == reason)
         with self.writing() as s:
             row = s.scalar(select(IdentityKey).where(IdentityKey.user == caller))
             if row is None:
                 raise InvalidState("you have no identity key in force to revoke")
             revoked = row.public_key
-            tasks = self._key_logs(s, caller)
-            for task in tasks:
-                self.platform_append_in(s, task, "key_revoked",
-                                        {"subject": caller, "public_key": revoked, "reason": reason})
+            statement = E.key_statement("key_revoked", caller, revoked, None, reason)
+            tasks = self._append_signed(s, caller, "key_revoked", given, revoked, statement,
+                                        statement_signature)
             s.add(IdentityKeyEvent(user=caller, kind="revoked", public_key=revoked, reason=reason or None))
             s.delete(row)
         return {"user": caller, "revoked": revoked, "tasks": tasks}
+
+    def reset_identity_key(self, user: str, public_key: str, reason: str) -> dict:
+        """The operator's out-of-band reset, for a user who lost the key: ``public_key`` (handed
+        over out of band) replaces the key in force, or follows a revoked one. Not a command any
+        member can send: ``werkbund platform reset-key`` calls it on the platform's database.
+        Every log of the user gets a platform-signed ``key_reset`` entry."""
+        self.check_public_key(public_key)
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
+            raise InvalidInput(f"an operator reset needs a reason (how the user was identified), "
+                               f"at most {MAX_REASON} characters")
+        with self.writing() as s:
+            if s.scalar(select(User.id).where(User.name == user)) is None:
+                raise InvalidInput(f"no user {user!r} on this platform")
+            self._check_unused(s, public_key)
+            row = s.scalar(select(IdentityKey).where(IdentityKey.user == user))
+            previous = row.public_key if row is not None else None
+            tasks = self._key_logs(s, user)
+            for task in tasks:
+                self.platform_append_in(s, task, "key_reset", {
+                    "subject": user, "public_key": public_key, "previous_key": previous, "reason": reason})
+            if row is None:
+                s.add(IdentityKey(user=user, public_key=public_key))
+            else:
+                row.public_key = public_key
+            s.add(IdentityKeyEvent(user=user, kind="reset", public_key=public_key, reason=reason))
+        return {"user": user, "public_key": public_key, "previous_key": previous, "tasks": tasks}
 
     @staticmethod
     def _parse(item) -> tuple[dict, str, bytes]:

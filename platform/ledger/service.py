@@ -41,7 +41,7 @@ from werkbund.platform.models import Membership, Task, User
 log = logging.getLogger("werkbund.ledger")
 
 PLATFORM_TYPES = frozenset({"task_created", "joined", "left", "task_finished", "task_failed"})
-CREATOR_TYPES = frozenset({"round_started", "aggregate_published", "maintenance"})
+CREATOR_TYPES = frozenset({"round_started", "sum_committed", "aggregate_published", "maintenance"})
 PARTICIPANT_TYPES = frozenset({"update_submitted", "maintenance"})
 MAX_CLOCK_SKEW = timedelta(minutes=10)
 APPEND_RETRIES = 20

@@ -14,8 +14,11 @@ entry naming another key than the one in force is flagged); ``key_rotated``
 replaces it for later entries; ``key_revoked`` (by the subject or an authority;
 optional ``public_key`` that must be the current key) removes it, so later entries
 by that author fail; ``key_registered`` (an authority only, and only when no key is
-in force) sets a new one. An entry signed with a key that was rotated away or
-revoked is flagged with the entry that retired that key.
+in force and never was in this log) sets a new one; ``key_reset`` (an authority only:
+the platform operator's out-of-band reset of a lost key) sets a new one at any time and
+is reported in its own check, with status ``warning``, so every member sees it. An entry
+signed with a key that was rotated away, reset or revoked is flagged with the entry that
+retired that key. ``report.keys_in_force`` holds the authors' keys (base64) after the log.
 
 The :class:`Report` has one :class:`Check` per property, each with the
 :class:`Problem` list naming the entry (seq) and why; ``str(report)`` prints it.
@@ -31,7 +34,7 @@ from .entries import (GENESIS_PREV, PLATFORM_AUTHOR, EntryError, canonical_bytes
                       encode_public_key, validate_checkpoint, verify_checkpoint_signature,
                       verify_cosignature, verify_entry_signature)
 
-OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+OK, FAILED, SKIPPED, WARNING = "ok", "failed", "skipped", "warning"
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Check:
 @dataclass
 class Report:
     checks: list[Check] = field(default_factory=list)
+    keys_in_force: dict[str, str] = field(default_factory=dict)  # author -> base64 key after the log
 
     @property
     def ok(self) -> bool:
@@ -96,7 +100,7 @@ class Report:
         return "\n".join(lines)
 
 
-KEY_TYPES = ("key_rotated", "key_revoked", "key_registered")
+KEY_TYPES = ("key_rotated", "key_revoked", "key_registered", "key_reset")
 
 
 class _Keys:
@@ -108,11 +112,12 @@ class _Keys:
         self.members: set[str] = set()
         self.since: dict[str, int] = {}               # user -> seq that set the key in force
         self.revoked: dict[str, int] = {}             # user -> seq of the revocation in force
-        self.former: dict[str, list] = {}             # user -> [(key, seq, "rotated away"|"revoked")]
+        self.former: dict[str, list] = {}             # user -> [(key, seq, "rotated away"|"revoked"|...)]
+        self.resets: list[tuple[int, str, str]] = []  # (seq, user, reason) of operator resets
 
-    def set(self, user: str, key, seq: int) -> None:
+    def set(self, user: str, key, seq: int, how: str = "rotated away") -> None:
         if user in self.current:
-            self.former.setdefault(user, []).append((self.current[user], seq, "rotated away"))
+            self.former.setdefault(user, []).append((self.current[user], seq, how))
         self.current[user], self.since[user] = key, seq
         self.revoked.pop(user, None)
 
@@ -150,9 +155,14 @@ class _Keys:
             check.fail(f"entry {seq}: {kind} names no valid public key for {user}", seq)
             return
         held = self.current.get(user)
-        if held is not None and was_member and encode_public_key(held) != named:
+        if held is not None and (was_member or user in self.since) and encode_public_key(held) != named:
             check.fail(f"entry {seq}: {kind} names another key for {user} than the one in force "
-                       f"since entry {self.since[user]}; a key changes only by key_rotated", seq)
+                       f"since entry {self.since.get(user, '0')}; a key changes only by key_rotated", seq)
+            return
+        if held is None and (user in self.revoked or user in self.former):  # e.g. left, then joined again
+            retired = self.revoked.get(user, self.former.get(user, [(None, None)])[-1][1])
+            check.fail(f"entry {seq}: {kind} names a key for {user}, whose key was retired at entry "
+                       f"{retired}; after that only an operator key_reset (shown as such) sets one", seq)
             return
         if held is None or encode_public_key(held) != named:
             if held is not None:  # the key given as at entry 0 is older than the log says
@@ -187,6 +197,17 @@ class _Keys:
                 self.former.setdefault(subject, []).append((held, seq, "revoked"))
                 self.current.pop(subject)
             self.revoked[subject] = seq
+        elif kind == "key_reset":  # the operator's out-of-band reset of a lost key
+            if author not in self.authorities:
+                check.fail(f"entry {seq}: only the platform operator resets keys, not {author}", seq)
+                return
+            try:
+                key = decode_public_key(named)
+            except (EntryError, ValueError, TypeError):
+                check.fail(f"entry {seq}: key_reset carries no valid public_key", seq)
+                return
+            self.set(subject, key, seq, "replaced by an operator reset")
+            self.resets.append((seq, subject, str(payload.get("reason") or "")))
         else:  # key_registered: the platform vouches for a new key where none is in force
             if author not in self.authorities:
                 check.fail(f"entry {seq}: only the platform registers keys, not {author}", seq)
@@ -194,6 +215,10 @@ class _Keys:
                 check.fail(f"entry {seq}: registers a new key for {subject} while the key set at "
                            f"entry {self.since[subject]} is in force; a key changes only by "
                            "key_rotated", seq)
+            elif subject in self.former or subject in self.revoked:
+                check.fail(f"entry {seq}: registers a new key for {subject}, whose key was retired "
+                           "before; after that only an operator key_reset (shown as such) sets one",
+                           seq)
             else:
                 try:
                     self.current.pop(subject, None)
@@ -202,8 +227,8 @@ class _Keys:
                     check.fail(f"entry {seq}: key_registered carries no valid public_key", seq)
 
 
-def _check_signatures(entries, keys, authorities, check: Check) -> dict:
-    """Check every signature, following the key history in the log; return the final keys."""
+def _check_signatures(entries, keys, authorities, check: Check) -> _Keys:
+    """Check every signature, following the key history in the log; return the keys' state."""
     state = _Keys(keys, authorities)
     changes = 0
     for entry, signature in entries:
@@ -227,15 +252,15 @@ def _check_signatures(entries, keys, authorities, check: Check) -> dict:
     if check.ok:
         check.detail = f"{len(entries)} entries signed by their authors" + (
             f", following {changes} key change(s)" if changes else "")
-    return state.current
+    return state
 
 
 def keys_in_force(entries: Sequence[tuple[dict, bytes | str]], keys: Mapping[str, object],
                   authorities: Iterable[str] = (PLATFORM_AUTHOR,)) -> dict:
     """The authors' keys (base64) in force after ``entries``, following the key history in them
     (e.g. the entries before one whose signature is to be checked on its own)."""
-    current = _check_signatures(list(entries), keys, set(authorities), Check("signatures"))
-    return {author: encode_public_key(key) for author, key in current.items()}
+    state = _check_signatures(list(entries), keys, set(authorities), Check("signatures"))
+    return {author: encode_public_key(key) for author, key in state.current.items()}
 
 
 def _check_checkpoint(name, checkpoint, signature, platform_key, task, report) -> bool:
@@ -322,11 +347,18 @@ def verify_log(entries: Sequence[tuple[dict, bytes | str]], keys: Mapping[str, o
     _check_chain(good, hashes, report.new("hash chain"))
 
     sigs = report.new("signatures")
-    final_keys = dict(keys)
+    final_keys, resets = {}, []
     try:
-        final_keys = _check_signatures(good, keys, set(authorities), sigs)
+        state = _check_signatures(good, keys, set(authorities), sigs)
+        final_keys, resets = state.current, state.resets
     except (EntryError, ValueError) as exc:
         sigs.fail(f"the key directory is unusable: {exc}")
+    report.keys_in_force = {author: encode_public_key(key) for author, key in final_keys.items()}
+    if resets:
+        check = report.new("operator key resets")
+        check.status = WARNING
+        check.detail = "; ".join(f"entry {seq}: the platform operator reset {user}'s key"
+                                 + (f" ({reason})" if reason else "") for seq, user, reason in resets)
 
     tree = merkle.MerkleTree(leaf_hashes)
     cp_ok = _check_checkpoint("checkpoint", checkpoint, checkpoint_signature, platform_key,
