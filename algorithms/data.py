@@ -106,6 +106,16 @@ class Dataset:
         order = np.random.default_rng(seed).permutation(len(self))
         return self._take(np.array_split(order, count)[index - 1])
 
+    def in_order(self, features: list[str]) -> "Dataset":
+        """The same rows with the feature columns in the task's order (a participant whose file lists
+        the same columns in another order trains on them as the others do)."""
+        if list(features) == list(self.features):
+            return self
+        if sorted(features) != sorted(self.features):
+            raise DataError(f"your feature columns {self.features} are not the task's {list(features)}")
+        index = [self.features.index(name) for name in features]
+        return Dataset(self.x[:, index], self.y, list(features), self.target, self.kind, self.source, self.meta)
+
     def _take(self, rows) -> "Dataset":
         return Dataset(self.x[rows], self.y[rows], self.features, self.target, self.kind, self.source, self.meta)
 

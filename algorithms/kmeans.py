@@ -158,8 +158,8 @@ class KMeansAggregator(RoundAggregator):
         self.inertia: list[float] = []
         self.converged_round: int | None = None
         self._last: dict = {}
-        self.channel.broadcast("setup", b"", round=-1, clusters=self.k, mean=self.mean.tolist(),
-                               scale=self.scale.tolist())
+        self.broadcast_setup(b"", clusters=self.k, mean=self.mean.tolist(),
+                             scale=self.scale.tolist())
         self.progress.message(f"k-means with {self.k} clusters over {n} features; round 0 seeds the centroids")
 
     def round_metrics(self, number):

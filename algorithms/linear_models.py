@@ -138,9 +138,9 @@ class _LinearAggregator(RoundAggregator):
         self.weights = [np.zeros((n, outputs)), np.zeros(outputs)]
         self.expected = signature(self.weights)
         self.strategy = build_strategy(d.get("strategy"))
-        self.channel.broadcast("setup", b"", round=-1, classes=self.classes, mean=self.mean.tolist(),
-                               scale=self.scale.tolist(), target_mean=self.target_mean,
-                               target_scale=self.target_scale)
+        self.broadcast_setup(b"", classes=self.classes, mean=self.mean.tolist(),
+                             scale=self.scale.tolist(), target_mean=self.target_mean,
+                             target_scale=self.target_scale)
         self.progress.message(f"{self.algorithm}: {n} features, {outputs} output(s)")
 
     def global_weights(self):

@@ -28,7 +28,7 @@ GENERIC_FIELDS = frozenset({
     "algorithm", "algorithm_package", "quorum", "max_participants", "rounds", "min_updates", "round_timeout",
     "test_size", "seed", "pom", "pom_options", "description", "selection", "kind", "early_stopping",
 })
-FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 POM_NAMES = {1: "plain", 2: "secure aggregation", 3: "homomorphic encryption"}
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
                dict: "a JSON object", list: "a JSON list"}
@@ -65,7 +65,7 @@ class Field:
     check: Callable[[Any, dict], None] | None = None
 
     def __post_init__(self):
-        if not FIELD_NAME.match(self.name):
+        if not FIELD_NAME.fullmatch(self.name):
             raise ValueError(f"field name {self.name!r}: use lower-case letters, digits and '_', at most 64")
 
     @property

@@ -23,22 +23,36 @@ from werkbund.algorithms.statistics import merge_moments
 CONSTANT_VARIANCE = 1e-12
 
 
-def checked_moments(message, n_columns: int) -> dict:
-    """One participant's count, mean and M2 per column, refused if malformed."""
+# bounds on one site's statistics: real features are far inside them, and within them the pooled
+# mean and M2 (statistics.merge_moments) cannot overflow a double whatever the sites send
+MAX_ABS_MEAN = 1e100
+MAX_VARIANCE = 1e200
+
+
+def checked_moments(message, n_columns: int, most: int | None = None) -> dict:
+    """One participant's count, mean and M2 per column, refused (UpdateRejected, with the reason that
+    goes into the round record) if malformed, beyond the bounds above, or counting more rows than
+    ``most`` (what the participant declared when it joined)."""
     count, mean, m2 = message.get("count"), message.get("mean"), message.get("m2")
     if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
         raise UpdateRejected("statistics without a positive row count")
+    if most is not None and count > most:
+        raise UpdateRejected(f"statistics over {count} rows, but the participant declared {most} rows when it joined")
+    arrays = {}
     for name, values in (("mean", mean), ("m2", m2)):
         if not isinstance(values, list) or len(values) != n_columns:
             raise UpdateRejected(f"statistics: {name} must list {n_columns} numbers")
         try:
-            array = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError):
+            arrays[name] = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
             raise UpdateRejected(f"statistics: {name} holds something that is not a number") from None
-        if not np.isfinite(array).all():
+        if not np.isfinite(arrays[name]).all():
             raise UpdateRejected(f"statistics: {name} holds NaN or infinite values")
-    if min(m2) < 0:
+    if (arrays["m2"] < 0).any():
         raise UpdateRejected("statistics: m2 cannot be negative")
+    if (np.abs(arrays["mean"]) > MAX_ABS_MEAN).any() or (arrays["m2"] / count > MAX_VARIANCE).any():
+        raise UpdateRejected(f"statistics out of range: a mean beyond ±{MAX_ABS_MEAN:g} or a variance beyond "
+                             f"{MAX_VARIANCE:g} is no feature of real data")
     return {"count": count, "mean": mean, "m2": m2}
 
 
@@ -47,7 +61,8 @@ def federated_scaler(aggregator, n_columns: int) -> tuple[np.ndarray, np.ndarray
     column is constant) and row count."""
     moments = []
     collected = aggregator.exchange("stats", expect="stats", number=-1,
-                                    handler=lambda m: moments.append(checked_moments(m, n_columns)))
+                                    handler=lambda m: moments.append(
+                                        checked_moments(m, n_columns, aggregator.declared.get(m.sender))))
     merged = merge_moments(moments)
     scale = np.where(merged["variance"] > CONSTANT_VARIANCE, merged["std"], 1.0)
     aggregator.progress.message(f"federated standardization over {merged['count']} rows from "

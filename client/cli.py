@@ -10,10 +10,10 @@ import click
 
 from werkbund.client import state
 from werkbund.client.cli_common import (
-    LOGIN_ENVIRONMENT, Connection, emit_json, environment, handle_errors, platform_options, setup_logging,
+    LOGIN_ENVIRONMENT, Connection, emit_json, environment, handle_errors, platform_options, setup_logging, shown,
 )
 from werkbund.platform.definition import FIELDS
-from werkbund.platform.errors import InvalidInput
+from werkbund.platform.errors import InvalidInput, WerkbundError
 
 DEFINITION_OPTIONS = ("algorithm", "quorum", "rounds", "epochs", "batch_size", "learning_rate",
                       "max_participants", "min_updates", "round_timeout", "kind")
@@ -57,10 +57,14 @@ def _training_field(what: str, field: str) -> str:
 @environment(*LOGIN_ENVIRONMENT)
 @platform_options
 @click.option("--org", help="Your organisation (default: the credentials file's org; one of the two is needed).")
+@click.option("--unencrypted-key", is_flag=True,
+              help="Write the identity key unencrypted (default: encrypted with WERKBUND_KEY_PASSPHRASE if "
+                   "set, else with your password).")
 @handle_errors
-def register(conn: Connection, org):
+def register(conn: Connection, org, unencrypted_key):
     """Create an account and an identity key (the password is asked for, or taken from
-    WERKBUND_PASSWORD or the credentials file; WERKBUND_KEY_PASSPHRASE, if set, encrypts the key)."""
+    WERKBUND_PASSWORD or the credentials file). The key is encrypted with WERKBUND_KEY_PASSPHRASE if
+    set, else with the password; later commands unlock it with the same."""
     org = org or conn.creds.get("org")
     if not org:
         raise click.UsageError("no organisation: give --org or put org in the credentials file")
@@ -68,9 +72,9 @@ def register(conn: Connection, org):
 
     transport = conn.transport()
     password = conn.password(confirm=True)
-    data = register_account(transport, conn.url, conn.user, password, org)
+    data = register_account(transport, conn.url, conn.user, password, org, encrypt_key=not unencrypted_key)
     click.echo(f"registered {data['user']} ({data['org']}); identity key {data['key_path']} "
-               f"(public {data['public_key']})")
+               f"({'encrypted' if data['encrypted'] else 'UNENCRYPTED'}; public {data['public_key']})")
 
 
 @cli.command()
@@ -88,9 +92,20 @@ def login(conn: Connection):
 @platform_options
 @handle_errors
 def logout(conn: Connection):
-    """Forget the cached session token."""
+    """Revoke the cached session token on the platform and forget it."""
+    token = state.load_token(conn.url, conn.user)
+    revoked = False
+    if token:
+        transport = conn.transport()
+        if hasattr(transport, "logout"):  # the cloud platform has no session tokens of its own to revoke
+            transport.token = token
+            try:
+                transport.logout()
+                revoked = True
+            except WerkbundError:  # expired or revoked already: nothing left to revoke
+                pass
     state.forget_token(conn.url, conn.user)
-    click.echo(f"logged out {conn.user}")
+    click.echo(f"logged out {conn.user}" + ("; the session token is revoked on the platform" if revoked else ""))
 
 
 # --------------------------------------------------------------------- tasks
@@ -243,10 +258,13 @@ def list_tasks(conn: Connection, status, creator, algorithm, search, as_json):
     from rich.console import Console
     from rich.table import Table
 
+    from rich.text import Text
+
     table = Table("name", "creator", "status", "algorithm", "POM", "quorum", "joined", "created")
-    for t in tasks:
-        table.add_row(t["name"], f"{t['creator']} ({t['org']})", t["status"], t["algorithm"], str(t["pom"]),
-                      str(t["quorum"]), f"{t['joined']}/{t['max_participants']}", t["created_at"])
+    for t in tasks:  # Text, not markup: an organisation's "[red]" is shown as typed
+        table.add_row(*(Text(shown(v)) for v in (
+            t["name"], f"{t['creator']} ({t['org']})", t["status"], t["algorithm"], t["pom"], t["quorum"],
+            f"{t['joined']}/{t['max_participants']}", t["created_at"])))
     Console(width=140).print(table if tasks else "no tasks")
 
 
@@ -264,8 +282,8 @@ def info(conn: Connection, task, as_json):
         data["rounds"] = user.rounds(task)
     if as_json:
         return emit_json(data)
-    click.echo(f"task {data['name']}: {data['status']}" + (f" ({data['reason']})" if data.get("reason") else ""))
-    click.echo(f"  creator     {data['creator']} ({data['org']})")
+    click.echo(f"task {data['name']}: {data['status']}" + (f" ({shown(data['reason'])})" if data.get("reason") else ""))
+    click.echo(f"  creator     {data['creator']} ({shown(data['org'])})")
     modes = {1: "plain", 2: "secure aggregation", 3: "homomorphic encryption"}
     click.echo(f"  algorithm   {data['algorithm']}, POM {data['pom']} ({modes.get(data['pom'], 'unknown')})")
     click.echo(f"  joined      {data['joined']} of quorum {data['quorum']} (max {data['max_participants']})")
@@ -371,18 +389,29 @@ def model(conn: Connection, task, out):
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=5000, show_default=True, type=int, help="Port to listen on.")
 @click.option("--db", help="SQLAlchemy database URL (default: SQLite under WERKBUND_HOME).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True),
+              help="Certificate file (PEM, with its chain): serve HTTPS, with --tls-key (default: plain HTTP).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), help="Private key file of --tls-cert (default: none).")
 @click.option("--dashboard", "with_dashboard", is_flag=True,
               help="Also serve the dashboard for this platform on 127.0.0.1 (default: no dashboard; see "
                    "`werkbund dashboard`).")
 @click.option("--dashboard-port", default=8050, show_default=True, type=int,
               help="Port of the dashboard that --dashboard serves (0: a free one).")
+@click.option("--upgrade", is_flag=True,
+              help="Bring an older database to this werkbund's schema first, as `werkbund platform upgrade` does "
+                   "(default: refuse to start on one).")
 @handle_errors
-def local_platform(host, port, db, with_dashboard, dashboard_port):
+def local_platform(host, port, db, tls_cert, tls_key, with_dashboard, dashboard_port, upgrade):
     """Run the local platform (Flask + SQLite) until interrupted."""
     from werkbund.local_platform.server import LocalPlatformServer, default_db_url
 
+    if upgrade:
+        from werkbund.client.cli_platform_admin import upgrade_before_start
+
+        upgrade_before_start(db or default_db_url(state.home()))
     try:
-        server = LocalPlatformServer(db or default_db_url(state.home()), host=host, port=port)
+        server = LocalPlatformServer(db or default_db_url(state.home()), host=host, port=port,
+                                     tls_certificate=tls_cert, tls_key=tls_key)
     except OSError as exc:
         raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     click.echo(f"werkbund local platform listening on {server.url} (database {server.service.db.url})", err=False)
@@ -391,7 +420,8 @@ def local_platform(host, port, db, with_dashboard, dashboard_port):
         if with_dashboard:
             from werkbund.client.cli_dashboard import start_dashboard
 
-            board = start_dashboard("local", server.url, port=dashboard_port)
+            board = start_dashboard("local", server.url, port=dashboard_port,
+                                    credentials={"ca_certificate": tls_cert} if tls_cert else None)
             click.echo(f"werkbund dashboard serving on {board.url}")
         server.serve_forever()
     finally:
@@ -407,6 +437,7 @@ def main():
     from werkbund.client import cli_usecase  # noqa: F401  (registers usecase pdm)
     from werkbund.client import cli_simulate  # noqa: F401  (registers simulate)
     from werkbund.client import cli_dashboard  # noqa: F401  (registers dashboard)
+    from werkbund.client import cli_check  # noqa: F401  (registers check)
 
     cli(prog_name="werkbund")
 

@@ -1,27 +1,85 @@
-"""HTTP transport to the local platform (requests, one keep-alive session)."""
+"""HTTP transport to the local platform (requests, one keep-alive session).
+
+When a platform this transport has reached before cannot be reached (connection refused or cut, no
+answer, 502/503/504: it is being restarted), a request is tried again with capped exponential
+backoff and jitter for up to ``WERKBUND_RECONNECT_SECONDS`` (default 300; 0: give up at once), with
+one log line "platform unreachable; retrying for up to N s", before it fails with ``Unavailable``. Every task
+message carries an id of its own (``X-Werkbund-Message-Id``), so a message sent again because the
+reply was lost is stored once. A platform never reached (a wrong URL, not started, plain HTTP to an
+HTTPS port) fails at once: that is a user's mistake to fix, not a restart to wait for.
+"""
 from __future__ import annotations
 
 import json
+import logging
+import os
+import random
 import time
+import uuid
 
 import requests
 
 from werkbund.client.transport import Transport
 from werkbund.platform.errors import AuthenticationFailed, Unavailable, WerkbundError, error_from_dict
+from werkbund.platform.tls import client_context, explain
 
 POLL_SECONDS = 25.0
+RECONNECT_SECONDS = 300.0      # default patience with an unreachable platform (WERKBUND_RECONNECT_SECONDS)
+BACKOFF_FIRST, BACKOFF_CAP = 0.2, 5.0
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+log = logging.getLogger("werkbund.transport")
+
+
+def reconnect_seconds() -> float:
+    """How long a client keeps trying an unreachable platform: WERKBUND_RECONNECT_SECONDS, else 300."""
+    text = os.environ.get("WERKBUND_RECONNECT_SECONDS", "").strip()
+    try:
+        value = float(text) if text else RECONNECT_SECONDS
+    except ValueError:
+        value = RECONNECT_SECONDS
+    return value if 0 <= value < float("inf") else RECONNECT_SECONDS
 
 
 class HttpTransport(Transport):
-    def __init__(self, url: str, token: str | None = None, user: str | None = None):
+    def __init__(self, url: str, token: str | None = None, user: str | None = None,
+                 ca_certificate: str | None = None):
         self.url = url.rstrip("/")
         self.session = requests.Session()
+        self.ca_certificate = ca_certificate
+        if ca_certificate:  # an https:// platform whose certificate this CA signed
+            client_context(ca_certificate)  # a missing or broken file: one clear error now
+        # given with every request: a session's own verify loses to REQUESTS_CA_BUNDLE (requests #3829)
+        self.verify = ca_certificate or True
         self.token = token
         self.user = user
+        self.reconnect_seconds = reconnect_seconds()
+        self.reached = False  # the platform answered once: from then on an unreachable one is waited for
 
     # ------------------------------------------------------------ plumbing
     def _request(self, method: str, path: str, *, json_body=None, data=None, params=None,
                  headers=None, timeout: float = 60.0, auth: bool = True) -> requests.Response:
+        """One request, tried again with backoff while the platform is unreachable (module docstring)."""
+        give_up = time.monotonic() + self.reconnect_seconds
+        attempt = 0
+        while True:
+            try:
+                return self._request_once(method, path, json_body=json_body, data=data, params=params,
+                                          headers=headers, timeout=timeout, auth=auth)
+            except _Unreachable as exc:
+                now = time.monotonic()
+                if now >= give_up or not self.reached:
+                    raise Unavailable(str(exc)) from None
+                if attempt == 0:
+                    log.warning("platform unreachable; retrying for up to %.0f s (%s)", self.reconnect_seconds, exc)
+                delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.5, 1.0)
+                time.sleep(max(0.0, min(delay, give_up - now)))
+                attempt += 1
+                if attempt > 1 and attempt % 10 == 1:
+                    log.info("platform still unreachable after %d tries", attempt)
+
+    def _request_once(self, method: str, path: str, *, json_body=None, data=None, params=None,
+                      headers=None, timeout: float = 60.0, auth: bool = True) -> requests.Response:
         all_headers = dict(headers or {})
         if auth:
             if not self.token:
@@ -29,11 +87,19 @@ class HttpTransport(Transport):
             all_headers["Authorization"] = f"Bearer {self.token}"
         try:
             response = self.session.request(method, f"{self.url}/api/v1{path}", json=json_body, data=data,
-                                            params=params, headers=all_headers, timeout=timeout)
-        except requests.ConnectionError:
-            raise Unavailable(f"cannot reach the local platform at {self.url}; is `werkbund local-platform` running?") from None
+                                            params=params, headers=all_headers, timeout=timeout,
+                                            verify=self.verify)
+        except requests.exceptions.SSLError as exc:
+            raise Unavailable(explain(exc, "local platform", self.url, self.ca_certificate)
+                              or f"TLS with the local platform at {self.url} failed: {exc}") from None
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):  # refused, or cut mid-reply
+            raise _Unreachable(f"cannot reach the local platform at {self.url}; is `werkbund local-platform` "
+                               "running?") from None
         except requests.Timeout:
-            raise Unavailable(f"the local platform at {self.url} did not answer in {timeout:.0f} s") from None
+            raise _Unreachable(f"the local platform at {self.url} did not answer in {timeout:.0f} s") from None
+        self.reached = True
+        if response.status_code in RETRY_STATUSES and not _is_werkbund_error(response):
+            raise _Unreachable(f"the local platform at {self.url} answered HTTP {response.status_code}")
         if response.status_code >= 400:
             raise _error_of(response)
         return response
@@ -57,10 +123,17 @@ class HttpTransport(Transport):
     def call(self, command, **params):
         return self._json(self._request("POST", f"/call/{command}", json_body=params))
 
+    def logout(self):
+        """Revoke the session token on the platform (it no longer opens anything) and forget it."""
+        if self.token:
+            self._json(self._request("POST", "/logout"))
+        self.token = None
+
     # ------------------------------------------------------------ messages
     def send(self, task, to, body):
+        headers = {"Content-Type": "application/octet-stream", "X-Werkbund-Message-Id": uuid.uuid4().hex}
         return self._json(self._request("POST", f"/tasks/{task}/messages", params={"to": to}, data=body,
-                                        headers={"Content-Type": "application/octet-stream"}, timeout=600))
+                                        headers=headers, timeout=600))
 
     def receive(self, task, timeout):
         deadline = time.monotonic() + max(0.0, timeout)
@@ -85,6 +158,18 @@ class HttpTransport(Transport):
 
     def close(self):
         self.session.close()
+
+
+class _Unreachable(Exception):
+    """The platform did not answer (or a proxy said it is down): worth trying again."""
+
+
+def _is_werkbund_error(response: requests.Response) -> bool:
+    """A typed error of the platform itself (e.g. its own 503 ``unavailable``): an answer, given to the caller."""
+    try:
+        return isinstance(response.json().get("error"), dict)
+    except (ValueError, AttributeError):
+        return False
 
 
 def _error_of(response: requests.Response) -> WerkbundError:

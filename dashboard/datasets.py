@@ -16,7 +16,7 @@ from pathlib import Path
 
 from werkbund.client import state
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SUFFIXES = (".csv", ".txt", ".npz", ".parquet", ".pq")
 _lock = threading.Lock()
 
@@ -101,7 +101,7 @@ def describe(path: Path, target: str | None, features: list[str] | None, kind: s
 def register_dataset(platform_url: str | None, user: str, name: str, path_text: str, target: str | None,
                      features: list[str] | None, kind: str, missing: str, data_root: Path | None = None) -> dict:
     """Check and describe a local file and remember it under ``name`` for this user."""
-    if not NAME_RE.match(name or ""):
+    if not NAME_RE.fullmatch(name or ""):
         raise DatasetError("name", "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     path = check_path(path_text, data_root)
     schema = describe(path, target or None, features or None, kind, missing)

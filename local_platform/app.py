@@ -2,12 +2,15 @@
 
 Routes (all under ``/api/v1``):
 
-- ``POST /register`` and ``POST /login``: JSON ``{user, password[, org]}``; login returns a session token.
+- ``POST /register`` and ``POST /login``: JSON ``{user, password[, org]}``; login returns a session token;
+  ``POST /logout`` revokes it.
 - ``POST /call/<command>``: JSON parameters, ``Authorization: Bearer <token>``; replies ``{"data": ...}``.
-- ``POST /tasks/<task>/messages?to=aggregator|all|<participant>``: the raw message body.
+- ``POST /tasks/<task>/messages?to=aggregator|all|<participant>``: the raw message body; an optional
+  ``X-Werkbund-Message-Id`` (1-64 of ``A-Za-z0-9_-``) makes a repeated send of it store nothing again.
 - ``GET /tasks/<task>/messages?timeout=S``: long-poll for the caller's next message
   (200 with the body and ``X-Werkbund-Sender``; 204 when none came in time).
 - ``PUT /tasks/<task>/model`` (creator) and ``GET /tasks/<task>/model`` (creator, participants).
+- ``GET /openapi.json``: the OpenAPI 3 spec of these routes, built from the commands' parameter models.
 
 Every error is ``{"error": {"code", "message"}}`` with the HTTP status of its class.
 """
@@ -21,8 +24,11 @@ import os
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from werkbund.local_platform.openapi import openapi_spec
+from werkbund.platform.command_schemas import check_json, parse_json
 from werkbund.platform.commands import dispatch, dispatch_public
 from werkbund.platform.errors import AuthenticationFailed, InvalidInput, PayloadTooLarge, WerkbundError
+from werkbund.platform.login_guard import CLIENT_ADDRESS
 from werkbund.platform.mailboxes import Mailboxes
 from werkbund.platform.service import PlatformService
 
@@ -47,11 +53,12 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
             raise AuthenticationFailed("not logged in: send 'Authorization: Bearer <token>'")
         return service.authenticate(header[len("Bearer "):].strip())
 
-    def json_body() -> dict:
-        body = request.get_json(silent=True)
-        if body is None and request.data:
-            raise InvalidInput("the request body is not valid JSON")
-        return body if body is not None else {}
+    def json_body():
+        return parse_json(request.get_data())  # dispatch checks that it is an object, and its parameters
+
+    @app.before_request
+    def _client_address():  # failed logins are counted per address too (platform/login_guard.py)
+        CLIENT_ADDRESS.set(request.remote_addr)
 
     @app.errorhandler(WerkbundError)
     def _werkbund_error(error: WerkbundError):
@@ -70,6 +77,11 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
     def login():
         return jsonify({"data": dispatch_public(service, "login", json_body())})
 
+    @app.post("/api/v1/logout")
+    def logout():  # the token is revoked on the platform, not only forgotten by the client
+        user = caller()
+        return jsonify({"data": service.logout(user, request.headers["Authorization"][len("Bearer "):].strip())})
+
     @app.post("/api/v1/call/<command>")
     def call(command: str):
         user = caller()
@@ -86,7 +98,8 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
         body = request.get_data(cache=False)
         if len(body) > max_message_bytes:
             raise PayloadTooLarge(f"a message may have at most {max_message_bytes} bytes")
-        boxes.put(task, inboxes, user, body)
+        # a repeat of a message id already accepted (the sender lost the reply) is not stored again
+        boxes.put(task, inboxes, user, body, message_id=request.headers.get("X-Werkbund-Message-Id") or None)
         return jsonify({"data": {"delivered_to": len(inboxes), "size": len(body),
                                  "sha256": hashlib.sha256(body).hexdigest()}}), 202
 
@@ -95,23 +108,27 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
         user = caller()
         inbox = service.inbox_of(user, task)
         try:
-            timeout = min(float(request.args.get("timeout", "30")), MAX_POLL_SECONDS)
+            timeout = float(request.args.get("timeout", "30"))
         except ValueError:
-            raise InvalidInput("timeout must be a number of seconds") from None
+            timeout = -1.0
+        if not 0 <= timeout < float("inf"):  # NaN too
+            raise InvalidInput("timeout must be a number of seconds, 0 or more")
+        timeout = min(timeout, MAX_POLL_SECONDS)
         message = boxes.get(task, inbox, timeout)
         if message is None:
             return Response(status=204)
-        return Response(message.body, mimetype="application/octet-stream",
-                        headers={"X-Werkbund-Sender": message.sender})
+        response = Response(message.body, mimetype="application/octet-stream",
+                            headers={"X-Werkbund-Sender": message.sender})
+        response.call_on_close(message.done)  # on disk: the message's file goes once the reply was written
+        return response
 
     @app.put("/api/v1/tasks/<task>/model")
     def put_model(task: str):
         user = caller()
-        meta_header = request.headers.get("X-Werkbund-Meta", "{}")
-        try:
-            meta = json.loads(meta_header)
-        except json.JSONDecodeError:
-            raise InvalidInput("X-Werkbund-Meta must be a JSON object") from None
+        meta = parse_json(request.headers.get("X-Werkbund-Meta", "{}"), "the header X-Werkbund-Meta")
+        if not isinstance(meta, dict):
+            raise InvalidInput("the header X-Werkbund-Meta must be a JSON object")
+        check_json(meta, "X-Werkbund-Meta")
         return jsonify({"data": service.put_model(user, task, request.get_data(cache=False), meta)})
 
     @app.get("/api/v1/tasks/<task>/model")
@@ -124,5 +141,11 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
     @app.get("/api/v1/health")
     def health():
         return jsonify({"data": {"status": "ok"}})
+
+    spec = openapi_spec()
+
+    @app.get("/api/v1/openapi.json")
+    def openapi():
+        return jsonify(spec)
 
     return app

@@ -19,6 +19,7 @@ import uuid
 
 from werkbund.platform import amqp_names as names
 from werkbund.platform.broker_admin import BrokerAdmin
+from werkbund.platform.command_schemas import check_json, parse_json
 from werkbund.platform.commands import dispatch, dispatch_public
 from werkbund.platform.errors import AuthenticationFailed, InvalidInput, PermissionDenied, Unavailable, WerkbundError
 from werkbund.platform.service import PlatformService
@@ -29,19 +30,20 @@ log = logging.getLogger("werkbund.platform.amqp")
 class Topology:
     """Declares and deletes a task's exchange and queues on one (platform-owned) channel."""
 
-    def __init__(self, channel):
+    def __init__(self, channel, queue_arguments: dict | None = None):
         self.channel = channel
+        self.queue_arguments = queue_arguments  # {"x-queue-type": "quorum"} on a cluster (--queue-type)
 
     def declare_task(self, task: str) -> None:
         exchange, queue = names.task_exchange(task), names.aggregator_queue(task)
         self.channel.exchange_declare(exchange, exchange_type="topic", durable=True)
-        self.channel.queue_declare(queue, durable=True)
+        self.channel.queue_declare(queue, durable=True, arguments=self.queue_arguments)
         self.channel.queue_bind(queue, exchange, routing_key=names.TO_AGGREGATOR)
 
     def declare_participant(self, task: str, user: str) -> None:
         exchange, queue = names.task_exchange(task), names.participant_queue(task, user)
         self.declare_task(task)  # idempotent; makes sure the exchange exists
-        self.channel.queue_declare(queue, durable=True)
+        self.channel.queue_declare(queue, durable=True, arguments=self.queue_arguments)
         self.channel.queue_bind(queue, exchange, routing_key=names.TO_ALL)
         self.channel.queue_bind(queue, exchange, routing_key=names.to_user(user))
 
@@ -78,6 +80,7 @@ class AmqpFront:
                 task, meta = params.get("task"), params.get("meta") or {}
                 if not isinstance(meta, dict):
                     raise InvalidInput("model metadata must be a JSON object")
+                check_json(params, "put_model parameter")
                 if params.get("blob") is None:
                     return _ok(self.service.put_model(caller, task, bytes(body), meta))
                 return _ok(self._put_model_blob(caller, task, params["blob"], meta))
@@ -153,10 +156,7 @@ def _ok(data) -> tuple[dict, bytes]:
 
 
 def _json(raw) -> dict:
-    try:
-        value = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("the request body is not valid JSON") from None
+    value = parse_json(raw or b"{}")  # refuses JSON nested too deeply for Python's parser; dispatch checks the rest
     if not isinstance(value, dict):
         raise InvalidInput("command parameters must be a JSON object")
     return value

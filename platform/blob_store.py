@@ -4,8 +4,9 @@ A sender uploads a large message with ``PUT /blobs/<task>/<id>`` and publishes o
 (id, size, sha256) through the broker (the claim-check pattern); a receiver streams it down with
 ``GET`` and checks the sha256. Bodies are streamed in 1 MiB pieces to and from files under the
 platform's data folder, the sha256 computed on the way in, so the platform never holds a blob in
-memory. A caller authenticates with a short-lived session token from the ``transfer_token`` command
-(asked over the broker, where RabbitMQ vouches for the user), and every request is checked by the
+memory. A caller authenticates with a short-lived token from the ``transfer_token`` command (asked
+over the broker, where RabbitMQ vouches for the user; it opens that task's blobs and nothing else),
+and every request is checked by the
 core's rule (``PlatformService.check_blob_access``); this front only translates.
 
 Why the standard library's HTTP server and not waitress: waitress reads a whole request body (to
@@ -32,7 +33,7 @@ from werkbund.platform.errors import InvalidInput, NotFound, PayloadTooLarge, Un
 log = logging.getLogger("werkbund.platform.blobs")
 PIECE = 4 << 20
 MAX_BLOB_BYTES = 16 * 1024**3
-BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
+BLOB_ID = re.compile(r"[0-9a-f]{32}")
 STALL_SECONDS = 60.0  # an upload with no new byte for this long has failed
 
 
@@ -101,7 +102,7 @@ class BlobStore:
 
     def path(self, task: str, blob_id: str) -> Path:
         check_name("task", task)
-        if not isinstance(blob_id, str) or not BLOB_ID.match(blob_id):
+        if not isinstance(blob_id, str) or not BLOB_ID.fullmatch(blob_id):
             raise InvalidInput("a blob id is 32 lowercase hex digits")
         return self.root / task / blob_id
 
@@ -236,7 +237,8 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) != 3 or parts[0] != "blobs":
             raise NotFound("use /blobs/<task>/<blob id>")
         token = self.headers.get("Authorization", "")
-        user = self.server.service.authenticate(token[7:] if token.startswith("Bearer ") else "")
+        user = self.server.service.authenticate(token[7:] if token.startswith("Bearer ") else "",
+                                                scope=f"blob:{parts[1]}")  # the task's transfer token only
         return user, parts[1], parts[2]
 
     def _reply(self, status: int, body: dict, extra=None) -> None:

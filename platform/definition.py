@@ -14,10 +14,10 @@ import re
 
 from werkbund.platform.errors import InvalidInput
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch: "$" would accept a trailing newline
 # an algorithm is named by its entry point in the group werkbund.algorithms: never an import path
-ALGORITHM_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-FIELD_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+ALGORITHM_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+FIELD_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 MAX_DEFINITION_BYTES = 1 << 20  # the whole definition as JSON: room for a Keras architecture
 MAX_ALGORITHM_FIELDS = 100
 
@@ -25,7 +25,7 @@ MAX_ALGORITHM_FIELDS = 100
 _INT = (int,)
 _NUM = (int, float)
 FIELDS = {
-    "algorithm": (str, "neural_network", lambda v: bool(ALGORITHM_NAME_RE.match(v)),
+    "algorithm": (str, "neural_network", lambda v: bool(ALGORITHM_NAME_RE.fullmatch(v)),
                   "an algorithm's name, its entry point in the group werkbund.algorithms (`werkbund algorithms`): "
                   "letters, digits, '_' or '-', never an import path"),
     "algorithm_package": (dict, None, lambda v: _package_ok(v),
@@ -44,7 +44,8 @@ FIELDS = {
                     "{\"threshold\": int >= 2 (POM 2), \"clip_range\": number > 0, \"max_samples\": int >= 1}"),
     "description": (str, "", lambda v: len(v) <= 2000, "at most 2000 characters"),
     "selection": (dict, None, lambda v: _selection_ok(v),
-                  "{\"min_samples\": int, \"max_validation_loss\": number} (updates chosen by their ledger metadata)"),
+                  "{\"min_samples\": int, \"max_samples\": int (rows a participant may declare at join), "
+             "\"max_validation_loss\": number} (updates chosen by their ledger metadata)"),
     "kind": (str, None, lambda v: v in ("classification", "regression"),
              "\"classification\" or \"regression\" (participants must join with data of this kind)"),
     "early_stopping": (dict, None, lambda v: _early_stopping_ok(v),
@@ -92,17 +93,40 @@ def _check_pom(result: dict) -> None:
 
 def _selection_ok(value: dict) -> bool:
     checks = {"min_samples": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+              "max_samples": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
               "max_validation_loss": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0}
     return set(value) <= set(checks) and all(checks[k](v) for k, v in value.items())
 
 
 def check_name(kind: str, name) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput(
             f"invalid {kind} name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return name
+
+
+def check_organisation(org) -> str:
+    """An organisation is free text for people (``Müller & Söhne GmbH``), but one printable line: a
+    newline, NUL or an ANSI escape in it would forge a line in a log or colour a terminal."""
+    if not isinstance(org, str) or not org.strip() or len(org) > 128:
+        raise InvalidInput("the organisation must be a non-empty name of at most 128 characters")
+    if not org.isprintable():
+        raise InvalidInput("the organisation must be one line of printable characters "
+                           "(no newline, tab, NUL or terminal escape)")
+    return org
+
+
+def column_difference(yours, wanted) -> tuple[list[str], list[str]]:
+    """(columns the task has that yours lack, columns you have that the task does not)."""
+    return [c for c in wanted if c not in set(yours)], [c for c in yours if c not in set(wanted)]
+
+
+def describe_column_difference(missing: list[str], extra: list[str]) -> str:
+    parts = ([f"lacks the task's feature column(s) {', '.join(map(repr, missing))}"] if missing else []) + \
+            ([f"has column(s) {', '.join(map(repr, extra))} that the task does not use"] if extra else [])
+    return "your data " + " and ".join(parts)
 
 
 def validate_definition(definition) -> dict:
@@ -113,7 +137,7 @@ def validate_definition(definition) -> dict:
     if not isinstance(definition, dict):
         raise InvalidInput("a task definition must be a JSON object")
     others = sorted(set(definition) - set(FIELDS), key=str)
-    malformed = [k for k in others if not isinstance(k, str) or not FIELD_NAME_RE.match(k)]
+    malformed = [k for k in others if not isinstance(k, str) or not FIELD_NAME_RE.fullmatch(k)]
     if malformed:
         raise InvalidInput(f"invalid field name(s) in task definition: {', '.join(map(repr, malformed))}; a field "
                            "is named with lower-case letters, digits and '_' (the generic fields: "

@@ -94,6 +94,13 @@ class PayloadTooLarge(WerkbundError):
     http_status = 413
 
 
+class InboxFull(WerkbundError):
+    """A sender has as many messages waiting in one inbox as it may; it sends again once they are read."""
+
+    code = "inbox_full"
+    http_status = 429
+
+
 class Unavailable(WerkbundError):
     """The platform cannot be reached (not a user's mistake, but still no traceback)."""
 

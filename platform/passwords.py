@@ -29,5 +29,7 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+def token_digest(token: str, scope: str | None = None) -> str:
+    """What the database keeps of a token. A scoped token (``blob:<task>``: the blob store's transfer
+    token) is stored under a digest that names its scope, so it opens nothing else: not a session."""
+    return hashlib.sha256(((f"{scope}\n" if scope else "") + token).encode("utf-8")).hexdigest()

@@ -10,12 +10,14 @@ import hashlib
 import logging
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from werkbund.platform import passwords
 from werkbund.platform.db import Database
-from werkbund.platform.definition import check_name, validate_definition
+from werkbund.platform.definition import (
+    check_name, check_organisation, column_difference, describe_column_difference, validate_definition,
+)
 from werkbund.platform.errors import (
     AlreadyJoined,
     AuthenticationFailed,
@@ -30,6 +32,7 @@ from werkbund.platform.errors import (
     UserExists,
 )
 from werkbund.platform.ledger.service import LedgerService
+from werkbund.platform.login_guard import LoginGuard
 from werkbund.platform.models import Membership, RoundRecord, SessionToken, StoredModel, Task, User, utcnow
 
 log = logging.getLogger("werkbund.platform")
@@ -40,6 +43,8 @@ SESSION_LIFETIME = timedelta(hours=12)
 TRANSFER_TOKEN_LIFETIME = timedelta(minutes=30)
 # schema fields that every participant of a task must report identically
 AGREED_SCHEMA_KEYS = ("kind", "features", "target")
+# a declared row count beyond this is no data set (and beyond 2**53 not a JSON number every client reads)
+MAX_DECLARED_SAMPLES = 10**12
 
 
 def _sha(obj) -> str:
@@ -59,14 +64,14 @@ class PlatformService:
     def __init__(self, db: Database | str, ledger_key=None):
         self.db = db if isinstance(db, Database) else Database(db)
         self.ledger = LedgerService(self, ledger_key)  # ledger_key: path of the signing key
+        self.logins = LoginGuard()
 
     # ----------------------------------------------------------------- users
     def register(self, user: str, password: str, org: str) -> dict:
         check_name("user", user)
         if not isinstance(password, str) or len(password) < passwords.MIN_PASSWORD_LENGTH:
             raise InvalidInput(f"the password must have at least {passwords.MIN_PASSWORD_LENGTH} characters")
-        if not isinstance(org, str) or not org.strip() or len(org) > 128:
-            raise InvalidInput("the organisation must be a non-empty name of at most 128 characters")
+        check_organisation(org)
         digest = passwords.hash_password(password)
         try:
             with self.db.session() as s:
@@ -79,11 +84,17 @@ class PlatformService:
         return {"user": user, "org": org.strip()}
 
     def check_credentials(self, user: str, password: str) -> str:
-        """Return the user's name when the password is right; raise AuthenticationFailed otherwise."""
+        """Return the user's name when the password is right; raise AuthenticationFailed otherwise.
+        Failed attempts are logged and slowed down per account and address (``login_guard.py``)."""
+        self.logins.before(user)
         with self.db.session() as s:
             row = s.scalar(select(User).where(User.name == user)) if isinstance(user, str) else None
-        if not passwords.check_password(row.password_hash if row else None, password or ""):
+        with self.logins.checking():
+            right = passwords.check_password(row.password_hash if row else None, password or "")
+        if not right:
+            self.logins.failed(user)
             raise AuthenticationFailed("wrong user name or password")
+        self.logins.succeeded(user)
         return row.name
 
     def login(self, user: str, password: str) -> dict:
@@ -92,20 +103,24 @@ class PlatformService:
         expires = utcnow() + SESSION_LIFETIME
         with self.db.session() as s:
             row = s.scalar(select(User).where(User.name == name))
+            s.execute(delete(SessionToken).where(SessionToken.expires_at < utcnow()))  # anyone's, expired
             s.add(SessionToken(token_sha256=passwords.token_digest(token), user_id=row.id, expires_at=expires))
         return {"user": name, "org": row.org, "token": token, "expires_at": _iso(expires)}
 
-    def authenticate(self, token: str) -> str:
-        """Return the user a session token belongs to."""
-        if not token:
+    def authenticate(self, token: str, scope: str | None = None) -> str:
+        """Return the user a session token belongs to (``scope``: a token issued for that use only,
+        e.g. ``blob:<task>`` for the blob store's transfer token)."""
+        if not token or not isinstance(token, str):
             raise AuthenticationFailed("not logged in: no session token")
         with self.db.session() as s:
-            row = s.scalar(select(SessionToken).where(SessionToken.token_sha256 == passwords.token_digest(token)))
+            row = s.scalar(select(SessionToken).where(
+                SessionToken.token_sha256 == passwords.token_digest(token, scope)))
             if row is None or row.expires_at < utcnow():
                 raise AuthenticationFailed("the session has expired or is unknown; log in again")
             return row.user.name
 
     def logout(self, caller: str, token: str) -> dict:
+        """Revoke the session token (the front passes the one the caller authenticated with)."""
         with self.db.session() as s:
             row = s.scalar(select(SessionToken).where(SessionToken.token_sha256 == passwords.token_digest(token)))
             if row is not None:
@@ -224,7 +239,7 @@ class PlatformService:
         with self.db.session() as s:
             row = self._task(s, task)
             self._require_member_or_creator(row, caller)
-            return [self._member_dict(m) for m in row.memberships]
+            return [self._member_dict(m, caller) for m in row.memberships]
 
     # ------------------------------------------------------- task lifecycle
     def start_task(self, caller: str, task: str) -> dict:
@@ -320,13 +335,14 @@ class PlatformService:
 
     # ------------------------------------------------- large data transfers
     def transfer_token(self, caller: str, task: str) -> dict:
-        """A short-lived session token for the platform's blob store (large task messages, models),
-        for a caller whom a front already authenticated (the broker, on the cloud platform)."""
+        """A short-lived token for the platform's blob store (large task messages, models) of this task
+        only, for a caller whom a front already authenticated (the broker, on the cloud platform); it is
+        no session token: the control commands refuse it."""
         self.check_blob_access(caller, task, "upload")
         token, expires = passwords.new_token(), utcnow() + TRANSFER_TOKEN_LIFETIME
         with self.db.session() as s:
-            s.add(SessionToken(token_sha256=passwords.token_digest(token), user_id=self._user(s, caller).id,
-                               expires_at=expires))
+            s.add(SessionToken(token_sha256=passwords.token_digest(token, f"blob:{task}"),
+                               user_id=self._user(s, caller).id, expires_at=expires))
         return {"task": task, "token": token, "expires_at": _iso(expires)}
 
     def check_blob_access(self, caller: str, task: str, action: str, uploader: str | None = None) -> None:
@@ -401,6 +417,15 @@ class PlatformService:
 
     @staticmethod
     def _check_schema(row: Task, schema: dict) -> None:
+        count = schema.get("n_samples")
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool)
+                                  or not 1 <= count <= MAX_DECLARED_SAMPLES):
+            raise InvalidInput(f"the data schema's n_samples must be a whole number of rows between 1 and "
+                               f"{MAX_DECLARED_SAMPLES}, not {count!r}")
+        most = (row.definition.get("selection") or {}).get("max_samples")
+        if most is not None and count is not None and count > most:
+            raise SchemaMismatch(f"task {row.name!r} takes at most {most} rows per participant "
+                                 f"(selection.max_samples); you declared {count}")
         declared = row.definition.get("kind")
         if declared and schema.get("kind", "classification") != declared:
             raise SchemaMismatch(f"task {row.name!r} is a {declared} task; your data was loaded for "
@@ -408,11 +433,27 @@ class PlatformService:
         for member in row.memberships:
             theirs = member.schema or {}
             for key in AGREED_SCHEMA_KEYS:
-                if key in theirs and theirs.get(key) != schema.get(key):
-                    raise SchemaMismatch(
-                        f"your data does not match task {row.name!r}: its {key} is {theirs.get(key)!r}, "
-                        f"yours is {schema.get(key)!r}"
-                    )
+                if key not in theirs or theirs.get(key) == schema.get(key):
+                    continue
+                if key == "features" and isinstance(schema.get(key), list) and isinstance(theirs[key], list):
+                    missing, extra = column_difference(schema[key], theirs[key])
+                    if not missing and not extra:
+                        continue  # the same columns in another order: the participant's client reorders them
+                    raise SchemaMismatch(f"your data does not match task {row.name!r}: "
+                                         f"{describe_column_difference(missing, extra)}")
+                raise SchemaMismatch(
+                    f"your data does not match task {row.name!r}: its {key} is {theirs.get(key)!r}, "
+                    f"yours is {schema.get(key)!r}"
+                )
+        kind = schema.get("kind", "classification")
+        known = {str(c) for m in row.memberships if (m.schema or {}).get("classes")
+                 for c in m.schema["classes"]}
+        yours = {str(c) for c in schema.get("classes") or []}
+        if kind == "classification" and known and yours and not known & yours:
+            raise SchemaMismatch(
+                f"your class labels {sorted(yours)[:10]} have none in common with those of task {row.name!r}'s "
+                f"members {sorted(known)[:10]}: the same classes must carry the same labels (e.g. 0/1 against "
+                "benign/malignant), or the model learns one class per label")
 
     @staticmethod
     def _merged_schema(row: Task) -> dict | None:
@@ -427,7 +468,11 @@ class PlatformService:
         merged["n_samples"] = sum(int(s.get("n_samples") or 0) for s in schemas)
         return merged
 
-    def _member_dict(self, m: Membership) -> dict:
+    def _member_dict(self, m: Membership, caller: str | None = None) -> dict:
+        """A member as the creator (and the member itself) sees it; other members see only who joined
+        and when, not each other's organisation, row count or classes."""
+        if caller is not None and caller != m.user.name and caller != m.task.creator.name:
+            return {"user": m.user.name, "joined_at": _iso(m.joined_at)}
         return {"user": m.user.name, "org": m.user.org, "joined_at": _iso(m.joined_at), "schema": m.schema}
 
     def _task_dict(self, row: Task, caller: str | None) -> dict:

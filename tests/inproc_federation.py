@@ -15,8 +15,10 @@ from werkbund.client.inproc_transport import InProcPlatform
 
 
 def run_federation(definition: dict, sites: dict, holdout=None, test_size: float = 0.2, seed: int = 0,
-                   participant_options: dict | None = None, out_dir=None):
+                   participant_options: dict | None = None, out_dir=None, attacks: dict | None = None):
     """Run a task to its end. ``sites`` maps a user name to its Dataset (split here) or (train, test).
+    ``attacks`` maps a site to a function of its trained weights that returns what it sends instead
+    (the real participant trains; the function stands for a hostile one that tampers with the result).
 
     Returns (creator handle, aggregator object, aggregator outcome, {site: participant result}).
     """
@@ -38,7 +40,12 @@ def run_federation(definition: dict, sites: dict, holdout=None, test_size: float
 
         def work(handle=user.participant("t"), train=train, test=test, name=name, options=options, out=out):
             try:
-                results[name] = algorithm.participant(handle, train, test, out_model=out, **options).run()
+                participant = algorithm.participant(handle, train, test, out_model=out, **options)
+                attack = (attacks or {}).get(name)
+                if attack is not None:
+                    honest = participant.train
+                    participant.train = lambda message: (lambda w, h: (attack(w), h))(*honest(message))
+                results[name] = participant.run()
             except Exception as exc:  # the test looks at it
                 results[name] = exc
 

@@ -3,12 +3,13 @@ reads (as options' [env var: ...] or an "Environment:" paragraph) and the keys o
 
 The whole click tree is walked, so a command or option added later without help fails here by name."""
 import json
+import os
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from werkbund.client import cli_dashboard, cli_ledger, cli_platform, cli_run, cli_usecase  # noqa: F401  (register commands)
+from werkbund.client import cli_check, cli_dashboard, cli_ledger, cli_platform, cli_run, cli_usecase  # noqa: F401,E501
 from werkbund.client import cli_common
 from werkbund.client.cli import cli
 from werkbund.algorithms.fields import BATCH_SIZE, EPOCHS, LEARNING_RATE
@@ -121,6 +122,8 @@ def test_top_level_help_names_werkbund_home():
     (("platform", "serve"), ("WERKBUND_HOME", "WERKBUND_LEDGER_KEY")),
     (("demo",), ("WERKBUND_MNIST_DIR",)),
     (("join",), ("WERKBUND_MNIST_DIR", "WERKBUND_BLOB_THRESHOLD")),
+    (("participate",), ("WERKBUND_RECONNECT_SECONDS",)),
+    (("aggregate",), ("WERKBUND_RECONNECT_SECONDS",)),
     (("usecase", "pdm"), ("WERKBUND_DATA_DIR",)),
 ])
 def test_commands_name_the_environment_they_read(path, names):
@@ -185,3 +188,22 @@ def test_register_takes_the_org_from_the_credentials_file(tmp_path, monkeypatch)
     result = CliRunner().invoke(cli, ["register", "--credentials", str(creds)], prog_name="werkbund")
     assert result.exit_code == cli_common.EXIT_UNAVAILABLE, result.output
     assert seen == {"user": "alice", "org": "acme"}
+
+
+@pytest.mark.parametrize("db, expected", [
+    ("nonsense", "is not a database URL"),
+    ("postgresql+psycopg://postgres@127.0.0.1:5432/werkbund_no_such_db", 'database "werkbund_no_such_db" does not exist'),
+])
+def test_a_platform_that_cannot_start_says_why_in_one_line(tmp_path, db, expected):
+    """`werkbund platform serve` with a database that does not exist printed a 147-line traceback."""
+    import subprocess
+    import sys
+
+    werkbund = os.path.join(os.path.dirname(sys.executable), "werkbund")
+    done = subprocess.run([werkbund, "platform", "serve",
+                           "--broker", "amqp://guest:guest@127.0.0.1:5672/", "--db", db, "--no-blobs"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "WERKBUND_HOME": str(tmp_path)})
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], done.stderr
+    assert "Traceback" not in done.stdout + done.stderr

@@ -146,3 +146,23 @@ def test_builtin_mnist_needs_its_folder(monkeypatch, tmp_path):
     _idx(tmp_path / "train-labels-idx1-ubyte.gz", np.array([3, 5]))
     monkeypatch.setenv("WERKBUND_MNIST_DIR", str(tmp_path))
     assert load_dataset("builtin:mnist").y.tolist() == [3, 5]
+
+
+def test_the_same_columns_in_another_order_are_put_in_the_tasks_order():
+    import pandas as pd
+
+    frame = pd.DataFrame({"b": [1.0, 2.0], "a": [3.0, 4.0], "y": [0, 1]})
+    data = dataset_from_frame(frame, "y")
+    ordered = data.in_order(["a", "b"])
+    assert ordered.features == ["a", "b"] and ordered.x.tolist() == [[3.0, 1.0], [4.0, 2.0]]
+    with pytest.raises(DataError, match="are not the task's"):
+        data.in_order(["a", "c"])
+
+
+def test_the_target_cannot_be_a_feature_too(tmp_path):
+    """Listing the label among the features leaked it (accuracy 1.0000)."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": [1.0, 2.0], "y": [0, 1]})
+    with pytest.raises(DataError, match="'y' is the target; it cannot be a feature column too"):
+        dataset_from_frame(frame, "y", features=["a", "y"])

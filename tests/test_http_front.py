@@ -85,3 +85,52 @@ def test_malformed_message_reaches_the_aggregator_as_malformed(users):
     bob.transport.send("t", "aggregator", b"not a werkbund frame")
     message = alice.aggregator("t").receive(timeout=5)
     assert message.kind == "malformed" and message.sender == "bob" and "bad magic" in message.extra["error"]
+
+
+def test_a_flooding_participant_fills_only_its_own_share_of_the_aggregators_inbox(server, users):
+    """500 MB messages posted without limit grew the server by 1.57 GB after three; now each sender may
+    have a bounded number of messages and bytes waiting in an inbox, and is told so (429) beyond."""
+    alice, bob = users
+    boxes = server.app.extensions["werkbund_mailboxes"]
+    saved = boxes.max_pending, boxes.max_pending_bytes
+    boxes.max_pending, boxes.max_pending_bytes = 3, 10_000
+    try:
+        part, agg = bob.participant("t"), alice.aggregator("t")
+        token = requests.post(f"{server.url}/api/v1/login",
+                              json={"user": "bob", "password": "bob-password"}).json()["data"]["token"]
+        url = f"{server.url}/api/v1/tasks/t/messages?to=aggregator"
+        auth = {"Authorization": f"Bearer {token}"}
+        assert requests.post(url, data=b"x" * 6000, headers=auth).status_code == 202
+        r = requests.post(url, data=b"x" * 6000, headers=auth)  # 12,000 bytes would wait: refused
+        assert r.status_code == 429 and r.json()["error"]["code"] == "inbox_full"
+        assert "already holds 1 of your messages" in r.json()["error"]["message"]
+        for _ in range(2):
+            assert requests.post(url, data=b"y", headers=auth).status_code == 202
+        assert requests.post(url, data=b"y", headers=auth).status_code == 429  # a fourth message
+        with pytest.raises(errors.InboxFull):
+            part.send("update", b"z", round=0)
+        assert agg.receive(timeout=5) is not None  # the aggregator reads one: room for one more
+        assert requests.post(url, data=b"y", headers=auth).status_code == 202
+        while agg.receive(timeout=0.1) is not None:
+            pass
+    finally:
+        boxes.max_pending, boxes.max_pending_bytes = saved
+
+
+def test_logout_revokes_the_token_on_the_platform(server, users, tmp_path, monkeypatch):
+    """`werkbund logout` revokes the cached token: a copy of it opens nothing afterwards."""
+    from click.testing import CliRunner
+
+    from werkbund.client import state
+    from werkbund.client.cli import cli
+
+    monkeypatch.setenv("WERKBUND_HOME", str(tmp_path))
+    env = {"WERKBUND_URL": server.url, "WERKBUND_USER": "bob", "WERKBUND_PASSWORD": "bob-password"}
+    assert CliRunner().invoke(cli, ["list"], env=env).exit_code == 0  # logs in and caches the token
+    token = state.load_token(server.url, "bob")
+    api, auth = f"{server.url}/api/v1", {"Authorization": f"Bearer {token}"}
+    assert requests.post(f"{api}/call/whoami", json={}, headers=auth).status_code == 200
+    result = CliRunner().invoke(cli, ["logout"], env=env)
+    assert result.exit_code == 0 and "revoked on the platform" in result.output
+    assert requests.post(f"{api}/call/whoami", json={}, headers=auth).status_code == 401
+    assert state.load_token(server.url, "bob") is None

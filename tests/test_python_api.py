@@ -3,6 +3,7 @@ real Keras training, runs in the foreground and in the background, results as Da
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 
 import numpy as np
@@ -98,6 +99,16 @@ def test_a_whole_task_from_python_gives_tables_figures_and_the_model(platform, t
         assert 0 <= mine.evaluation["accuracy"] <= 1
         assert mine.history["n_reported"].tolist() == [2, 2]  # the same rounds as the creator's
     assert alice.list_tasks(status="COMPLETE")["name"].tolist() == ["weld-1"]
+    # every member that received the final model kept a platform-signed checkpoint that covers the
+    # final model's entry: a platform that later drops that entry is caught by any member's verify
+    assert bob.task("weld-1").verify_ledger().ok
+    with sqlite3.connect(tmp_path / "platform" / "platform.sqlite") as db:
+        db.execute("DELETE FROM ledger_entries WHERE task = 'weld-1' AND entry LIKE '%task_finished%'")
+        db.execute("DELETE FROM ledger_checkpoints WHERE task = 'weld-1' AND size > "
+                   "(SELECT COUNT(*) FROM ledger_entries WHERE task = 'weld-1')")
+    for member in (bob, carol):
+        report = member.task("weld-1").verify_ledger()
+        assert not report.ok, f"{member.name} did not notice the rollback"
     saved = result.save(tmp_path / "results")
     assert (tmp_path / "results" / "history.csv").exists() and any(p.endswith("accuracy.png") for p in saved)
 

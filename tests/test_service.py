@@ -81,7 +81,7 @@ def test_join_rules_and_quorum(core):
     core.join_task("bob", "weld-1", SCHEMA)
     with pytest.raises(errors.AlreadyJoined):
         core.join_task("bob", "weld-1", SCHEMA)
-    with pytest.raises(errors.SchemaMismatch, match="features"):
+    with pytest.raises(errors.SchemaMismatch, match=r"lacks the task's feature column\(s\) 'b' and has column\(s\) 'c'"):
         core.join_task("carol", "weld-1", dict(SCHEMA, features=["a", "c"]))
     with pytest.raises(errors.PermissionDenied, match="creator"):
         core.join_task("alice", "weld-1", SCHEMA)
@@ -147,3 +147,166 @@ def test_failed_task_keeps_its_reason(core):
     core.fail_task("alice", "weld-1", "only 0 updates")
     info = core.task_info("bob", "weld-1")
     assert (info["status"], info["reason"]) == ("FAILED", "only 0 updates")
+
+
+@pytest.mark.parametrize("name", ["alice\n", "alice\n\n", "\nalice", "al ice", "alice\x00"])
+def test_a_user_or_task_name_is_the_whole_string(core, name):
+    """The pattern ended in "$", which also matches before a final newline: "alice\\n" was a user."""
+    with pytest.raises(errors.InvalidInput, match="invalid user name"):
+        core.register(name, "long-enough", "x")
+    with pytest.raises(errors.InvalidInput, match="invalid task name"):
+        core.create_task("alice", name, {"quorum": 2})
+
+
+@pytest.mark.parametrize("org", ["acme\nINFO werkbund.platform: forged line", "acme\x00", "\x1b[31macme\x1b[0m",
+                                 "a\tb", " ", "x" * 129])
+def test_an_organisation_is_one_printable_line(core, org):
+    """Newlines, NUL and ANSI escapes in an organisation forged a line in the server log and coloured
+    the terminal; such a name is refused, and a name in any script is welcome."""
+    with pytest.raises(errors.InvalidInput, match="organisation"):
+        core.register("eve", "long-enough", org)
+    assert core.register("frank", "long-enough", "Müller & Söhne GmbH — 東京")["org"] == "Müller & Söhne GmbH — 東京"
+
+
+def test_the_database_is_private_to_its_owner(core, tmp_path):
+    files = sorted(tmp_path.glob("p.sqlite*"))
+    assert files and any(p.name.endswith("-wal") for p in files)
+    for path in files:
+        assert path.stat().st_mode & 0o077 == 0, f"{path.name} is readable by others: {oct(path.stat().st_mode)}"
+
+
+def test_members_do_not_see_each_others_data_description(core):
+    """Only the creator needs the schemas and row counts; a member sees who joined, and its own entry."""
+    core.join_task("bob", "weld-1", SCHEMA)
+    core.join_task("carol", "weld-1", dict(SCHEMA, n_samples=20))
+    seen_by_bob = {m["user"]: m for m in core.participants("bob", "weld-1")}
+    assert seen_by_bob["carol"] == {"user": "carol", "joined_at": seen_by_bob["carol"]["joined_at"]}
+    assert seen_by_bob["bob"]["schema"]["n_samples"] == 10 and seen_by_bob["bob"]["org"] == "beta"
+    seen_by_alice = {m["user"]: m for m in core.participants("alice", "weld-1")}
+    assert seen_by_alice["carol"]["schema"]["n_samples"] == 20 and seen_by_alice["carol"]["org"] == "gamma"
+
+
+@pytest.mark.parametrize("count", [0, -1, "abc", 1.5, True, 10**13, 10**400])
+def test_a_declared_row_count_is_a_sensible_whole_number(core, count):
+    with pytest.raises(errors.InvalidInput, match="n_samples"):
+        core.join_task("bob", "weld-1", dict(SCHEMA, n_samples=count))
+
+
+def test_a_task_can_bound_the_rows_a_participant_declares(core):
+    core.create_task("alice", "bounded", {"quorum": 2, "selection": {"max_samples": 15}})
+    with pytest.raises(errors.SchemaMismatch, match="at most 15 rows"):
+        core.join_task("bob", "bounded", dict(SCHEMA, n_samples=16))
+    core.join_task("bob", "bounded", dict(SCHEMA, n_samples=15))
+
+
+@pytest.mark.parametrize("url, message", [("nonsense", "is not a database URL"),
+                                          ("postgresql+psycopg://postgres@127.0.0.1:5432/werkbund_no_such_db",
+                                           "cannot open the database")])
+def test_a_database_that_cannot_be_opened_is_one_clear_error(url, message):
+    with pytest.raises(errors.WerkbundError, match=message):
+        PlatformService(url)
+
+
+def test_a_schema_mismatch_names_only_the_differing_columns(core):
+    core.join_task("bob", "weld-1", dict(SCHEMA, features=["a", "b", "c"]))
+    with pytest.raises(errors.SchemaMismatch) as caught:
+        core.join_task("carol", "weld-1", dict(SCHEMA, features=["a", "c", "d"]))
+    assert str(caught.value).endswith("your data lacks the task's feature column(s) 'b' and has column(s) 'd' "
+                                      "that the task does not use")
+    core.join_task("dave", "weld-1", dict(SCHEMA, features=["c", "a", "b"]))  # the same columns, another order
+
+
+def test_class_labels_with_nothing_in_common_are_refused(core):
+    """0/1 against benign/malignant built a 4-class model at 0.42 accuracy and exited 0."""
+    core.join_task("bob", "weld-1", SCHEMA)
+    with pytest.raises(errors.SchemaMismatch, match="none in common"):
+        core.join_task("carol", "weld-1", dict(SCHEMA, classes=["benign", "malignant"]))
+    core.join_task("carol", "weld-1", dict(SCHEMA, classes=[1, 2]))  # overlapping: a site may lack a class
+
+
+def test_password_guessing_is_slowed_down_and_logged(core, caplog):
+    """200 wrong logins took 92 s with no delay and nothing logged. After five failures each further
+    attempt waits (1 s, 2 s, 4 s, ...) and is refused before any password check; the owner gets in
+    once the delay has passed; every failure is logged."""
+    from werkbund.platform.login_guard import LoginGuard
+
+    now = [1000.0]
+    core.logins = LoginGuard(clock=lambda: now[0])
+    caplog.set_level("WARNING", logger="werkbund.platform.logins")
+    for _ in range(6):
+        with pytest.raises(errors.AuthenticationFailed, match="wrong user name or password"):
+            core.login("bob", "guess-guess")
+    with pytest.raises(errors.AuthenticationFailed, match="too many failed logins; try again in 2 s"):
+        core.login("bob", "bob-password")  # even the right password waits: the guesser cannot tell
+    assert core.login("carol", "carol-password")["user"] == "carol"  # other accounts are not locked out
+    now[0] += 1.5
+    assert core.login("bob", "bob-password")["user"] == "bob"
+    assert sum("failed login for 'bob'" in r.getMessage() for r in caplog.records) == 6
+    for _ in range(6):  # a success cleared the count: five free failures again
+        with pytest.raises(errors.AuthenticationFailed, match="wrong user name or password"):
+            core.login("bob", "guess-guess")
+    with pytest.raises(errors.AuthenticationFailed, match="too many failed logins"):
+        core.login("bob", "guess-guess")
+
+
+def test_a_login_flood_waits_for_a_bounded_number_of_password_checks(core, monkeypatch):
+    """40 concurrent wrong logins pushed the server to 2.2 GB: argon2 takes 64 MiB per check, so at most
+    two checks run at once and the rest queue, or are told the platform is busy."""
+    import threading
+    import time
+
+    from werkbund.platform import login_guard, passwords
+
+    running, most, lock, release = [0], [0], threading.Lock(), threading.Event()
+    real = passwords.check_password
+
+    def counting(hashed, password):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        release.wait(30)
+        try:
+            return real(hashed, password)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(passwords, "check_password", counting)
+    monkeypatch.setattr(login_guard, "QUEUE_SECONDS", 0.5)
+    outcomes = []
+
+    def attempt(i):
+        try:
+            core.login(f"nobody{i}", "whatever-long")
+        except errors.WerkbundError as exc:
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60  # ten of them find no free check and give up after QUEUE_SECONDS
+    while outcomes.count("Unavailable") < 10 and time.monotonic() < deadline:
+        threading.Event().wait(0.05)
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert most[0] == 2
+    assert sorted(set(outcomes)) == ["AuthenticationFailed", "Unavailable"] and outcomes.count("Unavailable") == 10
+
+
+def test_a_transfer_token_opens_only_its_tasks_blobs_and_logout_revokes_a_session(core):
+    """The blob store's transfer token was a full session token; logging out only forgot the token."""
+    session = core.login("bob", "bob-password")["token"]
+    core.join_task("bob", "weld-1", SCHEMA)
+    grant = core.transfer_token("bob", "weld-1")["token"]
+    assert core.authenticate(grant, scope="blob:weld-1") == "bob"
+    with pytest.raises(errors.AuthenticationFailed):
+        core.authenticate(grant)  # no control command
+    with pytest.raises(errors.AuthenticationFailed):
+        core.authenticate(grant, scope="blob:another-task")
+    with pytest.raises(errors.AuthenticationFailed):
+        core.authenticate(session, scope="blob:weld-1")  # nor is a session a transfer token
+    assert core.authenticate(session) == "bob"
+    core.logout("bob", session)
+    with pytest.raises(errors.AuthenticationFailed, match="expired or is unknown"):
+        core.authenticate(session)

@@ -19,7 +19,11 @@ With a checkpoint folder the state after every round is saved
 (``engine/checkpoint.py``); ``run(resume=True)`` continues a STARTED task from it
 at the next round, without waiting for the quorum or starting the task again.
 An interrupt (Ctrl-C) after the first checkpoint leaves the task STARTED for
-such a resume instead of failing it; the participants keep waiting. The
+such a resume instead of failing it; the participants keep waiting. A resumed
+aggregator sends the set-up again (``broadcast_setup`` keeps it in the checkpoint;
+participants that kept theirs ignore an identical one), and a participant that was
+restarted asks for it (``resync``): it gets the set-up and the request of the
+exchange under way again, so every participant goes on from the current model. The
 definition's ``early_stopping`` ends the task COMPLETE before its last round
 (``engine/early_stopping.py``); the reason is recorded with the round.
 
@@ -28,6 +32,7 @@ process); nothing here imports the client or the platform.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import time
@@ -43,6 +48,8 @@ from werkbund.algorithms.engine.update_aggregation import Update
 from werkbund.algorithms.metrics import combine, headline
 
 log = logging.getLogger("werkbund.aggregator")
+
+MAX_SAMPLES = 10**12  # the platform's bound on a declared row count (platform/service.py MAX_DECLARED_SAMPLES)
 
 __all__ = ["Collected", "RoundAggregator", "TaskFailure"]
 
@@ -72,6 +79,8 @@ class RoundAggregator:
         self.quorum_timeout = quorum_timeout
         self.active: list[str] = []
         self.schema: dict | None = None
+        self.declared: dict[str, int] = {}  # rows each participant declared at join: its updates' bound
+        self._setup_rejected: dict[str, str] = {}  # set-up answers refused (statistics, keys): for round 1's record
         self.history: list[dict] = []
         self._pending: dict | None = None
         self.aggregation = build_aggregation(self)  # DP accounting -> POM 2/3 -> accept_update
@@ -79,6 +88,7 @@ class RoundAggregator:
         self.early_stopping = EarlyStopping.from_definition(self.definition.get("early_stopping"))
         self.stop_reason: str | None = None
         self._left: dict[str, str] = {}  # participants that stopped between two exchanges, with the reason
+        self._setup: tuple[bytes, dict] | None = None  # the set-up broadcast, sent again to a restarted participant
 
     # ------------------------------------------------------------- hooks
     def setup(self) -> None:
@@ -128,6 +138,12 @@ class RoundAggregator:
         """Rebuild the model and strategy from what ``checkpoint_state`` returned (instead of ``setup``)."""
         raise NotImplementedError
 
+    def broadcast_setup(self, payload: bytes = b"", **header) -> None:
+        """Send the model's set-up to every participant and keep it: a restarted participant (or every one,
+        after ``run(resume=True)``) gets it again."""
+        self._setup = (bytes(payload), dict(header))
+        self.channel.broadcast("setup", payload, round=-1, **header)
+
     @property
     def pom(self):
         """The privacy mode's layer of the aggregation stack (POM 2 or 3), None for POM 1."""
@@ -140,6 +156,8 @@ class RoundAggregator:
         try:
             if not resume:
                 self.setup()
+            elif self._setup is not None:  # participants that were restarted meanwhile have no model
+                self.channel.broadcast("setup", self._setup[0], round=-1, **self._setup[1])
             self.aggregation.setup()
             self.progress.rounds_started(d["rounds"])
             while number < d["rounds"] and not self.stop_reason:
@@ -168,6 +186,8 @@ class RoundAggregator:
         )
         info = self.channel.start()
         self.active = [m["user"] for m in members]
+        self.declared = {m["user"]: (m.get("schema") or {}).get("n_samples") for m in members
+                         if isinstance((m.get("schema") or {}).get("n_samples"), int)}
         self.schema = info.get("schema")
         self.progress.message(f"quorum met: {', '.join(self.active)}; task STARTED")
         return 0
@@ -182,8 +202,12 @@ class RoundAggregator:
             raise CheckpointError(f"task {self.channel.task!r} is {status}; only a STARTED task can resume"
                                   + (" (run the aggregator without --resume)" if status == "CREATED" else ""))
         self.active, self.schema = list(state["active"]), state.get("schema")
+        self.declared = dict(state.get("declared") or {})
         self.history, self._pending = list(state.get("history") or []), state.get("pending")
         self.stop_reason = state.get("stop_reason")
+        setup = state.get("setup")
+        if isinstance(setup, dict):
+            self._setup = (base64.b64decode(setup.get("payload") or ""), dict(setup.get("header") or {}))
         if self.early_stopping is not None:
             self.early_stopping.load(state.get("early_stopping") or {})
         try:
@@ -207,7 +231,10 @@ class RoundAggregator:
             return
         early = self.early_stopping.state() if self.early_stopping is not None else None
         self.checkpoint.save(number, weights, strategy_state, {
-            "active": self.active, "schema": self.schema, "history": self.history, "pending": self._pending,
+            "active": self.active, "schema": self.schema, "declared": self.declared, "history": self.history,
+            "pending": self._pending,
+            "setup": None if self._setup is None else {"payload": base64.b64encode(self._setup[0]).decode("ascii"),
+                                                        "header": self._setup[1]},
             "stop_reason": self.stop_reason, "early_stopping": early, "algorithm": meta})
 
     def exchange(self, kind: str, payload: bytes = b"", expect: str = "", number: int = -1,
@@ -236,6 +263,9 @@ class RoundAggregator:
             if message is None:
                 continue
             sender = message.sender
+            if message.kind == "resync":  # a restarted participant: the set-up, and this request if it owes one
+                self._resync(sender, sender in waiting, kind, payload, number, header)
+                continue
             if sender not in waiting:
                 if message.kind == "error" and message.get("leaving") is True and sender in self.active:
                     self._left[sender] = f"participant reported: {message.get('reason', 'it left')}"
@@ -268,6 +298,8 @@ class RoundAggregator:
             log.warning("round %d: rejected %s from %s: %s", number, expect or kind, sender, reason)
             self.progress.message(f"rejected {expect or kind} from {sender}: {reason}")
         collected.missing = sorted(waiting)
+        if number < 0:
+            self._setup_rejected.update({s: f"{expect or kind}: {why}" for s, why in collected.rejected.items()})
         collected.rejected.update(self._left)  # those that left while no exchange waited for them
         self._left = {}
         if leaving:
@@ -285,6 +317,19 @@ class RoundAggregator:
                 f"no answer: {', '.join(collected.missing) or 'none'}"
             )
         return collected
+
+    def _resync(self, sender: str, owes: bool, kind: str, payload: bytes, number: int, header: dict) -> None:
+        if sender not in self.active:
+            log.info("ignoring resync from %s (not an active participant)", sender or "?")
+            return
+        self.progress.message(f"{sender} was restarted; sending it the set-up"
+                              + (f" and the request of round {number + 1} again" if owes and number >= 0 else
+                                 f" and the {kind} request again" if owes else ""))
+        self.channel.send(sender, "resynced", round=number)  # what the participant got before this is stale
+        if self._setup is not None:
+            self.channel.send(sender, "setup", self._setup[0], round=-1, **self._setup[1])
+        if owes:
+            self.channel.send(sender, kind, payload, round=number, **header)
 
     # ----------------------------------------------------------- internals
     def _run_round(self, number: int) -> None:
@@ -339,6 +384,7 @@ class RoundAggregator:
         """The update into the aggregation stack, after checking its bytes against the metadata published
         on the ledger (the bytes as sent: masked or encrypted under POM 2 and 3)."""
         def take(message) -> None:
+            self._check_sample_count(message)
             self.aggregation.accept(Update.of(message))
 
         if not self._ledger:
@@ -363,6 +409,19 @@ class RoundAggregator:
             take(message)
         return handler
 
+    def _check_sample_count(self, message) -> None:
+        """An update weighs by its sample count: a count above the rows its sender declared at join (or
+        not a whole number) would let one participant outweigh all the others, so it is refused."""
+        n = message.get("n_samples")
+        if n is None:
+            return
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1 or n > MAX_SAMPLES:
+            raise UpdateRejected(f"the update's sample count {n!r} is not a whole number between 1 and {MAX_SAMPLES}")
+        declared = self.declared.get(message.sender)
+        if declared is not None and n > declared:
+            raise UpdateRejected(f"the update claims {n} training samples, but {message.sender} declared "
+                                 f"{declared} rows when it joined")
+
     def _complete_pending(self, headers: dict[str, dict], last: bool = False) -> None:
         """Record the previous round with the participants' evaluation of its aggregate."""
         if self._pending is None:
@@ -374,6 +433,8 @@ class RoundAggregator:
         if pending["aggregator"]:
             metrics["aggregator"] = pending["aggregator"]
         metrics.update(pending.get("extra") or {})
+        if self._setup_rejected:  # the first record after the set-up says whose set-up answer was refused
+            metrics["setup_rejected"], self._setup_rejected = self._setup_rejected, {}
         if pending.get("stopped"):
             metrics["stopped"] = pending["stopped"]
         # the round now running is pending + 1: stopping after it changes something only if it is not the last

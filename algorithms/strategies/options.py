@@ -29,9 +29,16 @@ def integer(strategy: str, option: str, value, *, low: int = 0) -> int:
     return int(value)
 
 
+MAX_SAMPLES = 2**53  # a count a double holds exactly: weights are computed in float64
+
+
 def samples(n_samples) -> int:
     """A participant's sample count, which must be a positive integer."""
-    whole = isinstance(n_samples, Integral) or (isinstance(n_samples, Real) and float(n_samples).is_integer())
-    if isinstance(n_samples, bool) or not whole or n_samples <= 0:
-        raise ValueError(f"an update must come with a positive integer sample count, got {n_samples!r}")
+    try:
+        whole = isinstance(n_samples, Integral) or (isinstance(n_samples, Real) and float(n_samples).is_integer())
+    except OverflowError:
+        whole = False
+    if isinstance(n_samples, bool) or not whole or not 0 < n_samples <= MAX_SAMPLES:
+        raise ValueError(f"an update must come with a positive integer sample count of at most {MAX_SAMPLES}, "
+                         f"got {n_samples!r}")
     return int(n_samples)

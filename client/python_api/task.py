@@ -210,6 +210,7 @@ class Task:
                 outcome = aggregator.run(resume=resume)
             except CheckpointError as exc:
                 raise InvalidInput(f"cannot resume task {self.name!r}: {exc}") from None
+            self._keep_final_checkpoint(tracker)
             result = Result(self, "aggregator", outcome)
             if results:
                 result.save(results)
@@ -239,7 +240,9 @@ class Task:
         Returns the :class:`Result` (with ``evaluation``: the final model on your own test rows) or a
         :class:`Run`. Raises ``TaskEnded`` when the task fails or disappears.
         """
+        from werkbund.algorithms.data import DataError
         from werkbund.client.definitions import participant_options
+        from werkbund.platform.definition import column_difference, describe_column_difference
 
         channel = self.session.client.participant(self.name)  # refuses anyone who has not joined
         algorithm = _checked_algorithm(channel)
@@ -248,6 +251,12 @@ class Task:
             options["hold_back"] = list(hold_back)
         options = participant_options(algorithm, options)
         dataset = self._participant_data(data, target)
+        agreed = (self.info().get("schema") or {}).get("features")
+        if agreed and list(agreed) != list(dataset.features):
+            missing, extra = column_difference(dataset.features, agreed)
+            if missing or extra:
+                raise DataError(describe_column_difference(missing, extra))
+            dataset = dataset.in_order(agreed)  # the same columns, in the order the model was built for
         definition = channel.definition
         train, test = dataset.split(definition.get("test_size", 0.2), definition.get("seed", 0))
         out = str(out or state.home() / "models" / self.session.name / f"{self.name}{algorithm.model_suffix}")
@@ -261,6 +270,7 @@ class Task:
             deadline = time.monotonic() + FINAL_RECORD_WAIT_S
             while channel.info()["status"] == "STARTED" and time.monotonic() < deadline:
                 time.sleep(0.2)
+            self._keep_final_checkpoint(tracker)
             return Result(self, "participant", outcome, local_data=dataset,
                           model_path=outcome.get("model_path", out))
 
@@ -325,6 +335,20 @@ class Task:
             suffix = ".keras" if final.bytes[:2] == b"PK" else ".json" if final.bytes[:1] == b"{" else ".safetensors"
             path = f"{self.name}{suffix}"
         return final.save(path)
+
+    def _keep_final_checkpoint(self, progress) -> None:
+        """Once the task is COMPLETE: verify its ledger and keep the platform-signed checkpoint that
+        covers the final model's entry under WERKBUND_HOME (cosigned), so that a platform that later
+        rolls the ledger back or drops that entry fails this member's ``ledger verify``."""
+        from werkbund.client.ledger import LedgerError
+
+        if getattr(self.session.client, "identity", None) is None or self.info()["status"] != "COMPLETE":
+            return
+        report = self.verify_ledger()
+        if not report.ok:
+            raise LedgerError(f"the ledger of task {self.name!r} does not verify after the task: {report.problems}")
+        size = (state.load_ledger_view(self.session.url, self.session.name, self.name) or {}).get("checkpoint", {})
+        progress.message(f"ledger verified; kept checkpoint {size.get('size')} covering the final model")
 
     def verify_ledger(self, return_bundle: bool = False):
         """Verify the task's ledger as ``werkbund ledger verify`` does (members only).
