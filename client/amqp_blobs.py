@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import ssl
 import uuid
 from urllib.parse import urlsplit
 
 from werkbund.client.messages import CheckedFrame, MalformedMessage, read_hashed, read_message
 from werkbund.platform.errors import Unavailable, WerkbundError, error_from_dict
+from werkbund.platform.tls import client_context
 
 TIMEOUT = 300.0
 
@@ -31,7 +31,7 @@ class BlobClient:
         self.https, self.host = parts.scheme == "https", parts.hostname or "127.0.0.1"
         self.port = parts.port or (443 if self.https else 80)
         self.prefix = parts.path.rstrip("/")
-        self.context = ssl.create_default_context(cafile=ca_certificate) if self.https else None
+        self.context = client_context(ca_certificate) if self.https else None
 
     def _connection(self) -> http.client.HTTPConnection:
         if self.https:

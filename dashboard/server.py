@@ -10,13 +10,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import ssl
 import threading
 
 from werkzeug.serving import make_server
 
 from werkbund.dashboard.app import DashboardSettings, create_app
 from werkbund.platform.errors import InvalidInput
+from werkbund.platform.tls import server_context
 
 log = logging.getLogger("werkbund.dashboard")
 
@@ -28,16 +28,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def tls_context(certificate: str, key: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(certificate, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise InvalidInput(f"cannot use the TLS certificate {certificate} with key {key}: {exc}") from None
-    return context
 
 
 class DashboardServer:
@@ -58,7 +48,7 @@ class DashboardServer:
             settings.hosts = tuple(sorted(set(settings.hosts) | names))
         self.settings = settings
         self.app = create_app(settings)
-        context = tls_context(tls_certificate, tls_key) if tls_certificate else None
+        context = server_context(tls_certificate, tls_key) if tls_certificate else None
         try:
             self._server = make_server(host, port, self.app, threaded=True, ssl_context=context)
         except OSError as exc:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from werkbund.platform.definition import check_name
 from werkbund.platform.errors import InvalidInput, NotFound, PayloadTooLarge, Unavailable, WerkbundError
+from werkbund.platform.tls import server_context
 
 log = logging.getLogger("werkbund.platform.blobs")
 PIECE = 4 << 20
@@ -361,9 +362,7 @@ class BlobServer(ThreadingHTTPServer):
         self.service, self.store = service, store
         scheme = "http"
         if certificate:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(certificate, key)
-            self.socket = context.wrap_socket(self.socket, server_side=True)
+            self.socket = server_context(certificate, key).wrap_socket(self.socket, server_side=True)
             scheme = "https"
         self.url = public_url or f"{scheme}://{host}:{self.server_address[1]}"
         self._last_sweep = 0.0
