@@ -6,7 +6,7 @@ it is refused as an unknown field.
 """
 from __future__ import annotations
 
-from werkbund.algorithms.registry import Field
+from werkbund.algorithms.field_spec import Field
 
 EPOCHS = Field("epochs", int, 1, "local epochs per round", minimum=1, maximum=10000)
 BATCH_SIZE = Field("batch_size", int, 32, "local mini-batch size", minimum=1)

@@ -23,7 +23,8 @@ from werkbund.client.identity import generate_identity, is_encrypted, load_ident
 from werkbund.client.ledger import LedgerError, bundle_report, publish, revoke_key, rotate_key, verify_task_ledger
 from werkbund.platform.errors import InvalidInput
 from werkbund.platform.ledger import entries as E
-from werkbund.platform.ledger import keys_in_force, merkle
+from werkbund.platform.ledger import merkle
+from werkbund.platform.ledger.verify import keys_in_force
 
 
 @cli.group()
@@ -132,6 +133,13 @@ def _load_pending(conn: Connection, path: Path):
     return load_identity(path, passphrase)
 
 
+LOST_KEY = "a lost key is reset by the platform operator: run `werkbund ledger new-key` and hand them its public key"
+
+
+def _recorded_on(tasks: list[str]) -> str:
+    return f"recorded on the ledger of {len(tasks)} task(s){': ' + ', '.join(tasks) if tasks else ''}"
+
+
 def _pending(conn: Connection) -> Path:
     path = state.identity_path(conn.url, conn.user)
     return path.with_name(path.name + ".new")  # kept until the platform took the new key
@@ -149,8 +157,7 @@ def rotate_key_command(conn: Connection, unencrypted_key):
     else with your password."""
     me = conn.login()
     if me.identity is None:
-        raise InvalidInput("you have no identity key here to rotate; a lost key is reset by the platform "
-                           "operator: run `werkbund ledger new-key` and hand them its public key")
+        raise InvalidInput(f"you have no identity key here to rotate; {LOST_KEY}")
     path, pending = state.identity_path(conn.url, conn.user), _pending(conn)
     new_key = _new_key_file(conn, pending, unencrypted_key)
     new_pub = E.encode_public_key(new_key)
@@ -160,8 +167,7 @@ def rotate_key_command(conn: Connection, unencrypted_key):
     else:
         tasks = rotate_key(me.transport, conn.user, me.identity, new_key)["tasks"]
     os.replace(pending, path)
-    click.echo(f"rotated your identity key: new public key {new_pub} ({path}); recorded on the "
-               f"ledger of {len(tasks)} task(s){': ' + ', '.join(tasks) if tasks else ''}")
+    click.echo(f"rotated your identity key: new public key {new_pub} ({path}); {_recorded_on(tasks)}")
 
 
 @ledger.command("revoke-key")
@@ -175,13 +181,10 @@ def revoke_key_command(conn: Connection, reason):
     after a lost key) comes only through the platform operator (`werkbund ledger new-key`)."""
     me = conn.login()
     if me.identity is None:
-        raise InvalidInput("revoking a key needs its signature and you have no identity key here; a lost "
-                           "key is reset by the platform operator: run `werkbund ledger new-key` and hand "
-                           "them its public key")
+        raise InvalidInput(f"revoking a key needs its signature and you have no identity key here; {LOST_KEY}")
     result = revoke_key(me.transport, conn.user, me.identity, reason)
     tasks = result["tasks"]
-    click.echo(f"revoked the key {result['revoked']}; recorded on the ledger of {len(tasks)} "
-               f"task(s){': ' + ', '.join(tasks) if tasks else ''}")
+    click.echo(f"revoked the key {result['revoked']}; {_recorded_on(tasks)}")
     path = state.identity_path(conn.url, conn.user)
     if path.exists():
         aside = path.with_name(f"{path.name}.revoked-{int(time.time())}")

@@ -15,9 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from werkbund.platform import passwords
 from werkbund.platform.db import Database
-from werkbund.platform.definition import (
-    check_name, check_organisation, column_difference, describe_column_difference, validate_definition,
-)
+from werkbund.platform.definition import check_name, check_organisation, validate_definition
 from werkbund.platform.errors import (
     AlreadyJoined,
     AuthenticationFailed,
@@ -25,12 +23,12 @@ from werkbund.platform.errors import (
     InvalidState,
     ModelNotFound,
     PermissionDenied,
-    SchemaMismatch,
     TaskExists,
     TaskFull,
     TaskNotFound,
     UserExists,
 )
+from werkbund.platform.join_schema import check_join_schema, merged_schema
 from werkbund.platform.ledger.service import LedgerService
 from werkbund.platform.login_guard import LoginGuard
 from werkbund.platform.models import Membership, RoundRecord, SessionToken, StoredModel, Task, User, utcnow
@@ -42,9 +40,6 @@ AGGREGATOR_INBOX = "@aggregator"
 SESSION_LIFETIME = timedelta(hours=12)
 TRANSFER_TOKEN_LIFETIME = timedelta(minutes=30)
 # schema fields that every participant of a task must report identically
-AGREED_SCHEMA_KEYS = ("kind", "features", "target")
-# a declared row count beyond this is no data set (and beyond 2**53 not a JSON number every client reads)
-MAX_DECLARED_SAMPLES = 10**12
 
 
 def _sha(obj) -> str:
@@ -209,7 +204,7 @@ class PlatformService:
                 if len(row.memberships) >= limit:
                     raise TaskFull(f"task {task!r} is full ({limit} participants)")
                 if schema is not None:
-                    self._check_schema(row, schema)
+                    check_join_schema(row, schema)
                 row.memberships.append(Membership(user=user, schema=schema))
                 s.flush()
                 info = self._task_dict(row, caller)
@@ -415,59 +410,6 @@ class PlatformService:
         if row.creator.name != caller and self._membership(row, caller) is None:
             raise PermissionDenied(f"only the creator and participants of task {row.name!r} may {action} it")
 
-    @staticmethod
-    def _check_schema(row: Task, schema: dict) -> None:
-        count = schema.get("n_samples")
-        if count is not None and (not isinstance(count, int) or isinstance(count, bool)
-                                  or not 1 <= count <= MAX_DECLARED_SAMPLES):
-            raise InvalidInput(f"the data schema's n_samples must be a whole number of rows between 1 and "
-                               f"{MAX_DECLARED_SAMPLES}, not {count!r}")
-        most = (row.definition.get("selection") or {}).get("max_samples")
-        if most is not None and count is not None and count > most:
-            raise SchemaMismatch(f"task {row.name!r} takes at most {most} rows per participant "
-                                 f"(selection.max_samples); you declared {count}")
-        declared = row.definition.get("kind")
-        if declared and schema.get("kind", "classification") != declared:
-            raise SchemaMismatch(f"task {row.name!r} is a {declared} task; your data was loaded for "
-                                 f"{schema.get('kind', 'classification')} (join with --kind {declared})")
-        for member in row.memberships:
-            theirs = member.schema or {}
-            for key in AGREED_SCHEMA_KEYS:
-                if key not in theirs or theirs.get(key) == schema.get(key):
-                    continue
-                if key == "features" and isinstance(schema.get(key), list) and isinstance(theirs[key], list):
-                    missing, extra = column_difference(schema[key], theirs[key])
-                    if not missing and not extra:
-                        continue  # the same columns in another order: the participant's client reorders them
-                    raise SchemaMismatch(f"your data does not match task {row.name!r}: "
-                                         f"{describe_column_difference(missing, extra)}")
-                raise SchemaMismatch(
-                    f"your data does not match task {row.name!r}: its {key} is {theirs.get(key)!r}, "
-                    f"yours is {schema.get(key)!r}"
-                )
-        kind = schema.get("kind", "classification")
-        known = {str(c) for m in row.memberships if (m.schema or {}).get("classes")
-                 for c in m.schema["classes"]}
-        yours = {str(c) for c in schema.get("classes") or []}
-        if kind == "classification" and known and yours and not known & yours:
-            raise SchemaMismatch(
-                f"your class labels {sorted(yours)[:10]} have none in common with those of task {row.name!r}'s "
-                f"members {sorted(known)[:10]}: the same classes must carry the same labels (e.g. 0/1 against "
-                "benign/malignant), or the model learns one class per label")
-
-    @staticmethod
-    def _merged_schema(row: Task) -> dict | None:
-        schemas = [m.schema for m in row.memberships if m.schema]
-        if not schemas:
-            return None
-        merged = {key: schemas[0].get(key) for key in AGREED_SCHEMA_KEYS}
-        classes = set()
-        for schema in schemas:
-            classes.update(schema.get("classes") or [])
-        merged["classes"] = sorted(classes, key=lambda c: (not isinstance(c, (int, float)), c if isinstance(c, (int, float)) else str(c)))
-        merged["n_samples"] = sum(int(s.get("n_samples") or 0) for s in schemas)
-        return merged
-
     def _member_dict(self, m: Membership, caller: str | None = None) -> dict:
         """A member as the creator (and the member itself) sees it; other members see only who joined
         and when, not each other's organisation, row count or classes."""
@@ -497,7 +439,7 @@ class PlatformService:
         }
         if insider:
             info["participants"] = [m.user.name for m in row.memberships]
-            info["schema"] = self._merged_schema(row)
+            info["schema"] = merged_schema(row)
         return info
 
     @staticmethod

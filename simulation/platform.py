@@ -32,6 +32,7 @@ from werkbund.platform.commands import dispatch
 from werkbund.platform.definition import check_name
 from werkbund.platform.errors import (AlreadyJoined, InvalidInput, InvalidState, PermissionDenied, TaskFull,
                                       UserExists)
+from werkbund.platform.join_schema import check_join_schema
 from werkbund.platform.mailboxes import Mailboxes
 from werkbund.platform.models import Membership, User
 from werkbund.platform.service import AGGREGATOR_INBOX, _sha
@@ -127,10 +128,10 @@ class SimPlatform(InProcPlatform):
                 if schema is not None:
                     key = tuple(repr(schema.get(k)) for k in ("kind", "features", "target"))
                     if agreed is None:
-                        service._check_schema(row, schema)
+                        check_join_schema(row, schema)
                         agreed = key
                     elif key != agreed:
-                        service._check_schema(row, schema)  # raises SchemaMismatch with the reason
+                        check_join_schema(row, schema)  # raises SchemaMismatch with the reason
                 row.memberships.append(Membership(user=user, schema=schema))
                 present.add(user.id)
             s.flush()

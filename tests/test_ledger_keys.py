@@ -291,7 +291,7 @@ def test_an_entry_signed_with_a_retired_key_is_named_online_and_offline(site, ho
 
 
 def _verify_with_extra(site, items, entry) -> str:
-    from werkbund.platform.ledger import verify_log
+    from werkbund.platform.ledger.verify import verify_log
 
     key = _platform_key(site)
     pairs = [(i["entry"], i["signature"]) for i in items] + [(entry, E.sign_entry(entry, key))]

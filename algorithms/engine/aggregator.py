@@ -49,7 +49,7 @@ from werkbund.algorithms.metrics import combine, headline
 
 log = logging.getLogger("werkbund.aggregator")
 
-MAX_SAMPLES = 10**12  # the platform's bound on a declared row count (platform/service.py MAX_DECLARED_SAMPLES)
+MAX_SAMPLES = 10**12  # the platform's bound on a declared row count (platform/join_schema.py MAX_DECLARED_SAMPLES)
 
 __all__ = ["Collected", "RoundAggregator", "TaskFailure"]
 
