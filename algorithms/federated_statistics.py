@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from werkbund.algorithms.arrays import UpdateRejected, decode_weights, encode_weights
-from werkbund.algorithms.data import DataError
+from werkbund.algorithms.data.dataset import DataError
 from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
 from werkbund.algorithms.engine.participant import RoundParticipant
+from werkbund.algorithms.model_files import write_local_result
+from werkbund.algorithms.moments import merge_moments
 from werkbund.algorithms.registry import Algorithm, Field
-from werkbund.algorithms.statistics import merge_moments
-from werkbund.algorithms.tabular import write_local_result
 
 DEFAULT_BINS = 10
 

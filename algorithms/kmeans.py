@@ -39,10 +39,10 @@ from werkbund.algorithms.arrays import UpdateRejected, decode_weights, encode_we
 from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
 from werkbund.algorithms.engine.participant import RoundParticipant
 from werkbund.algorithms.fields import STANDARDIZE
+from werkbund.algorithms.model_files import named_arrays_bytes, write_local_result
+from werkbund.algorithms.moments import feature_moments
 from werkbund.algorithms.registry import Algorithm, Field
-from werkbund.algorithms.statistics import feature_moments
-from werkbund.algorithms.tabular import (complete, federated_scaler, float_list, named_arrays_bytes, standardized,
-                                         write_local_result)
+from werkbund.algorithms.standardization import complete, federated_scaler, float_list, standardized
 
 log = logging.getLogger("werkbund.kmeans")
 

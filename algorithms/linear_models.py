@@ -27,11 +27,12 @@ from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
 from werkbund.algorithms.engine.participant import RoundParticipant
 from werkbund.algorithms.metrics import classification_metrics, regression_metrics
 from werkbund.algorithms.fields import STANDARDIZE, STRATEGY, TRAINING
+from werkbund.algorithms.labels import label_indices
+from werkbund.algorithms.model_files import named_arrays_bytes, write_local_result
+from werkbund.algorithms.moments import feature_moments
 from werkbund.algorithms.registry import Algorithm
-from werkbund.algorithms.statistics import feature_moments
+from werkbund.algorithms.standardization import complete, federated_scaler, float_list, standardized
 from werkbund.algorithms.strategies import FedProx, build_strategy
-from werkbund.algorithms.tabular import (complete, federated_scaler, float_list, named_arrays_bytes, standardized,
-                                         write_local_result)
 
 
 # --------------------------------------------------------------------------------- metrics
@@ -49,15 +50,6 @@ def regressor_evaluation(y_true: np.ndarray, predicted: np.ndarray) -> dict:
     metrics = regression_metrics(y_true, predicted)
     metrics["loss"] = metrics["sse"] / metrics["n_test"]
     return metrics
-
-
-def label_indices(labels, classes: list) -> np.ndarray:
-    index = {str(c): i for i, c in enumerate(classes)}
-    values = [str(v) for v in np.asarray(labels).tolist()]
-    unknown = sorted(set(values) - set(index))
-    if unknown:
-        raise ValueError(f"labels {unknown[:5]} are not among the task's classes {classes}")
-    return np.asarray([index[v] for v in values], dtype=np.int64)
 
 
 def numeric_target(labels) -> np.ndarray:

@@ -19,9 +19,7 @@ to the target's units. Evaluations carry the sums that the aggregator pools
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import numpy as np
 
@@ -31,26 +29,20 @@ from werkbund.algorithms.engine.participant import RoundParticipant
 from werkbund.algorithms.privacy import dp_rounds
 from werkbund.algorithms.metrics import CLASSIFICATION, KINDS, REGRESSION, classification_metrics, regression_metrics
 from werkbund.algorithms.fields import MODEL, STRATEGY, TRAINING
+from werkbund.algorithms.labels import label_indices
+from werkbund.algorithms.model_files import write_local_result
+from werkbund.algorithms.moments import feature_moments
 from werkbund.algorithms.registry import Algorithm, Field
-from werkbund.algorithms.statistics import feature_moments, merge_moments
-from werkbund.algorithms.tabular import checked_moments
+from werkbund.algorithms.standardization import federated_moments, unit_variance
 from werkbund.algorithms.strategies import build_strategy
 
 log = logging.getLogger("werkbund.neural_network")
 
 
-def _label_indices(labels, classes: list) -> np.ndarray:
-    index = {str(c): i for i, c in enumerate(classes)}
-    unknown = sorted({str(v) for v in np.asarray(labels).tolist()} - set(index))
-    if unknown:
-        raise ValueError(f"labels {unknown[:5]} are not among the task's classes {classes}")
-    return np.asarray([index[str(v)] for v in np.asarray(labels).tolist()], dtype=np.int64)
-
-
 def _targets(labels, kind: str, classes: list) -> np.ndarray:
     """Class indices for a classifier, float32 targets for a regressor."""
     if kind != REGRESSION:
-        return _label_indices(labels, classes)
+        return label_indices(labels, classes)
     try:
         y = np.asarray(labels, dtype=np.float32).reshape(-1)
     except (TypeError, ValueError):
@@ -93,24 +85,12 @@ class NeuralNetworkAggregator(RoundAggregator):
             raise TaskFailure(f"the participants' data has {len(self.classes)} class(es); a classifier needs 2 or more")
         mean = variance = target = None
         if standardizes(d):
-            moments, targets = [], []
-
-            def take(message):
-                declared = self.declared.get(message.sender)
-                moments.append(checked_moments(message, n_features, declared))
-                if regression:
-                    targets.append(checked_moments(_Header(message.get("target") or {}), 1, declared))
-
-            collected = self.exchange("stats", expect="stats", number=-1, handler=take)
-            merged = merge_moments(moments)
+            merged, target = federated_moments(self, n_features, target=regression)
             if regression:
-                target = merge_moments(targets)
                 target = (float(target["mean"][0]), float(target["std"][0]) if target["std"][0] > 1e-12 else 1.0)
             # a feature that is constant across all sites is left unscaled (as scikit-learn's StandardScaler
             # does); dividing by a zero deviation would blow up any row where it is not constant after all
-            mean, variance = merged["mean"], np.where(merged["variance"] > 1e-12, merged["variance"], 1.0)
-            self.progress.message(f"federated standardization over {merged['count']} rows from "
-                                  f"{', '.join(collected.accepted)}")
+            mean, variance = merged["mean"], unit_variance(merged)
         if d.get("model"):
             model = km.model_from_architecture(d["model"])
             if mean is not None:
@@ -182,16 +162,6 @@ class NeuralNetworkAggregator(RoundAggregator):
         return model_bytes(self.model), meta
 
 
-class _Header:
-    """A dict seen through ``get``, like a message header (for the target's moments)."""
-
-    def __init__(self, fields: dict):
-        self.fields = fields if isinstance(fields, dict) else {}
-
-    def get(self, key, default=None):
-        return self.fields.get(key, default)
-
-
 class NeuralNetworkParticipant(RoundParticipant):
     def moments(self):
         if not standardizes(self.definition):  # whatever the aggregator asks: under DP they stay here
@@ -254,13 +224,9 @@ class NeuralNetworkParticipant(RoundParticipant):
         evaluation = self._evaluate()
         result = {"eval": evaluation, "classes": self.classes, "kind": self.kind}
         if self.out_model:
-            os.makedirs(os.path.dirname(os.path.abspath(self.out_model)), exist_ok=True)
-            with open(self.out_model, "wb") as handle:
-                handle.write(model_bytes(self.model))
-            with open(f"{self.out_model}.json", "w") as handle:
-                json.dump({"task": self.channel.task, "kind": self.kind, "classes": self.classes,
-                           "features": self.train_data.features, "eval": evaluation}, handle, indent=2)
-            result["model_path"] = str(self.out_model)
+            meta = {"task": self.channel.task, "kind": self.kind, "classes": self.classes,
+                    "features": self.train_data.features, "eval": evaluation}
+            result["model_path"] = write_local_result(self.out_model, model_bytes(self.model), meta)
         return result
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from werkbund.algorithms.data import Dataset, DataError
+from werkbund.algorithms.data.dataset import Dataset, DataError
 
 RUL_CAP = 125
 AI4I_FEATURES = ["Air temperature [K]", "Process temperature [K]", "Rotational speed [rpm]", "Torque [Nm]",

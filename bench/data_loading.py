@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow
 
-from werkbund.algorithms.data import load_dataset
+from werkbund.algorithms.data.loading import load_dataset
 
 FEATURES = [f"f{i}" for i in range(8)]
 

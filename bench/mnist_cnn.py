@@ -58,7 +58,7 @@ class RoundPrinter:
 
 
 def first_rows(data, n: int):
-    from werkbund.algorithms.data import Dataset
+    from werkbund.algorithms.data.dataset import Dataset
 
     return Dataset(data.x[:n], data.y[:n], data.features, data.target, source=data.source)
 
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--platform", choices=["local", "inproc"], default="local")
     args = parser.parse_args()
 
-    from werkbund.algorithms.data import load_mnist
+    from werkbund.algorithms.data.builtin import load_mnist
     from werkbund.client.usecase_federation import run_federated
 
     started = time.monotonic()

@@ -53,7 +53,7 @@ def architecture(n_features: int, n_classes: int, hidden=(256, 320)) -> dict:
 
 
 def _site_data(index: int, participants: int, seed: int):
-    from werkbund.algorithms.data import load_dataset
+    from werkbund.algorithms.data.loading import load_dataset
 
     data = load_dataset("builtin:digits").shard(index + 1, participants)
     return data, data.split(0.2, seed)

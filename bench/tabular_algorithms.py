@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the in
 
 from inproc_federation import run_federation  # noqa: E402
 
-from werkbund.algorithms.data import Dataset  # noqa: E402
+from werkbund.algorithms.data.dataset import Dataset  # noqa: E402
 from werkbund.algorithms.usecase_data import load_scenario  # noqa: E402
 
 

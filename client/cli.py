@@ -1,4 +1,9 @@
-"""The `werkbund` command line: register, create, list, join, aggregate, participate, ..."""
+"""The `werkbund` command line: register, create, list, join, aggregate, participate, ...
+
+The root group and the account and task commands live here; the other commands live in the
+``cli_*`` modules beside it, which know nothing of this one (their shared helpers are in
+``cli_common``): this module imports them and adds their commands to the groups explicitly, at
+the end of the file, so every command is registered once ``werkbund.client.cli`` is imported."""
 from __future__ import annotations
 
 import json
@@ -8,9 +13,12 @@ from pathlib import Path
 
 import click
 
-from werkbund.client import state
+from werkbund.client import (
+    cli_check, cli_dashboard, cli_ledger, cli_platform, cli_platform_admin, cli_run, cli_simulate, cli_usecase, state,
+)
 from werkbund.client.cli_common import (
-    LOGIN_ENVIRONMENT, Connection, emit_json, environment, handle_errors, platform_options, setup_logging, shown,
+    LOGIN_ENVIRONMENT, Connection, definition_with_options, emit_json, environment, handle_errors, parse_value,
+    platform_options, setup_logging, shown,
 )
 from werkbund.platform.definition import FIELDS
 from werkbund.platform.errors import InvalidInput, WerkbundError
@@ -97,8 +105,8 @@ def logout(conn: Connection):
     revoked = False
     if token:
         transport = conn.transport()
-        if hasattr(transport, "logout"):  # the cloud platform has no session tokens of its own to revoke
-            transport.token = token
+        if hasattr(transport, "logout"):  # the cloud platform's logout also deletes the session's broker account
+            transport.token, transport.user = token, conn.user
             try:
                 transport.logout()
                 revoked = True
@@ -109,43 +117,6 @@ def logout(conn: Connection):
 
 
 # --------------------------------------------------------------------- tasks
-def _definition(path, options: dict) -> dict:
-    definition = {}
-    if path:
-        try:
-            definition = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"task definition {path} is not valid JSON: {exc}") from None
-        if not isinstance(definition, dict):
-            raise InvalidInput(f"task definition {path} must be a JSON object")
-    definition.update({k: v for k, v in options.items() if v is not None})
-    return definition
-
-
-def parse_value(text: str, types: tuple, what: str):
-    """A command-line value as the declared type: int, float, bool, str, or JSON for an object or list."""
-    stripped = text.strip()
-    if bool in types and stripped.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-        return stripped.lower() in ("true", "yes", "on", "1")
-    for number in (int, float):
-        if number in types:
-            try:
-                return number(stripped)
-            except ValueError:
-                pass
-    if (dict in types or list in types) and stripped[:1] in ("{", "["):
-        try:
-            return json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"{what}: {text!r} is not valid JSON: {exc}") from None
-    if str in types:
-        return text
-    try:  # let the declaration's check say what is wrong with it
-        return json.loads(stripped)
-    except json.JSONDecodeError:
-        return text
-
-
 def _settings(definition: dict, settings: tuple[str, ...]) -> dict:
     """``--set NAME=VALUE`` pairs, each parsed as the installed algorithm (or the platform) declares it."""
     if not settings:
@@ -231,7 +202,7 @@ def create(conn: Connection, task, definition, settings, as_json, **options):
     sent; a participant needs the same algorithm installed (the task names the distribution)."""
     from werkbund.client.definitions import prepare_definition
 
-    merged = _definition(definition, options)
+    merged = definition_with_options(definition, options)
     merged.update(_settings(merged, settings))
     info = conn.login().create_task(task, prepare_definition(merged))
     if as_json:
@@ -406,9 +377,7 @@ def local_platform(host, port, db, tls_cert, tls_key, with_dashboard, dashboard_
     from werkbund.local_platform.server import LocalPlatformServer, default_db_url
 
     if upgrade:
-        from werkbund.client.cli_platform_admin import upgrade_before_start
-
-        upgrade_before_start(db or default_db_url(state.home()))
+        cli_platform_admin.upgrade_before_start(db or default_db_url(state.home()))
     try:
         server = LocalPlatformServer(db or default_db_url(state.home()), host=host, port=port,
                                      tls_certificate=tls_cert, tls_key=tls_key)
@@ -418,10 +387,8 @@ def local_platform(host, port, db, tls_cert, tls_key, with_dashboard, dashboard_
     board = None
     try:
         if with_dashboard:
-            from werkbund.client.cli_dashboard import start_dashboard
-
-            board = start_dashboard("local", server.url, port=dashboard_port,
-                                    credentials={"ca_certificate": tls_cert} if tls_cert else None)
+            board = cli_dashboard.start_dashboard("local", server.url, port=dashboard_port,
+                                                  credentials={"ca_certificate": tls_cert} if tls_cert else None)
             click.echo(f"werkbund dashboard serving on {board.url}")
         server.serve_forever()
     finally:
@@ -430,15 +397,17 @@ def local_platform(host, port, db, tls_cert, tls_key, with_dashboard, dashboard_
         server.stop()
 
 
-def main():
-    from werkbund.client import cli_run  # noqa: F401  (registers aggregate, participate, demo)
-    from werkbund.client import cli_platform  # noqa: F401  (registers platform serve)
-    from werkbund.client import cli_ledger  # noqa: F401  (registers ledger show/verify/...)
-    from werkbund.client import cli_usecase  # noqa: F401  (registers usecase pdm)
-    from werkbund.client import cli_simulate  # noqa: F401  (registers simulate)
-    from werkbund.client import cli_dashboard  # noqa: F401  (registers dashboard)
-    from werkbund.client import cli_check  # noqa: F401  (registers check)
+# ------------------------------------------------- the commands of the cli_* modules
+for command in (cli_run.aggregate, cli_run.participate, cli_run.algorithms, cli_run.demo,
+                cli_platform.platform_group, cli_ledger.ledger, cli_usecase.usecase, cli_simulate.simulate,
+                cli_dashboard.dashboard, cli_check.check):
+    cli.add_command(command)
+for command in (cli_platform_admin.upgrade, cli_platform_admin.backup, cli_platform_admin.restore,
+                cli_ledger.reset_key_command):
+    cli_platform.platform_group.add_command(command)
 
+
+def main():
     cli(prog_name="werkbund")
 
 

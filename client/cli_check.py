@@ -5,13 +5,12 @@ import sys
 
 import click
 
-from werkbund.client.cli import cli
 from werkbund.client.cli_common import (
     EXIT_REFUSED, LOGIN_ENVIRONMENT, Connection, environment, handle_errors, platform_options,
 )
 
 
-@cli.command()
+@click.command()
 @environment(*LOGIN_ENVIRONMENT)
 @platform_options
 @handle_errors

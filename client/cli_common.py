@@ -8,12 +8,13 @@ import logging
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 import click
 
 from werkbund.client import state
 from werkbund.client.api import User, load_credentials, make_transport
-from werkbund.platform.errors import AuthenticationFailed, Unavailable, WerkbundError
+from werkbund.platform.errors import AuthenticationFailed, InvalidInput, Unavailable, WerkbundError
 
 log = logging.getLogger("werkbund.cli")
 
@@ -131,7 +132,7 @@ def handle_errors(func):
     """Turn a user's mistake into one line on stderr and a non-zero exit, never a traceback."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from werkbund.algorithms.data import DataError
+        from werkbund.algorithms.data.dataset import DataError
         from werkbund.client.messages import MalformedMessage
 
         try:
@@ -189,3 +190,41 @@ def setup_logging(verbose: bool = False) -> None:
     root.setLevel(level)
     for noisy in ("urllib3", "werkzeug", "waitress", "absl", "tensorflow", "pika", "matplotlib", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def definition_with_options(path, options: dict) -> dict:
+    """The task definition in the JSON file ``path`` (if any), with the options that were given set over it."""
+    definition = {}
+    if path:
+        try:
+            definition = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"task definition {path} is not valid JSON: {exc}") from None
+        if not isinstance(definition, dict):
+            raise InvalidInput(f"task definition {path} must be a JSON object")
+    definition.update({k: v for k, v in options.items() if v is not None})
+    return definition
+
+
+def parse_value(text: str, types: tuple, what: str):
+    """A command-line value as the declared type: int, float, bool, str, or JSON for an object or list."""
+    stripped = text.strip()
+    if bool in types and stripped.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+        return stripped.lower() in ("true", "yes", "on", "1")
+    for number in (int, float):
+        if number in types:
+            try:
+                return number(stripped)
+            except ValueError:
+                pass
+    if (dict in types or list in types) and stripped[:1] in ("{", "["):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"{what}: {text!r} is not valid JSON: {exc}") from None
+    if str in types:
+        return text
+    try:  # let the declaration's check say what is wrong with it
+        return json.loads(stripped)
+    except json.JSONDecodeError:
+        return text

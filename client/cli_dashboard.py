@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from werkbund.client.cli import cli
 from werkbund.client.cli_common import CREDENTIALS_HELP, LOGIN_ENVIRONMENT, environment, handle_errors
 from werkbund.platform.errors import InvalidInput
 
@@ -40,7 +39,7 @@ def start_dashboard(platform: str, url: str, host: str = "127.0.0.1", port: int 
     return DashboardServer(settings, host=host, port=port, tls_certificate=tls_cert, tls_key=tls_key).start()
 
 
-@cli.command()
+@click.command()
 @environment(*LOGIN_ENVIRONMENT)
 @click.option("--platform", "platform_kind", type=click.Choice(["local", "cloud"]), envvar="WERKBUND_PLATFORM",
               show_envvar=True, help="Which platform the dashboard logs its users in to (default: the credentials "

@@ -14,11 +14,9 @@ import click
 import rfc8785
 
 from werkbund.client import state
-from werkbund.client.cli import cli
 from werkbund.client.cli_common import (
     CREDENTIALS_HELP, LOGIN_ENVIRONMENT, Connection, emit_json, environment, handle_errors, platform_options,
 )
-from werkbund.client.cli_platform import platform_group
 from werkbund.client.identity import generate_identity, is_encrypted, load_identity
 from werkbund.client.ledger import LedgerError, bundle_report, publish, revoke_key, rotate_key, verify_task_ledger
 from werkbund.platform.errors import InvalidInput
@@ -27,7 +25,7 @@ from werkbund.platform.ledger import merkle
 from werkbund.platform.ledger.verify import keys_in_force
 
 
-@cli.group()
+@click.group()
 def ledger():
     """The task's tamper-evident ledger: show, verify, export, maintenance, prove, keys."""
 
@@ -226,7 +224,7 @@ def new_key_command(conn: Connection, unencrypted_key):
                "then run `werkbund ledger new-key` again to take it into use.")
 
 
-@platform_group.command("reset-key")
+@click.command("reset-key")
 @environment(("WERKBUND_HOME", "Where the default SQLite database is (default: ~/.werkbund)."),
              "WERKBUND_LEDGER_KEY")
 @click.option("--db", envvar="WERKBUND_DB", show_envvar=True,

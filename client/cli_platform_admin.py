@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from werkbund.client.cli_common import environment, handle_errors
-from werkbund.client.cli_platform import platform_group
 
 DB_HELP = ("The platform's database, a SQLAlchemy URL, e.g. postgresql+psycopg://user@host/werkbund "
            "(default: the local platform's SQLite under WERKBUND_HOME).")
@@ -51,7 +50,7 @@ def _blob_dir(blob_dir):
     return Path(blob_dir) if blob_dir else state.home() / "platform-blobs"
 
 
-@platform_group.command()
+@click.command()
 @environment(("WERKBUND_HOME", "Where the default database is (default: ~/.werkbund)."))
 @click.option("--db", envvar="WERKBUND_DB", show_envvar=True, help=DB_HELP)
 @click.option("--check", is_flag=True,
@@ -85,7 +84,7 @@ def upgrade(db, check):
         click.echo(f"upgraded the database {_shown(db)} from schema revision {before} to {after}")
 
 
-@platform_group.command()
+@click.command()
 @environment(*ENVIRONMENT)
 @click.option("--db", envvar="WERKBUND_DB", show_envvar=True, help=DB_HELP)
 @click.option("--to", "target", required=True, type=click.Path(file_okay=False),
@@ -107,7 +106,7 @@ def backup(db, target, ledger_key, blob_dir):
                f"blob files to {target}")
 
 
-@platform_group.command()
+@click.command()
 @environment(*ENVIRONMENT)
 @click.option("--from", "source", required=True, type=click.Path(file_okay=False, exists=True),
               help="The folder `werkbund platform backup` wrote.")

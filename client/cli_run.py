@@ -8,9 +8,8 @@ from pathlib import Path
 import click
 
 from werkbund.client import state
-from werkbund.client.cli import cli
 from werkbund.client.cli_common import (
-    LOGIN_ENVIRONMENT, Connection, emit_json, environment, handle_errors, platform_options,
+    LOGIN_ENVIRONMENT, Connection, emit_json, environment, handle_errors, parse_value, platform_options,
 )
 
 
@@ -25,7 +24,7 @@ def _task(conn: Connection, task: str):
     return Session(conn.login(), conn.platform, conn.url).task(task)
 
 
-@cli.command()
+@click.command()
 @environment(*LOGIN_ENVIRONMENT, "WERKBUND_MNIST_DIR")
 @platform_options
 @click.option("--task", required=True, help="The task's name.")
@@ -59,7 +58,7 @@ def aggregate(conn: Connection, task, data_spec, target, quorum_timeout, results
     click.echo(f"task {task} COMPLETE{figures}; results in {out}{stopped}")
 
 
-@cli.command()
+@click.command()
 @environment(*LOGIN_ENVIRONMENT, "WERKBUND_MNIST_DIR")
 @platform_options
 @click.option("--task", required=True, help="The task's name.")
@@ -92,7 +91,6 @@ def _participant_options(definition: dict, settings: tuple[str, ...]) -> dict:
     """``--option NAME=VALUE`` pairs, parsed as the task's algorithm declares its participant options."""
     if not settings:
         return {}
-    from werkbund.client.cli import parse_value
     from werkbund.client.definitions import load_algorithm
     from werkbund.platform.errors import InvalidInput
 
@@ -135,7 +133,7 @@ def describe_algorithm(facts: dict) -> list[str]:
     return lines
 
 
-@cli.command()
+@click.command()
 @click.option("--algorithm", "name", help="Show this algorithm in full: fields with type, default, range and help, "
                                           "privacy modes, DP, participant options (default: every algorithm, one "
                                           "line each).")
@@ -157,7 +155,7 @@ def algorithms(name, details, as_json):
             click.echo(f"{one['name']}: {one['description']}")
 
 
-@cli.command()
+@click.command()
 @environment("WERKBUND_MNIST_DIR",
              ("WERKBUND_LEDGER_KEY", "The demo platform's ledger signing key file (default: beside its "
                                      "database, OUT/platform.sqlite)."))

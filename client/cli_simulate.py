@@ -5,15 +5,14 @@ import logging
 
 import click
 
-from werkbund.client.cli import _definition, cli
-from werkbund.client.cli_common import environment, handle_errors
+from werkbund.client.cli_common import definition_with_options, environment, handle_errors
 
 
 def _default(what: str, fallback: str) -> str:
     return f"{what} (default: the definition file's value, else {fallback})."
 
 
-@cli.command()
+@click.command()
 @environment("WERKBUND_MNIST_DIR",
              ("WERKBUND_LEDGER_KEY", "The simulated platform's ledger signing key file (default: a throw-away "
                                      "key for the run)."))
@@ -71,7 +70,7 @@ def simulate(ctx, definition, algorithm, rounds, epochs, batch_size, learning_ra
         logging.getLogger("werkbund").setLevel(logging.WARNING)
     options = {"algorithm": algorithm, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                "kind": kind}
-    spec = _definition(definition, options)
+    spec = definition_with_options(definition, options)
     result = run(spec, data_spec, partition=partition, participants=participants, seed=seed, target=target,
                  features=features, kind=kind, rounds=rounds, backend=backend, workers=workers, min_rows=min_rows,
                  task=task_name, out=out, ledger=ledger, progress=True)

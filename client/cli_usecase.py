@@ -9,14 +9,13 @@ from pathlib import Path
 
 import click
 
-from werkbund.client.cli import cli
 from werkbund.client.cli_common import environment, handle_errors
 from werkbund.platform.errors import InvalidInput
 
 SCENARIOS = ("ai4i", "ai4i_type", "cmapss", "welding")
 
 
-@cli.group()
+@click.group()
 def usecase():
     """Use cases that show what federated training buys over training alone."""
 

@@ -15,7 +15,7 @@ import numpy as np
 
 
 def _participant(url: str, user: str, password: str, task: str, dataset: str, shard: str, out: str) -> None:
-    from werkbund.algorithms.data import load_dataset
+    from werkbund.algorithms.data.loading import load_dataset
     from werkbund.algorithms.registry import get_algorithm
     from werkbund.client.api import connect
     from werkbund.client.cli_common import setup_logging
@@ -32,7 +32,7 @@ def run_demo(participants: int = 3, rounds: int = 5, epochs: int = 2, dataset: s
     from rich.console import Console
     from rich.table import Table
 
-    from werkbund.algorithms.data import load_dataset
+    from werkbund.algorithms.data.loading import load_dataset
     from werkbund.algorithms.plots import plot_accuracy
     from werkbund.algorithms.registry import get_algorithm
     from werkbund.client.api import register

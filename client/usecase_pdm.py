@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from werkbund.algorithms.engine.progress import Progress
+from werkbund.algorithms.labels import label_indices
 from werkbund.algorithms.usecase_data import Scenario
 
 log = logging.getLogger("werkbund.usecase")
@@ -75,11 +76,6 @@ class ScenarioResult:
 
 
 # ------------------------------------------------------------------------------------- metrics
-def label_indices(y, classes: list) -> np.ndarray:
-    index = {str(c): i for i, c in enumerate(classes)}
-    return np.asarray([index[str(v)] for v in np.asarray(y).tolist()], dtype=np.int64)
-
-
 def score(kind: str, y_true, y_pred, n_classes: int = 0) -> tuple[dict, list | None]:
     """Metrics of predictions (class indices or values) and the confusion matrix of a classifier."""
     if kind == "classification":

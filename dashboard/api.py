@@ -17,9 +17,10 @@ from flask import g, jsonify
 from pydantic import BaseModel
 from spectree import Response, SpecTree
 
-from werkbund.dashboard import datasets as store
+import werkbund.dashboard.datasets as store
 from werkbund.dashboard.forms import TaskQuery
 from werkbund.dashboard.live import kmeans_scatter, task_state
+from werkbund.dashboard.views_tasks import list_rows
 
 
 class ErrorDetail(BaseModel):
@@ -164,8 +165,6 @@ def register(app):
     @spec.validate(query=TaskQuery, resp=Response(HTTP_200=TaskList, HTTP_401=ErrorReply), tags=["tasks"])
     def api_tasks(query: TaskQuery):
         """The tasks this user can see, filtered as on the task list."""
-        from werkbund.dashboard.views_tasks import list_rows
-
         rows = list_rows(g.bs.werkbund, query)
         return TaskList(tasks=[TaskSummary.model_validate({k: r.get(k) for k in TaskSummary.model_fields
                                                            if r.get(k) is not None}) for r in rows])

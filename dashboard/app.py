@@ -21,8 +21,12 @@ from urllib.parse import urlparse
 
 from flask import Flask, Response, abort, g, jsonify, redirect, render_template, request, url_for
 
+import werkbund.dashboard.api as api
+import werkbund.dashboard.views_auth as views_auth
+import werkbund.dashboard.views_datasets as views_datasets
+import werkbund.dashboard.views_tasks as views_tasks
 from werkbund.dashboard.runs import RunRegistry
-from werkbund.dashboard.sessions import DEFAULT_IDLE_SECONDS, SessionStore
+from werkbund.dashboard.sessions import DEFAULT_IDLE_SECONDS, SessionStore, close_quietly
 from werkbund.platform.errors import AuthenticationFailed, Unavailable, WerkbundError
 
 log = logging.getLogger("werkbund.dashboard")
@@ -153,8 +157,6 @@ def create_app(settings: DashboardSettings) -> Flask:
         return {"bs": bs, "me": bs.user if bs else None, "csrf_token": bs.csrf_token if bs else "",
                 "settings": settings, "charts": plotly_path() is not None}
 
-    from werkbund.dashboard import api, views_auth, views_datasets, views_tasks
-
     views_auth.register(app)
     views_tasks.register(app)
     views_datasets.register(app)
@@ -183,17 +185,3 @@ def plotly_path() -> Path | None:
         return None
     path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     return path if path.is_file() else None
-
-
-def close_quietly(werkbund_session) -> None:
-    try:
-        werkbund_session.close()
-    except Exception as exc:  # a connection that is already gone
-        log.debug("closing %s: %s", werkbund_session, exc)
-
-
-def safe_next(target: str | None, default: str) -> str:
-    """A redirect target inside this dashboard only (no open redirect)."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return default

@@ -73,7 +73,8 @@ def check_path(path_text: str, data_root: Path | None) -> Path:
 def describe(path: Path, target: str | None, features: list[str] | None, kind: str, missing: str) -> dict:
     """Read the file here and return its schema summary (never a row): features, target, classes and
     how many rows hold each, the row count, missing values per column."""
-    from werkbund.algorithms.data import DataError, load_dataset
+    from werkbund.algorithms.data.dataset import DataError
+    from werkbund.algorithms.data.loading import load_dataset
 
     needs_target = path.suffix.lower() not in (".npz",)
     if needs_target and not target:

@@ -273,3 +273,10 @@ def field_of_message(message: str, names) -> str | None:
         if re.match(rf"^{re.escape(name)}\b", message):
             return name
     return None
+
+
+def safe_next(target: str | None, default: str) -> str:
+    """A redirect target inside this dashboard only (no open redirect)."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return default

@@ -140,8 +140,9 @@ def kmeans_scatter(session, name: str, dataset: dict | None) -> dict | None:
     projected to two dimensions. The rows go from this dashboard to this user's browser only."""
     import numpy as np
 
-    from werkbund.algorithms.kmeans import assign, standardized
+    from werkbund.algorithms.kmeans import assign
     from werkbund.algorithms.plots import _projection
+    from werkbund.algorithms.standardization import standardized
     from werkbund.client.python_api.results import load_model_bytes
 
     try:
@@ -155,7 +156,7 @@ def kmeans_scatter(session, name: str, dataset: dict | None) -> dict | None:
     features = (info.get("meta") or {}).get("features") or [f"x{i}" for i in range(centroids.shape[1])]
     x = labels = None
     if dataset is not None:
-        from werkbund.algorithms.data import load_dataset
+        from werkbund.algorithms.data.loading import load_dataset
 
         local = load_dataset(dataset["path"], target=dataset.get("target"), features=dataset.get("features"),
                              kind=dataset.get("kind") or "classification", missing=dataset.get("missing") or "drop")

@@ -9,11 +9,14 @@ after it (no session fixation).
 """
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger("werkbund.dashboard")
 
 DEFAULT_IDLE_SECONDS = 8 * 3600
 
@@ -96,3 +99,10 @@ class SessionStore:
         werkbund, session.werkbund = session.werkbund, None
         if werkbund is not None and self.on_drop is not None:
             self.on_drop(werkbund)
+
+
+def close_quietly(werkbund_session) -> None:
+    try:
+        werkbund_session.close()
+    except Exception as exc:  # a connection that is already gone
+        log.debug("closing %s: %s", werkbund_session, exc)

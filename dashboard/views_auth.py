@@ -1,12 +1,16 @@
 """Log in, register (user and organisation), log out: the same calls as `werkbund login` and `register`."""
 from __future__ import annotations
 
+import logging
+
 from flask import g, redirect, render_template, request, url_for
 from pydantic import ValidationError
 
-from werkbund.dashboard.app import close_quietly, safe_next
-from werkbund.dashboard.forms import LoginForm, RegisterForm, field_errors
+from werkbund.dashboard.forms import LoginForm, RegisterForm, field_errors, safe_next
+from werkbund.dashboard.sessions import close_quietly
 from werkbund.platform.errors import AuthenticationFailed, UserExists, WerkbundError
+
+log = logging.getLogger("werkbund.dashboard")
 
 
 def _transport_options() -> dict:
@@ -79,8 +83,12 @@ def register(app):
         g.bs.werkbund = None
         if session is not None:
             if g.store.sessions_of(session) == 0 and not g.runs.uses(session):
-                state.forget_token(session.url, session.name)  # as `werkbund logout` does
-                close_quietly(session)
+                try:  # as `werkbund logout` does: the platform revokes the token (and the broker account)
+                    session.logout()
+                except Exception as exc:  # noqa: BLE001 - a platform that is gone: forget the token here anyway
+                    log.warning("logout of %s: %s", session.name, exc)
+                    state.forget_token(session.url, session.name)
+                    close_quietly(session)
         g.bs = g.store.renew(g.bs)
         g.bs.say("Logged out." + (" Your runs go on in this dashboard." if session and g.runs.uses(session) else ""))
         return redirect(url_for("login"))

@@ -8,9 +8,8 @@ from __future__ import annotations
 from flask import g, redirect, render_template, request, url_for
 from pydantic import ValidationError
 
-from werkbund.dashboard import datasets as store
-from werkbund.dashboard.app import safe_next
-from werkbund.dashboard.forms import DatasetForm, field_errors
+import werkbund.dashboard.datasets as store
+from werkbund.dashboard.forms import DatasetForm, field_errors, safe_next
 
 
 def register(app):

@@ -12,7 +12,7 @@ import logging
 from flask import g, redirect, render_template, request, send_file, url_for
 from pydantic import ValidationError
 
-from werkbund.dashboard import datasets as store
+import werkbund.dashboard.datasets as store
 from werkbund.dashboard.forms import (
     DP_DESCRIPTION, PRIVACY_MODES, STATUSES, TaskForm, TaskQuery, field_errors, field_of_message, option_fields,
     participant_option_fields, read_options,

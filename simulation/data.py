@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from werkbund.algorithms.data import DataError, Dataset, dataset_from_frame
+from werkbund.algorithms.data.dataset import DataError, Dataset
+from werkbund.algorithms.data.tables import dataset_from_frame
 from werkbund.client.python_api.task import as_dataset
 
 ROW_ID = "__werkbund_row__"  # carried through the loader's missing-value handling to align the column

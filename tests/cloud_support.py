@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -45,17 +44,14 @@ def _management_up() -> bool:
 
 
 def require_broker() -> None:
-    """A broker on 127.0.0.1:5672 with the management API (enabled here when we may)."""
+    """A broker on 127.0.0.1:5672 with the management API. The tests never change the system's broker:
+    .ci/run and scripts/provision.sh enable the plugin; without it the test is skipped (fails under CI)."""
     if not _port_open(BROKER_HOST, BROKER_PORT):
         unavailable(f"no RabbitMQ broker on {BROKER_HOST}:{BROKER_PORT}")
-    if not _management_up() and shutil.which("rabbitmq-plugins"):
-        subprocess.run(["rabbitmq-plugins", "enable", "rabbitmq_management"], capture_output=True, timeout=120)
-        for _ in range(30):
-            if _management_up():
-                break
-            time.sleep(1)
     if not _management_up():
-        unavailable("the RabbitMQ management API (rabbitmq_management) is not reachable on port 15672")
+        unavailable("the RabbitMQ management API (rabbitmq_management) is not reachable on port 15672; the tests "
+                    "leave the system's broker as it is: enable it with `rabbitmq-plugins enable rabbitmq_management` "
+                    "(as .ci/run and scripts/provision.sh do)")
 
 
 @contextlib.contextmanager

@@ -94,7 +94,8 @@ def running_platform(kind: str, tmp):
         yield "cloud", url
 
 
-@pytest.fixture(scope="module", params=["local", "cloud-sqlite", "cloud-postgres"])
+@pytest.fixture(scope="module", params=["local", pytest.param("cloud-sqlite", marks=pytest.mark.broker),
+                                        pytest.param("cloud-postgres", marks=[pytest.mark.broker, pytest.mark.postgres])])
 def platform_under_test(request, tmp_path_factory):
     """(platform kind, URL): the local platform, or the cloud platform on SQLite or PostgreSQL."""
     with running_platform(request.param, tmp_path_factory.mktemp(request.param)) as platform:
@@ -105,3 +106,113 @@ def platform_under_test(request, tmp_path_factory):
 def cli(platform_under_test, tmp_path_factory):
     kind, url = platform_under_test
     return Cli(url, tmp_path_factory.mktemp("users"), platform=kind)
+
+
+# ------------------------------------------------------------------ markers that are checked
+# What a test may need from this machine, and the markers that must say so (pyproject.toml declares
+# them; `-m "not broker and not postgres"` then runs without a broker or PostgreSQL). The one place of
+# the rule; checked when the suite is collected (pytest_collection_modifyitems below). Keys:
+#   NAME        a fixture of the test, or a helper of the support modules (tests/cloud_support.py,
+#               broker_node.py, tls_support.py, platform_data_support.py) that the test function, a
+#               fixture of its module or a function or class of its module that they use names;
+#   [VALUE]     a parameter (of a fixture or of parametrize) with this value;
+#   SCHEME://   a parameter that is a URL of this scheme.
+SERVICE_MARKERS = {
+    "cloud_platform": ("broker",),
+    "start_cloud_platform": ("broker",),
+    "require_broker": ("broker",),
+    "broker_node": ("broker",),
+    "BrokerNode": ("broker",),
+    "tls_broker_node": ("broker",),
+    "postgres_database": ("postgres",),
+    "[cloud-sqlite]": ("broker",),
+    "[cloud-postgres]": ("broker", "postgres"),
+    "[postgresql]": ("postgres",),
+    "postgresql+psycopg://": ("postgres",),
+}
+
+
+def _module_needs(path: Path) -> dict[str, set[str]]:
+    """For each top-level function and class of a test module: the SERVICE_MARKERS names it reaches,
+    through the functions and classes of the same module it names (lazy imports inside count)."""
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    defs = {node.name: node for node in tree.body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    named = {}
+    for name, node in defs.items():
+        names = set()
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name):
+                names.add(sub.id)
+            elif isinstance(sub, ast.Attribute):
+                names.add(sub.attr)
+            elif isinstance(sub, ast.alias):  # an import inside: the helper's name, and the name it gets here
+                names |= {sub.name.rpartition(".")[2], sub.asname or ""} - {""}
+        named[name] = names
+    reach = {}
+    for name in defs:
+        seen, todo, found = {name}, [name], set()
+        while todo:
+            names = named[todo.pop()]
+            found |= names & SERVICE_MARKERS.keys()
+            for other in names & defs.keys() - seen:
+                seen.add(other)
+                todo.append(other)
+        reach[name] = found
+    return reach
+
+
+_REACH_BY_FILE: dict[Path, dict[str, set[str]]] = {}
+
+
+def service_needs(item) -> dict[str, set[str]]:
+    """The markers ``item`` needs, each with the reasons (SERVICE_MARKERS keys) why."""
+    keys = set()
+    path = Path(item.path)
+    if path not in _REACH_BY_FILE:
+        try:
+            _REACH_BY_FILE[path] = _module_needs(path)
+        except (OSError, SyntaxError):
+            _REACH_BY_FILE[path] = {}
+    reach = _REACH_BY_FILE[path]
+    function = getattr(item, "function", None)
+    roots = [getattr(item, "originalname", None) or getattr(function, "__name__", "")]
+    if getattr(item, "cls", None) is not None:
+        roots.append(item.cls.__name__)
+    fixtures = set(getattr(item, "fixturenames", ()))
+    roots += sorted(fixtures)
+    for root in roots:
+        keys |= reach.get(root, set())
+    keys |= fixtures & SERVICE_MARKERS.keys()
+    callspec = getattr(item, "callspec", None)
+    for value in (callspec.params.values() if callspec else ()):
+        if isinstance(value, str):
+            keys |= {key for key in (f"[{value}]", value.split("//", 1)[0] + "//" if "://" in value else None)
+                     if key in SERVICE_MARKERS}
+    needs: dict[str, set[str]] = {}
+    for key in keys:
+        for marker in SERVICE_MARKERS[key]:
+            needs.setdefault(marker, set()).add(key)
+    return needs
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: every collected test is checked
+def pytest_collection_modifyitems(session, config, items):
+    missing: dict[tuple[str, str], list] = {}  # (file, marker) -> [(test, reasons)]
+    for item in items:
+        marked = {mark.name for mark in item.iter_markers()}
+        for marker, reasons in sorted(service_needs(item).items()):
+            if marker not in marked:
+                missing.setdefault((item.nodeid.split("::")[0], marker), []).append((item.nodeid, reasons))
+    if missing:
+        lines = []
+        for (file, marker), tests in sorted(missing.items()):
+            reasons = sorted(set().union(*(r for _, r in tests)))
+            lines.append(f"{file}: {len(tests)} test(s) need the '{marker}' marker (they use {', '.join(reasons)}), "
+                         f"e.g. {tests[0][0]}")
+        raise pytest.UsageError(
+            "tests that need a service lack its marker; add `pytestmark = pytest.mark.<marker>` to the module, or the "
+            "mark on the test or on its parameter (the rule: SERVICE_MARKERS in tests/conftest.py):\n  "
+            + "\n  ".join(lines))

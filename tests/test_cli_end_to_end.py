@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from werkbund.algorithms.data import load_dataset
+from werkbund.algorithms.data.loading import load_dataset
 
 ACCURACY_FLOOR = 0.80
 pytestmark = pytest.mark.slow

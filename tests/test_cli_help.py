@@ -192,7 +192,8 @@ def test_register_takes_the_org_from_the_credentials_file(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("db, expected", [
     ("nonsense", "is not a database URL"),
-    ("postgresql+psycopg://postgres@127.0.0.1:5432/werkbund_no_such_db", 'database "werkbund_no_such_db" does not exist'),
+    pytest.param("postgresql+psycopg://postgres@127.0.0.1:5432/werkbund_no_such_db",
+                 'database "werkbund_no_such_db" does not exist', marks=pytest.mark.postgres),
 ])
 def test_a_platform_that_cannot_start_says_why_in_one_line(tmp_path, db, expected):
     """`werkbund platform serve` with a database that does not exist printed a 147-line traceback."""

@@ -3,11 +3,14 @@ declares is a quorum queue, as the broker's management API reports it, and a tas
 through them. A single node serves quorum queues too, so the system broker shows it."""
 from __future__ import annotations
 
+import pytest
 import requests
 
 from cloud_support import MANAGEMENT, cloud_platform
 from werkbund.client.api import register
 from werkbund.platform import amqp_names as names
+
+pytestmark = pytest.mark.broker
 
 PASSWORD = "a-long-password-1"
 

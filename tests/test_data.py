@@ -6,7 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from werkbund.algorithms.data import DataError, dataset_from_arrays, dataset_from_frame, load_dataset, load_mnist
+from werkbund.algorithms.data.builtin import load_mnist
+from werkbund.algorithms.data.dataset import DataError
+from werkbund.algorithms.data.loading import load_dataset
+from werkbund.algorithms.data.tables import dataset_from_arrays, dataset_from_frame
 
 
 def test_csv_with_named_target_and_clear_errors(tmp_path):

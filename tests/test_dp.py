@@ -15,7 +15,7 @@ from dp_accounting.pld import pld_privacy_accountant
 from sklearn.datasets import make_classification
 
 from werkbund.algorithms import keras_models as km
-from werkbund.algorithms.data import Dataset
+from werkbund.algorithms.data.dataset import Dataset
 from werkbund.algorithms.engine.aggregator import TaskFailure
 from werkbund.algorithms.engine.participant import TaskEnded
 from werkbund.algorithms.neural_network import ALGORITHM

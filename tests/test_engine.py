@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from werkbund.algorithms.arrays import decode_weights, encode_weights
-from werkbund.algorithms.data import load_dataset
+from werkbund.algorithms.data.loading import load_dataset
 from werkbund.algorithms.engine.aggregator import TaskFailure
 from werkbund.algorithms.engine.participant import TaskEnded
 from werkbund.algorithms.neural_network import ALGORITHM
-from werkbund.algorithms.statistics import feature_moments
+from werkbund.algorithms.moments import feature_moments
 from werkbund.client.api import register
 from werkbund.client.inproc_transport import InProcPlatform
 
@@ -154,7 +154,7 @@ def test_bad_standardization_statistics_are_refused_and_the_task_goes_on():
                                               ([0.0, 0.0], [-1.0, 1.0], "negative")])
 def test_statistics_that_cannot_come_from_real_data_are_refused(mean, m2, reason):
     from werkbund.algorithms.arrays import UpdateRejected
-    from werkbund.algorithms.tabular import checked_moments
+    from werkbund.algorithms.moments import checked_moments
 
     class Stats(dict):
         sender = "mallory"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from inproc_federation import run_federation
-from werkbund.algorithms.data import Dataset
+from werkbund.algorithms.data.dataset import Dataset
 from werkbund.algorithms.federated_statistics import StatisticsParticipant, StatisticsRefused
 
 FEATURES = ["pressure", "flow", "temperature", "operator_id"]

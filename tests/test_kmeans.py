@@ -6,7 +6,7 @@ import pytest
 from safetensors.numpy import load as st_load
 
 from inproc_federation import run_federation
-from werkbund.algorithms.data import Dataset
+from werkbund.algorithms.data.dataset import Dataset
 from werkbund.algorithms.kmeans import weighted_kmeans
 
 CENTERS = np.array([[0.0, 0.0, 0.0], [6.0, 1.0, -2.0], [-3.0, 7.0, 4.0], [5.0, -6.0, 8.0]])

@@ -6,9 +6,9 @@ import threading
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from werkbund.algorithms.arrays import decode_weights, encode_weights
-from werkbund.algorithms.data import load_dataset
+from werkbund.algorithms.data.loading import load_dataset
 from werkbund.algorithms.neural_network import ALGORITHM
-from werkbund.algorithms.statistics import feature_moments
+from werkbund.algorithms.moments import feature_moments
 from werkbund.client.api import register
 from werkbund.client.inproc_transport import InProcPlatform
 from werkbund.platform.ledger.verify import verify_log

@@ -21,7 +21,7 @@ class Crash(RuntimeError):
     pass
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def users(request, tmp_path_factory):
     """One database with alice and bob (password hashing is slow, so once per module), on a
     SQLite file and on the real PostgreSQL (row locks, real transactions)."""

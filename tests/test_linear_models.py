@@ -6,7 +6,7 @@ import pytest
 from safetensors.numpy import load as st_load
 
 from inproc_federation import run_federation
-from werkbund.algorithms.data import Dataset
+from werkbund.algorithms.data.dataset import Dataset
 from werkbund.algorithms.engine.aggregator import TaskFailure
 from werkbund.algorithms.linear_models import classifier_evaluation, regressor_evaluation
 

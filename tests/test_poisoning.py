@@ -7,7 +7,7 @@ FedAvg does not survive the sign flip. The figures are printed (`pytest -s`)."""
 import pytest
 
 from inproc_federation import run_federation
-from werkbund.algorithms.data import load_dataset
+from werkbund.algorithms.data.loading import load_dataset
 
 pytestmark = pytest.mark.slow  # 13 federations of five sites: about 3 minutes
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from inproc_federation import CrashAfter
 
 from werkbund.algorithms.arrays import decode_weights
-from werkbund.algorithms.data import load_dataset
+from werkbund.algorithms.data.loading import load_dataset
 from werkbund.algorithms.engine.aggregator import TaskFailure
 from werkbund.algorithms.engine.participant import TaskEnded
 from werkbund.algorithms.neural_network import NeuralNetworkAggregator, NeuralNetworkParticipant
@@ -275,7 +275,7 @@ def test_strategies_that_need_each_update_are_refused(strategy):
     assert json.dumps(alice.task_info("ok")["pom"]) == "2"
 
 
-@pytest.fixture(params=["local", "cloud-sqlite"])
+@pytest.fixture(params=["local", pytest.param("cloud-sqlite", marks=pytest.mark.broker)])
 def any_platform(request, tmp_path_factory):
     """(kind, URL) of a running local platform, or of the cloud platform (RabbitMQ, SQLite)."""
     from conftest import running_platform

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from werkbund.algorithms.arrays import encode_weights
-from werkbund.algorithms.data import Dataset
+from werkbund.algorithms.data.dataset import Dataset
 from werkbund.algorithms.engine.aggregation_stack import build_aggregation, build_encoding
 from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
 from werkbund.algorithms.engine.participant import RoundParticipant, TaskEnded

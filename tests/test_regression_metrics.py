@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from werkbund.algorithms.data import Dataset, load_dataset
+from werkbund.algorithms.data.dataset import Dataset
+from werkbund.algorithms.data.loading import load_dataset
 from werkbund.algorithms.metrics import classification_metrics, combine, describe_rounds, regression_metrics
 from werkbund.algorithms.neural_network import ALGORITHM
 from werkbund.algorithms.plots import plot_accuracy, plot_confusion_matrix, plot_metric

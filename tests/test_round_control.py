@@ -14,7 +14,7 @@ import pytest
 from inproc_federation import CrashAfter
 
 from werkbund.algorithms.arrays import decode_weights, encode_weights
-from werkbund.algorithms.data import Dataset
+from werkbund.algorithms.data.dataset import Dataset
 from werkbund.algorithms.engine.checkpoint import Checkpoint, CheckpointError
 from werkbund.algorithms.neural_network import ALGORITHM
 from werkbund.client.api import register

@@ -32,7 +32,7 @@ def test_register_and_login(core):
 
 def _stored_bytes(tmp_path) -> bytes:
     """The database file and its write-ahead log, as they lie on disk."""
-    return b"".join(p.read_bytes() for p in tmp_path.glob("p.sqlite*"))
+    return b"".join(p.read_bytes() for p in tmp_path.glob("p.sqlite*") if p.is_file())
 
 
 def test_password_is_not_stored_in_clear(core, tmp_path):
@@ -200,8 +200,8 @@ def test_a_task_can_bound_the_rows_a_participant_declares(core):
 
 
 @pytest.mark.parametrize("url, message", [("nonsense", "is not a database URL"),
-                                          ("postgresql+psycopg://postgres@127.0.0.1:5432/werkbund_no_such_db",
-                                           "cannot open the database")])
+                                          pytest.param("postgresql+psycopg://postgres@127.0.0.1:5432/werkbund_no_such_db",
+                                                       "cannot open the database", marks=pytest.mark.postgres)])
 def test_a_database_that_cannot_be_opened_is_one_clear_error(url, message):
     with pytest.raises(errors.WerkbundError, match=message):
         PlatformService(url)

@@ -22,7 +22,7 @@ LOGREG = {"algorithm": "logistic_regression", "rounds": 3, "epochs": 1, "batch_s
 
 
 def _digits():
-    from werkbund.algorithms.data import load_dataset
+    from werkbund.algorithms.data.loading import load_dataset
 
     return load_dataset("builtin:digits")
 

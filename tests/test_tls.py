@@ -19,6 +19,8 @@ from conftest import PASSWORDS, WERKBUND, Cli, quiet_env
 from tls_support import CertificateAuthority, tls_broker_node
 from werkbund.platform.errors import Unavailable
 
+pytestmark = pytest.mark.broker
+
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import WERKBUND, quiet_env
-from werkbund.algorithms.data import DataError, load_csv
+from werkbund.algorithms.data.dataset import DataError
+from werkbund.algorithms.data.files import load_csv
 from werkbund.algorithms.usecase_data import (
     WELDING_FEATURES, bin_quality, load_ai4i, load_cmapss, make_welding, write_welding_csv,
 )

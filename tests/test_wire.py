@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from werkbund.algorithms.arrays import UpdateRejected, decode_weights, encode_weights, signature
-from werkbund.algorithms.statistics import feature_moments, merge_moments
+from werkbund.algorithms.moments import feature_moments, merge_moments
 from werkbund.client.messages import (CheckedFrame, MalformedMessage, decode_message, encode_message, read_hashed,
                                       read_message)
 

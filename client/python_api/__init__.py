@@ -8,7 +8,7 @@
 
 It drives the same engine as the CLI; the transport-level handles stay in ``werkbund.client.api``.
 """
-from werkbund.algorithms.data import DataError
+from werkbund.algorithms.data.dataset import DataError
 from werkbund.algorithms.engine.aggregator import TaskFailure
 from werkbund.algorithms.engine.participant import TaskEnded
 from werkbund.client.python_api.results import FinalModel, Result

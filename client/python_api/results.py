@@ -258,8 +258,9 @@ class Result:
         nearest centroid: ``data`` (a Dataset or an array of rows), else a participant's own rows."""
         import numpy as np
 
-        from werkbund.algorithms.kmeans import assign, standardized
+        from werkbund.algorithms.kmeans import assign
         from werkbund.algorithms.plots import plot_clusters
+        from werkbund.algorithms.standardization import standardized
 
         arrays = self.final.model
         if not isinstance(arrays, dict) or "centroids" not in arrays:

@@ -16,7 +16,7 @@ FINAL_RECORD_WAIT_S = 30.0
 if TYPE_CHECKING:
     import pandas
 
-    from werkbund.algorithms.data import Dataset
+    from werkbund.algorithms.data.dataset import Dataset
 
 
 def as_dataset(data: Any, target: str | None = None, features: list[str] | None = None,
@@ -29,29 +29,30 @@ def as_dataset(data: Any, target: str | None = None, features: list[str] | None 
     missing values: ``"drop"`` the rows (the default), ``"mean"`` fill features with the column mean,
     ``"error"`` refuse; the columns and counts are named either way.
     """
-    from werkbund.algorithms import data as loaders
+    from werkbund.algorithms.data.dataset import DataError, Dataset
+    from werkbund.algorithms.data.loading import apply_shard, load_dataset
+    from werkbund.algorithms.data.tables import dataset_from_arrays, dataset_from_frame
 
     if isinstance(features, str):
         features = [f.strip() for f in features.split(",") if f.strip()]
-    if isinstance(data, loaders.Dataset):
+    if isinstance(data, Dataset):
         dataset = data
     elif isinstance(data, (str, Path)):
-        return loaders.load_dataset(str(data), target=target, shard=shard, features=features, kind=kind,
-                                    missing=missing)
+        return load_dataset(str(data), target=target, shard=shard, features=features, kind=kind, missing=missing)
     elif isinstance(data, tuple) and len(data) == 2:
-        dataset = loaders.dataset_from_arrays(data[0], data[1], features=features, target=target or "y", kind=kind)
+        dataset = dataset_from_arrays(data[0], data[1], features=features, target=target or "y", kind=kind)
     elif hasattr(data, "columns") and hasattr(data, "to_numpy"):  # a pandas DataFrame
         if not target:
-            raise loaders.DataError("a DataFrame needs the name of its target column (target=...)")
-        dataset = loaders.dataset_from_frame(data, target, features=features, kind=kind, missing=missing,
-                                             source="DataFrame")
+            raise DataError("a DataFrame needs the name of its target column (target=...)")
+        dataset = dataset_from_frame(data, target, features=features, kind=kind, missing=missing,
+                                     source="DataFrame")
     else:
-        raise loaders.DataError(f"cannot use {type(data).__name__} as data: give a file path, a builtin: name, "
-                                "a pandas DataFrame or a pair of arrays (x, y)")
+        raise DataError(f"cannot use {type(data).__name__} as data: give a file path, a builtin: name, "
+                        "a pandas DataFrame or a pair of arrays (x, y)")
     dataset.kind = kind
-    dataset = loaders.apply_shard(dataset, shard)
+    dataset = apply_shard(dataset, shard)
     if len(dataset) == 0:
-        raise loaders.DataError("the data holds no rows")
+        raise DataError("the data holds no rows")
     return dataset
 
 
@@ -240,7 +241,7 @@ class Task:
         Returns the :class:`Result` (with ``evaluation``: the final model on your own test rows) or a
         :class:`Run`. Raises ``TaskEnded`` when the task fails or disappears.
         """
-        from werkbund.algorithms.data import DataError
+        from werkbund.algorithms.data.dataset import DataError
         from werkbund.client.definitions import participant_options
         from werkbund.platform.definition import column_difference, describe_column_difference
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from werkbund.algorithms.data import dataset_from_arrays
+from werkbund.algorithms.data.tables import dataset_from_arrays
 from werkbund.client.api import register
 from werkbund.client.inproc_transport import InProcPlatform
 from werkbund.platform.errors import InvalidInput
