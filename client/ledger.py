@@ -13,7 +13,7 @@ import logging
 import random
 import time
 
-from werkbund.platform.errors import Conflict, WerkbundError
+from werkbund.platform.errors import Conflict, LedgerHeadMoved, WerkbundError
 from werkbund.platform.ledger import entries as E
 from werkbund.platform.ledger import merkle
 
@@ -31,15 +31,28 @@ def sha256_hex(data: bytes) -> str:
 
 
 def publish(transport, task: str, author: str, key, type: str, payload: dict) -> dict:
-    """Sign and append one entry at the current head, retrying when another append won."""
-    for attempt in range(40):
-        head = transport.call("ledger_head", task=task)
+    """Sign and append one entry at the current head. When another append won, the refusal says
+    where the log now ends and the entry is signed again there at once: every retry follows an entry
+    that did land, so members appending together all get through, without sleeping. Only a refusal
+    that names no new head (an older platform, a race inside its database) waits before asking again."""
+    head, stalled = transport.call("ledger_head", task=task), 0
+    while stalled < 40:
         entry = E.make_entry(task, type, author, head["size"], head["prev"], payload)
         signature = E.encode_signature(E.sign_entry(entry, key))
         try:
             result = transport.call("ledger_append", task=task, entry=entry, signature=signature)
+        except LedgerHeadMoved as exc:
+            if exc.head is not None and exc.head["size"] > head["size"]:
+                head = exc.head  # the log grew: sign again where it ends now
+                continue
+            stalled += 1
+            time.sleep(random.uniform(0.01, 0.05) * stalled)
+            head = transport.call("ledger_head", task=task)
+            continue
         except Conflict:
-            time.sleep(random.uniform(0.01, 0.05) * (1 + attempt))
+            stalled += 1
+            time.sleep(random.uniform(0.01, 0.05) * stalled)
+            head = transport.call("ledger_head", task=task)
             continue
         if result["leaf_hash"] != E.entry_leaf_hash(entry).hex():
             raise LedgerError(f"the platform stored entry {result['seq']} with another leaf hash")
@@ -65,6 +78,9 @@ def check_checkpoint(transport, task: str, platform_key: str, own, seen: dict | 
         except merkle.ProofError as exc:
             raise LedgerError(f"your entry {seq} is not included in checkpoint {cp['size']}: {exc}") from None
     if seen is not None:
+        if cp["size"] < seen["size"]:
+            raise LedgerError(f"checkpoint {cp['size']} is not consistent with checkpoint {seen['size']} seen "
+                              "before: the log shrank (entries were dropped or rolled back)")
         proof = transport.call("ledger_consistency", task=task, old_size=seen["size"], new_size=cp["size"])
         try:
             merkle.verify_consistency(seen["size"], cp["size"], bytes.fromhex(seen["root"]), root,
@@ -152,7 +168,10 @@ class LedgerChannel:
 
     def _ledger_state(self) -> dict:
         if not hasattr(self, "_ledger"):
-            self._ledger = {"own": [], "seen": None, "entries": [], "platform_key": None}
+            # own: (seq, leaf hash) of every entry this handle appended; proven: how many of them the
+            # checkpoint ``seen`` was shown to include (a later checkpoint consistent with ``seen``
+            # includes them too, so an audit proves only the entries appended since)
+            self._ledger = {"own": [], "proven": 0, "seen": None, "entries": [], "platform_key": None}
         return self._ledger
 
     def publish_entry(self, type: str, payload: dict) -> dict:
@@ -202,13 +221,17 @@ class LedgerChannel:
         return None
 
     def audit_ledger(self) -> dict:
-        """Check own entries are included and the log only grew since last time; cosign."""
+        """Check that the own entries appended since the last audit are included in the latest
+        checkpoint and that it is consistent with the one seen last time (which included the earlier
+        ones, so they still are: the cost of an audit does not grow with the task); cosign."""
         state = self._ledger_state()
         if state["platform_key"] is None:
             state["platform_key"] = self.transport.call("ledger_checkpoint", task=self.task)["platform_key"]
-        latest = check_checkpoint(self.transport, self.task, state["platform_key"], state["own"], state["seen"])
+        start = state["proven"] if state["seen"] is not None else 0
+        fresh = state["own"][start:]
+        latest = check_checkpoint(self.transport, self.task, state["platform_key"], fresh, state["seen"])
         cp = latest["checkpoint"]
-        state["seen"] = cp
+        state["seen"], state["proven"] = cp, start + len(fresh)
         signature = E.encode_signature(E.cosign_checkpoint(cp, self.user.identity))
         self.transport.call("ledger_cosign", task=self.task, size=cp["size"], signature=signature)
         return {"size": cp["size"], "root": cp["root"], "own_entries": len(state["own"])}

@@ -64,6 +64,34 @@ class Conflict(WerkbundError):
     code = "conflict"
     http_status = 409
 
+    @classmethod
+    def from_wire(cls, message: str, data: dict) -> "Conflict":
+        if cls is Conflict and "head" in data:  # a moved ledger head, with where the log ends now
+            return LedgerHeadMoved.from_wire(message, data)
+        return cls(message)
+
+
+class LedgerHeadMoved(Conflict):
+    """Another entry was appended first. ``head`` ({"size", "prev"}) is where the log now ends, so the
+    author signs again there at once, with no extra request and no sleep. On the wire it is a
+    ``conflict`` with a ``head`` beside the message, so clients that know no ``head`` still retry."""
+
+    code = "conflict"
+
+    def __init__(self, message: str, head: dict | None = None):
+        super().__init__(message)
+        self.head = head
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), **({"head": self.head} if self.head else {})}
+
+    @classmethod
+    def from_wire(cls, message: str, data: dict) -> "LedgerHeadMoved":  # noqa: D102
+        head = data.get("head")
+        ok = (isinstance(head, dict) and isinstance(head.get("size"), int) and not isinstance(head["size"], bool)
+              and head["size"] >= 0 and isinstance(head.get("prev"), str))
+        return cls(message, {"size": head["size"], "prev": head["prev"]} if ok else None)
+
 
 class UserExists(Conflict):
     code = "user_exists"
@@ -114,10 +142,13 @@ def _all_subclasses(cls):
         yield from _all_subclasses(sub)
 
 
-ERRORS_BY_CODE = {cls.code: cls for cls in [WerkbundError, *_all_subclasses(WerkbundError)]}
+ERRORS_BY_CODE: dict = {}
+for _cls in [WerkbundError, *_all_subclasses(WerkbundError)]:
+    ERRORS_BY_CODE.setdefault(_cls.code, _cls)  # a subclass sharing its parent's code (LedgerHeadMoved) is no entry
 
 
 def error_from_dict(data: dict) -> WerkbundError:
     """Rebuild a typed error from its wire form ``{"code": ..., "message": ...}``."""
     cls = ERRORS_BY_CODE.get(data.get("code"), WerkbundError)
-    return cls(str(data.get("message", "unknown error")))
+    message = str(data.get("message", "unknown error"))
+    return cls.from_wire(message, data) if hasattr(cls, "from_wire") else cls(message)

@@ -94,9 +94,10 @@ def test_forged_and_stale_entries_are_refused(site):
         bob.transport.call("ledger_append", task="weld", entry=entry,
                            signature=E.encode_signature(E.sign_entry(entry, mallory_key)))
     stale = E.make_entry("weld", "update_submitted", "bob", 3, head["prev"], {"round": 1})
-    with pytest.raises(Conflict, match="head moved"):
+    with pytest.raises(Conflict, match="head moved") as refused:
         bob.transport.call("ledger_append", task="weld", entry=stale,
                            signature=E.encode_signature(E.sign_entry(stale, bob.identity)))
+    assert refused.value.head == {"size": head["size"], "prev": head["prev"]}  # where to sign again
     as_alice = E.make_entry("weld", "update_submitted", "alice", head["size"], head["prev"], {"round": 1})
     with pytest.raises(PermissionDenied, match="authored by you"):
         bob.transport.call("ledger_append", task="weld", entry=as_alice,
@@ -176,6 +177,65 @@ def test_the_participant_audit_catches_a_rewritten_log(site):
     site.sql("DELETE FROM ledger_checkpoints WHERE size = 9")
     handle.publish_entry("update_submitted", {"round": 1, "sha256": "ee" * 32})          # 8 again
     with pytest.raises(LedgerError, match="not consistent with checkpoint 9|not included"):
+        handle.audit_ledger()
+
+
+def test_members_appending_at_once_all_land_without_sleeping(site, monkeypatch):
+    """A refused append names the new head, so the author signs again there at once: 24 entries from
+    two members in six threads all land, in one gap-free log, and no thread ever sleeps."""
+    import threading
+
+    import werkbund.client.ledger as client_ledger
+
+    def no_sleep(seconds):
+        raise AssertionError(f"publish slept {seconds} s on the hot path")
+
+    monkeypatch.setattr(client_ledger.time, "sleep", no_sleep)
+    handles = [site.users[name].participant("weld") for name in ("bob", "bob", "bob")] + \
+              [site.users["alice"].aggregator("weld") for _ in range(3)]
+    errors, start = [], threading.Barrier(len(handles))
+
+    def append(handle, thread):
+        try:
+            start.wait()
+            for i in range(4):
+                kind = "update_submitted" if handle.name == "bob" else "round_started"
+                handle.publish_entry(kind, {"round": 10 + thread * 4 + i, "sha256": "ab" * 32})
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=append, args=(h, n)) for n, h in enumerate(handles)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    seqs = [item["entry"]["seq"] for item in site.users["alice"].transport.call("ledger_entries", task="weld")]
+    assert seqs == list(range(8 + 24))
+    assert site.cli("bob", "ledger", "verify", "--task", "weld").exit_code == 0
+
+
+def test_an_audit_proves_only_the_entries_since_the_last_one_and_still_catches_an_old_one_dropped(site):
+    """The cost of a round's audit does not grow with the task: an entry proven included once stays
+    covered by the consistency proof from that checkpoint on. Dropping it later is still caught."""
+    handle = site.users["bob"].participant("weld")
+    asked = []
+    call = handle.transport.call
+
+    def counting(command, **params):
+        asked.append(command)
+        return call(command, **params)
+
+    handle.transport.call = counting
+    for number in range(1, 5):
+        handle.publish_entry("update_submitted", {"round": number, "sha256": f"{number:02x}" * 32})
+        asked.clear()
+        handle.audit_ledger()
+        assert asked.count("ledger_inclusion") == 1 and asked.count("ledger_consistency") == (number > 1)
+    site.sql("DELETE FROM ledger_entries WHERE seq >= 8")  # the platform drops bob's first entries ...
+    site.sql("DELETE FROM ledger_checkpoints WHERE size >= 9")
+    handle.publish_entry("update_submitted", {"round": 5, "sha256": "ab" * 32})  # ... and goes on
+    with pytest.raises(LedgerError, match="not consistent with checkpoint 12"):
         handle.audit_ledger()
 
 

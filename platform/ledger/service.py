@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from werkbund.platform.errors import (Conflict, InvalidInput, InvalidState, PermissionDenied,
+from werkbund.platform.errors import (Conflict, InvalidInput, InvalidState, LedgerHeadMoved, PermissionDenied,
                                       TaskNotFound)
 from werkbund.platform.ledger import entries as E
 from werkbund.platform.ledger import merkle
@@ -54,8 +54,9 @@ class LedgerService(IdentityKeys):
         self.key = load_or_create_key(path)
         self.public_key = E.encode_public_key(self.key)
         # one writer at a time in this process (SQLite, and one shared connection in memory);
-        # across processes the (task, seq) and (task, size) unique constraints decide
-        self._write_lock = threading.Lock()
+        # across processes the (task, seq) and (task, size) unique constraints decide; re-entrant: a
+        # control command runs inside one writing() with the record of its reply (request_replies.py)
+        self._write_lock = threading.RLock()
         self.trees = TreeCache()  # the task trees, so proofs and heads are not recomputed
 
     @contextmanager
@@ -148,7 +149,8 @@ class LedgerService(IdentityKeys):
     def _check_head(self, s, task: str, entry: dict) -> None:
         size, prev = self._head(s, task)
         if entry["seq"] != size or entry["prev"] != prev:
-            raise Conflict(f"the ledger head moved: the next entry is {size} with prev {prev}")
+            raise LedgerHeadMoved(f"the ledger head moved: the next entry is {size} with prev {prev}",
+                                  {"size": size, "prev": prev})
 
     def _insert(self, s, task: str, entry: dict, sig: str, data: bytes) -> dict:
         leaf = merkle.leaf_hash(data)

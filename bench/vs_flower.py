@@ -1,0 +1,231 @@
+"""werkbund against Flower on the same overhead job, in one run, with the ratio (issue 15, part a and c).
+
+    bash bench/flower_env.sh                       # once: Flower in .venv-flower (its pins fight ours)
+    .venv/bin/python bench/vs_flower.py            # 10 participants, 1,000 floats, 30 rounds, local and cloud
+    .venv/bin/python bench/vs_flower.py --participants 2 10 50 100 --platforms local   # how cost grows
+
+The job: N participant processes, a model of about 1,000 float weights, R rounds, work that is
+nothing next to the framework's own cost, so the figure is each framework's per-round overhead.
+
+- Flower (``bench/flower_overhead.py`` in .venv-flower): ``start_server`` and N ``start_client``
+  processes over gRPC, FedAvg, each client answering the weights plus a fixed small step.
+- werkbund: ``logistic_regression`` (99 generated features, 10 classes: 1,000 weights) on 60 rows per
+  participant, one epoch a round, FedAvg, ledger on (every member has an identity key, so every
+  round's entries are signed and appended), each participant a process of its own through the
+  Python API; the platform a process of its own: ``werkbund local-platform`` (Flask over HTTP,
+  SQLite) or ``werkbund platform serve`` (RabbitMQ on 127.0.0.1:5672 with its management plugin,
+  SQLite), in a vhost of its own removed afterwards.
+
+Figures: seconds per round after the first (median; werkbund: the aggregator's ``duration_s`` of
+each round; Flower: end of one aggregation to the end of the next) and launch-to-end wall time
+(werkbund: from starting the participant processes to the aggregator's end, platform start and
+registration excluded; Flower: the server process's whole life). Ratio: werkbund over Flower, so
+1.0 means as fast as Flower and below 1 faster.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WERKBUND = str(Path(sys.executable).with_name("werkbund"))
+FEATURES, CLASSES, ROWS = 99, 10, 60
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env(home: Path) -> dict:
+    return {**os.environ, "WERKBUND_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1",
+            "WERKBUND_KEY_PASSPHRASE": "bench-passphrase"}
+
+
+def _site_data(index: int, seed: int):
+    """60 rows of a 10-class problem with 99 features, the same generator for every site (so FedAvg fits)."""
+    import numpy as np
+
+    from werkbund.algorithms.data.dataset import Dataset
+
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0.0, 1.0, (CLASSES, FEATURES))
+    local = np.random.default_rng(seed + 1 + index)
+    y = local.integers(0, CLASSES, ROWS)
+    x = centers[y] + local.normal(0.0, 1.0, (ROWS, FEATURES))
+    return Dataset(x.astype("float64"), y, [f"f{i}" for i in range(FEATURES)], "label")
+
+
+@contextmanager
+def local_platform(home: Path):
+    port = _free_port()
+    log = home / "platform.log"
+    proc = subprocess.Popen([WERKBUND, "local-platform", "--port", str(port)], env=_env(home),
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        _wait_for(proc, log, f"listening on http://127.0.0.1:{port}")
+        yield {"platform": "local", "url": f"http://127.0.0.1:{port}"}, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextmanager
+def cloud_platform(home: Path):
+    from werkbund.platform.broker_admin import BrokerAdmin
+
+    vhost = f"wb-bench-{uuid.uuid4().hex[:8]}"
+    management = "http://guest:guest@127.0.0.1:15672"
+    proc = subprocess.Popen([WERKBUND, "platform", "serve", "--broker", f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+                             "--db", f"sqlite:///{home / 'cloud.db'}", "--management", management], env=_env(home),
+                            stdout=open(home / "platform.log", "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    admin = BrokerAdmin(management, vhost)
+    try:
+        _wait_for(proc, home / "platform.log", "serving on")
+        yield {"platform": "cloud", "url": f"amqp://127.0.0.1:5672/{vhost}"}, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        for account in admin.broker_users():
+            admin.delete_broker_user(account)
+        admin.delete_vhost()
+
+
+def _wait_for(proc, log: Path, mark: str) -> None:
+    """Until the platform's log (a file: a pipe nobody reads would block its logging) says ``mark``."""
+    while mark not in log.read_text():
+        if proc.poll() is not None:
+            raise RuntimeError("the platform did not start:\n" + log.read_text()[-4000:])
+        time.sleep(0.1)
+
+
+def _participant(where: dict, name: str, raw: bytes, index: int, seed: int, home: str) -> None:
+    os.environ.update({"WERKBUND_HOME": home, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    from werkbund.algorithms.linear_models import LogisticRegressionParticipant
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from werkbund.client.api import connect
+
+    user = connect(user=name, password=f"{name}-password",
+                   identity=Ed25519PrivateKey.from_private_bytes(raw) if raw else None, **where)
+    data = _site_data(index, seed)
+    train, test = data.split(0.2, seed)
+    LogisticRegressionParticipant(user.participant("overhead"), train, test).run()
+
+
+def run_werkbund(kind: str, participants: int, rounds: int, seed: int = 0, ledger: bool = True) -> dict:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from werkbund.algorithms.linear_models import LogisticRegressionAggregator
+    from werkbund.client.api import register
+
+    with tempfile.TemporaryDirectory(prefix="werkbund-vs-flower-") as tmp:
+        home = Path(tmp)
+        starter = local_platform if kind == "local" else cloud_platform
+        with starter(home) as (where, platform_pid):
+            os.environ.update(_env(home))
+            creator = register("creator", "creator-password", "acme", identity=Ed25519PrivateKey.generate(), **where)
+            if not ledger:  # the issue's experiment: no identity key on the creator's handle, so no entry is signed
+                creator.identity = None
+            creator.create_task("overhead", {"algorithm": "logistic_regression", "quorum": participants,
+                                             "rounds": rounds, "epochs": 1, "batch_size": 32, "seed": seed,
+                                             "round_timeout": 600})
+            spawn = multiprocessing.get_context("spawn")
+            procs, handles = [], [creator]
+            for i in range(participants):
+                name = f"site{i:03d}"
+                identity = Ed25519PrivateKey.generate()
+                raw = identity.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                             serialization.NoEncryption())
+                user = register(name, f"{name}-password", name, identity=identity, **where)
+                user.join_task("overhead", _site_data(i, seed).schema())
+                handles.append(user)
+                procs.append(spawn.Process(target=_participant, args=(where, name, raw if ledger else b"", i, seed, str(home)),
+                                           daemon=True))
+            started = time.perf_counter()
+            for proc in procs:
+                proc.start()
+            outcome = LogisticRegressionAggregator(creator.aggregator("overhead")).run()
+            wall = time.perf_counter() - started
+            for proc in procs:
+                proc.join(timeout=60)
+            platform_peak = _peak_rss_mib(platform_pid)
+            for handle in handles:
+                handle.close()
+    durations = [h["duration_s"] for h in outcome["history"]]
+    return {"round_s": durations, "median_round_s": statistics.median(durations[1:] or durations), "wall_s": wall,
+            "rounds": len(durations), "platform_peak_rss_mib": platform_peak,
+            "accuracy": outcome["history"][-1].get("accuracy")}
+
+
+def _peak_rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def run_flower(python: str, participants: int, rounds: int) -> dict | None:
+    if not Path(python).exists():
+        return None
+    with tempfile.TemporaryDirectory(prefix="flower-overhead-") as tmp:
+        out = Path(tmp) / "flower.json"
+        subprocess.run([python, str(ROOT / "bench" / "flower_overhead.py"), "--participants", str(participants),
+                        "--floats", str(FEATURES * CLASSES + CLASSES), "--rounds", str(rounds), "--out", str(out)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800)
+        figures = json.loads(out.read_text())
+    figures["median_round_s"] = statistics.median(figures["round_s"])
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--participants", type=int, nargs="+", default=[10])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--platforms", nargs="+", choices=("local", "cloud"), default=["local", "cloud"])
+    parser.add_argument("--flower-python", default=str(ROOT / ".venv-flower" / "bin" / "python"))
+    parser.add_argument("--no-ledger", action="store_true",
+                        help="werkbund without identity keys after joining (no entry signed): what the ledger costs")
+    parser.add_argument("--json", help="also write every figure to this file")
+    args = parser.parse_args()
+    rows = []
+    for n in args.participants:
+        flower = run_flower(args.flower_python, n, args.rounds)
+        if flower is None:
+            print(f"(no Flower at {args.flower_python}: run `bash bench/flower_env.sh` for its figures)")
+        for kind in args.platforms:
+            figures = run_werkbund(kind, n, args.rounds, ledger=not args.no_ledger)
+            ratio = figures["median_round_s"] / flower["median_round_s"] if flower else None
+            rows.append({"participants": n, "platform": kind, "werkbund": figures, "flower": flower, "ratio": ratio})
+            print(f"N={n:4d} {kind:5s}  werkbund {figures['median_round_s']:.3f} s/round, wall {figures['wall_s']:.1f} s, "
+                  f"platform peak {figures['platform_peak_rss_mib'] or 0:.0f} MiB | "
+                  + (f"Flower {flower['median_round_s']:.4f} s/round, wall {flower['wall_s']:.1f} s | "
+                     f"werkbund/Flower {ratio:.1f}x" if flower else "Flower -"), flush=True)
+    print("\n| N | platform | werkbund s/round | werkbund wall s | Flower s/round | Flower wall s | werkbund / Flower |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        w, f = row["werkbund"], row["flower"]
+        print(f"| {row['participants']} | {row['platform']} | {w['median_round_s']:.3f} | {w['wall_s']:.1f} | "
+              + (f"{f['median_round_s']:.4f} | {f['wall_s']:.1f} | {row['ratio']:.1f}x |" if f else "- | - | - |"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
