@@ -1,7 +1,8 @@
 """`werkbund check`: can this user work with this platform? One row per thing that must work.
 
 For the cloud platform: the broker is reachable, its TLS certificate is valid (and for which
-names), the broker accepts the user's name and password, the broker lets the user read the queue of
+names), the platform accepts the user's name and password (through the registration account) and
+the broker the session account it issues (the broker never sees the password), the broker lets the user read the queue of
 each of their tasks, and the platform's blob store is reachable (over TLS, with the user's token).
 For the local platform: reachable, TLS when https://, the password. Every check is a real
 connection, as the user's commands make them; nothing is sent to a task and nothing is consumed
@@ -92,19 +93,19 @@ def check_access(platform: str, url: str, user: str, password: str, ca_certifica
         except WerkbundError as exc:
             rows.append(Row("credentials accepted", FAIL, f"{user}: {exc.message}"))
             return rows + [Row(name, FAIL, "not tried: not logged in") for name in _later(platform)[2:]]
-        where = f" on vhost {transport.broker_vhost}" if platform == "cloud" else ""
+        where = f" on vhost {transport.broker_vhost} as {transport.broker_account}" if platform == "cloud" else ""
         rows.append(Row("credentials accepted", PASS, f"logged in as {me.get('user', user)} "
                                                       f"({me.get('org', '?')}){where}"))
         tasks = [t for t in transport.call("list_tasks") if t.get("role") in ("creator", "participant")]
         if platform == "cloud":
-            rows.extend(_queue_permissions(transport, user, password, tasks))
+            rows.extend(_queue_permissions(transport, user, tasks))
             rows.append(_blob_store(transport, tasks))
         else:
             rows.append(Row("task permissions", PASS, f"{len(tasks)} task(s) of yours; the platform checks "
                                                       "every request"))
     finally:
-        with contextlib.suppress(Exception):
-            transport.close()
+        with contextlib.suppress(Exception):  # a cloud login's session (and broker account) ends with the check
+            transport.logout() if platform == "cloud" else transport.close()
     return rows
 
 
@@ -113,7 +114,7 @@ def _later(platform: str) -> list[str]:
     return later + ["blob store reachable"] if platform == "cloud" else later
 
 
-def _queue_permissions(transport, user: str, password: str, tasks: list[dict]) -> list[Row]:
+def _queue_permissions(transport, user: str, tasks: list[dict]) -> list[Row]:
     """Per task: may the user read the queue their role reads? ``basic.get`` is refused (403) without
     the read permission; a message it gets is given back to the queue at once (nack, requeue)."""
     if not tasks:
@@ -123,7 +124,7 @@ def _queue_permissions(transport, user: str, password: str, tasks: list[dict]) -
 
     rows = []
     try:
-        connection = pika.BlockingConnection(transport.parameters(user, password))
+        connection = pika.BlockingConnection(transport.parameters(transport.account, transport.token))
     except AMQPError as exc:
         return [Row("task permissions", FAIL, f"cannot open a second connection: {exc!r}")]
     try:

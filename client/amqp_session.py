@@ -7,7 +7,10 @@ arrive (push consumption, not polling), and the caller's publishes run on that t
 ``add_callback_threadsafe``, the one thread-safe method of the connection. When the connection is
 lost the thread reconnects with backoff and subscribes again; unacknowledged messages come back.
 Work that was in flight on the lost connection (a publish, a request waiting for its reply) fails
-with :class:`ConnectionLost`, which the transport retries once the connection is back.
+with :class:`ConnectionLost`, which the transport retries once the connection is back. A publish the
+broker refuses (a nack: the queue holds as many messages or bytes as the platform's policy allows,
+``overflow: reject-publish``) fails with :class:`InboxFull` instead, which is not retried: the same
+publish would be refused again until the reader takes messages out.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from pika.exceptions import (
 
 from werkbund.platform import amqp_names as names
 from werkbund.platform.errors import (
-    AuthenticationFailed, InvalidInput, NotFound, PermissionDenied, Unavailable, WerkbundError,
+    AuthenticationFailed, InboxFull, InvalidInput, NotFound, PermissionDenied, Unavailable, WerkbundError,
 )
 from werkbund.platform.tls import explain
 
@@ -116,6 +119,11 @@ class AmqpSession:
                         connection.close()
                     except Exception:  # noqa: BLE001 - dropping it anyway
                         pass
+                if isinstance(connection_error(exc, self.parameters), AuthenticationFailed):
+                    self.closing = True  # the session's account is gone (logout, expiry): no use trying again
+                    self._broken = AuthenticationFailed("the broker no longer accepts this session (it expired or "
+                                                        "was logged out); log in again")
+                    return
                 if time.monotonic() > deadline:
                     self.closing = True
                     self._broken = Unavailable(f"cannot reconnect to the broker: {exc!r}")
@@ -286,7 +294,9 @@ def connection_error(exc: Exception, parameters) -> WerkbundError:
 
 
 def broker_error(exc: Exception) -> WerkbundError:
-    if isinstance(exc, (AMQPConnectionError, NackError)):  # the connection went (or the broker is stopping)
+    if isinstance(exc, NackError):  # refused by a full queue (reject-publish); the transport names which
+        return InboxFull("the broker refused the message: the queue it goes to is full")
+    if isinstance(exc, AMQPConnectionError):  # the connection went
         return ConnectionLost(f"lost the broker connection: {exc!r}")
     if isinstance(exc, UnroutableError):
         return InvalidInput("the message has no queue to go to (unknown recipient or no participants)")

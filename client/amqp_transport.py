@@ -1,7 +1,10 @@
 """AMQP transport to the cloud platform: control requests as RPC, task messages through the broker.
 
-Every user connects to RabbitMQ as themselves; the broker checks the password and the
-permissions the platform gave (see ``werkbund.platform.broker_admin``). Task messages are
+Every user connects to RabbitMQ as themselves, never with their password: ``login`` goes through the
+public registration account, the platform checks the password and issues a session, whose broker
+account ``<user>~<session id>@<vhost>`` takes the session's token as its password. The client keeps
+that token (not the password) to connect and reconnect; ``logout`` deletes the account. The broker
+checks the token and the permissions the platform gave (see ``werkbund.platform.broker_sessions``). Task messages are
 published, persistent and confirmed, to the task's topic exchange; the aggregator reads its
 queue and each participant its own, acknowledging a message only when it asks for the next
 one, that is after it handled it.
@@ -10,6 +13,12 @@ When the broker connection is lost (a broker restart), the session reconnects an
 repeats what was in flight: a control request under the same ``message_id`` (the platform answers
 a repeated one from its memory instead of running it twice) and a task message under the same
 transfer id (the receiver drops chunks it already has; the engine ignores a repeated message).
+
+A message the broker refuses because the queue it goes to is full (the platform bounds every queue,
+``werkbund platform serve --queue-max-messages/--queue-max-bytes``) fails with ``InboxFull``, as a 429
+does over HTTP, naming the inbox and the limit; it is not repeated. Only a chunked message whose
+first chunks are queued already goes on: the rest is sent again with backoff while the reader takes
+chunks out, for up to ``RETRY_SECONDS``, so that no half message is left behind.
 
 Large messages and models take the claim-check path when the platform serves a blob store
 (``client/amqp_blobs.py``): stored once, only a reference through the broker. Without one they
@@ -34,7 +43,8 @@ from werkbund.client.transport import Transport
 from werkbund.platform import amqp_names as names
 from werkbund.platform.tls import client_context
 from werkbund.platform.errors import (
-    AuthenticationFailed, InvalidInput, NotFound, PermissionDenied, Unavailable, WerkbundError, error_from_dict,
+    AuthenticationFailed, InboxFull, InvalidInput, NotFound, PermissionDenied, Unavailable, WerkbundError,
+    error_from_dict,
 )
 
 CONTROL_TIMEOUT = 60.0
@@ -44,6 +54,8 @@ BLOB_THRESHOLD = 8 * 1024 * 1024  # larger messages and models go through the bl
 # (WERKBUND_BLOB_THRESHOLD, in bytes, changes it)
 BLOB_GRANT_SECONDS = 20 * 60  # reuse a transfer token this long (the platform's last 30 minutes)
 BLOB_ATTEMPTS = 30  # downloads tried, 2 s apart, while the blob store cannot be reached
+RENEW_SECONDS = 3600.0  # a session in use is renewed this often (it lasts 12 hours from each renewal)
+QUEUE_LIMIT_HEADERS = ("wb-queue-max-messages", "wb-queue-max-bytes")  # the platform's bound, in every reply
 
 log = logging.getLogger("werkbund.client.amqp")
 
@@ -80,6 +92,9 @@ class AmqpTransport(Transport):
         self.broker_vhost = vhost or pika.URLParameters(url).virtual_host
         self.registration = (names.REGISTRATION_NAME, registration_password)
         self.user = None
+        self.token = None  # the session's secret: the password of its broker account
+        self.account = None  # the session account's name within the vhost, ``<user>~<session id>``
+        self._renew_at = 0.0
         self.session: AmqpSession | None = None
         self._queues: dict[str, str] = {}
         self._pending_ack: dict[str, tuple] = {}
@@ -93,8 +108,16 @@ class AmqpTransport(Transport):
         self.blob_threshold = blob_threshold
         self._blob_grants: dict[str, tuple] = {}  # task -> (BlobClient or None, valid until)
         self._pending_blob: dict[str, tuple] = {}  # task -> (client, blob id) to delete once handled
+        self.queue_limits: tuple[int, int] | None = None  # (messages, bytes) per queue, as the platform says
+
+    @property
+    def broker_account(self) -> str | None:
+        """The broker account this transport connects as (the ``user_id`` of what it publishes)."""
+        return names.broker_user(self.account, self.broker_vhost) if self.account else None
 
     def parameters(self, user: str, password: str) -> pika.ConnectionParameters:
+        """Connection parameters for broker account ``<user>@<vhost>`` (``user``: a session account's
+        name, or the registration account's)."""
         params = BrokerParameters(self.url)
         params.credentials = pika.PlainCredentials(names.broker_user(user, self.broker_vhost), password)
         if self.vhost:
@@ -109,8 +132,12 @@ class AmqpTransport(Transport):
 
     # ------------------------------------------------------------ control
     def _rpc(self, session: AmqpSession, user: str, command: str, body: bytes, headers=None,
-             timeout: float | None = None):
+             timeout: float | None = None, retry: bool = True):
         request_id = uuid.uuid4().hex  # the same for every repetition of this request
+        size = sum(len(str(k)) + len(str(v)) for k, v in (headers or {}).items())
+        if size > names.MAX_HEADER_BYTES:  # the broker would close the connection, again on every retry
+            raise InvalidInput(f"the {command} request's headers ({size} bytes) exceed what one AMQP frame "
+                               f"carries ({names.MAX_HEADER_BYTES} bytes)")
 
         def attempt():
             corr = uuid.uuid4().hex
@@ -119,9 +146,25 @@ class AmqpTransport(Transport):
                                               type=command, headers=headers or {}, content_type="application/json")
             return session.request(corr, body, properties, timeout or self.timeout)
 
-        reply_headers, reply = retrying(attempt)
+        try:
+            reply_headers, reply = retrying(attempt) if retry else attempt()
+        except InboxFull:
+            if self.queue_limits and len(body) > self.queue_limits[1]:
+                raise InboxFull(f"the request ({len(body)} bytes) is larger than the platform's request queue "
+                                f"takes ({self._limits_text()})") from None
+            raise InboxFull(f"the platform's request queue is full ({self._limits_text()}): it is busy; "
+                            "try again shortly") from None
+        limits = tuple(reply_headers.get(name) for name in QUEUE_LIMIT_HEADERS)
+        if all(isinstance(n, int) and not isinstance(n, bool) for n in limits):
+            self.queue_limits = limits
         if reply_headers.get("status") == "ok" and command == "get_model":
-            return reply, json.loads(reply_headers.get("meta") or "{}"), reply_headers.get("blob")
+            if reply_headers.get(names.META_BYTES) is None:
+                return reply, json.loads(reply_headers.get("meta") or "{}"), reply_headers.get("blob")
+            try:
+                meta, data = names.split_prefix(reply, reply_headers[names.META_BYTES])
+                return bytes(data), json.loads(meta), reply_headers.get("blob")
+            except ValueError as exc:
+                raise InvalidInput(f"unexpected model reply from the platform: {exc}") from None
         try:
             decoded = json.loads(reply)
         except ValueError:
@@ -139,20 +182,54 @@ class AmqpTransport(Transport):
             session.close()
 
     def login(self, user, password):
+        """Check the password with the platform (through the registration account) and connect with
+        the session it issues; returns who the user is, the session token and its expiry."""
         if not user:
             raise AuthenticationFailed("no user given")
         self.close()
-        self.session = AmqpSession(self.parameters(user, password))
-        self.user = user
-        return self.call("whoami")
+        session = AmqpSession(self.parameters(*self.registration))
+        try:
+            body = json.dumps({"user": user, "password": password}).encode()
+            data = self._rpc(session, self.registration[0], "login", body)
+        finally:
+            session.close()
+        self.user, self.token = data["user"], data["token"]
+        return {**self.call("whoami"), "token": data["token"], "expires_at": data.get("expires_at")}
 
     def _session(self) -> AmqpSession:
         if self.session is None:
-            raise AuthenticationFailed("not logged in")
+            if not self.token or not self.user:
+                raise AuthenticationFailed("not logged in")
+            # the token of this login, or one kept from an earlier login (``werkbund login``)
+            self.account = names.session_name(self.user, names.session_id(self.token))
+            self.session = AmqpSession(self.parameters(self.account, self.token))
+            self._renew_at = time.monotonic() + RENEW_SECONDS
+        elif time.monotonic() >= self._renew_at:  # in use: the session (and its broker account) lives on
+            self._renew_at = time.monotonic() + RENEW_SECONDS
+            try:
+                self._rpc(self.session, self.account, "renew_session", b"{}")
+            except (Unavailable, InvalidInput) as exc:
+                log.warning("could not renew the session (%s); trying again later", exc)
+                self._renew_at = time.monotonic() + 60.0
         return self.session
 
     def call(self, command, **params):
-        return self._rpc(self._session(), self.user, command, json.dumps(params).encode())
+        session = self._session()
+        return self._rpc(session, self.account, command, json.dumps(params).encode())
+
+    def logout(self):
+        """End the session on the platform: its broker account is deleted, so the token opens nothing."""
+        try:
+            if not self.token:
+                return
+            session = self._session()
+            try:
+                self._rpc(session, self.account, "logout", b"{}", retry=False)
+            except ConnectionLost:
+                pass  # the platform deleted the account, which closed this connection after the reply
+        finally:
+            self.close()
+            self.token = self.account = None
 
     # ------------------------------------------------------------ messages
     def send_message(self, task, to, kind, payload, header):
@@ -172,23 +249,71 @@ class AmqpTransport(Transport):
         return {"delivered_to": to, "size": frame.size}
 
     def _publish_chunks(self, task: str, to: str, chunks) -> None:
-        """Publish ``chunks(transfer)``, one in flight while the next is cut; all again after a lost connection."""
+        """Publish ``chunks(transfer)``, one in flight while the next is cut. After a lost connection, or
+        a refusal once some chunks are queued, the chunks not yet confirmed go again (module docstring)."""
         session, exchange, key = self._session(), names.task_exchange(task), names.routing_key(to)
         transfer = uuid.uuid4().hex
+        confirmed: set[int] = set()  # chunks the broker took
+        largest = [0]  # the largest piece sent: one over the byte bound is never taken
+
+        def confirm(index, future) -> bool:
+            try:
+                session.wait(future)
+            except InboxFull:
+                return False
+            confirmed.add(index)
+            return True
 
         def attempt():
             pending = None
-            for headers, chunk in chunks(transfer):
-                properties = pika.BasicProperties(user_id=names.broker_user(self.user, self.broker_vhost),
+            for index, (headers, chunk) in enumerate(chunks(transfer)):
+                if index in confirmed:
+                    continue
+                properties = pika.BasicProperties(user_id=self.broker_account,
                                                   delivery_mode=pika.DeliveryMode.Persistent,
                                                   content_type="application/octet-stream", headers=headers or None)
                 future = session.publish(exchange, key, chunk, properties, wait=False)
-                if pending is not None:
-                    session.wait(pending)
-                pending = future
-            session.wait(pending)
+                largest[0] = max(largest[0], len(chunk))
+                if pending is not None and not confirm(*pending):
+                    confirm(index, future)  # in flight already: was it taken?
+                    raise InboxFull("refused")
+                pending = (index, future)
+            if pending is not None and not confirm(*pending):
+                raise InboxFull("refused")
 
-        retrying(attempt)
+        deadline, backoff = None, 0.5
+        while True:
+            try:
+                return retrying(attempt)
+            except InboxFull:
+                if not confirmed:  # nothing of it is queued: refused, as a 429 over HTTP
+                    raise self._inbox_full(task, to, piece=largest[0]) from None
+                deadline = deadline or time.monotonic() + RETRY_SECONDS
+                if time.monotonic() > deadline:
+                    raise self._inbox_full(task, to, f"; {len(confirmed)} chunks of this message are queued, the "
+                                                     f"rest was refused for {RETRY_SECONDS:.0f} s") from None
+                log.info("%s's queue in task %s is full mid-message; sending the rest again in %.1f s", to, task,
+                         backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _limits_text(self) -> str:
+        if self.queue_limits is None:
+            return "it holds as many messages or bytes as the platform allows"
+        return f"at most {self.queue_limits[0]} messages and {self.queue_limits[1]} bytes wait in one queue"
+
+    def _inbox_full(self, task: str, to: str, more: str = "", piece: int = 0) -> InboxFull:
+        """The refusal a sender sees: which inbox, and the platform's bound."""
+        inbox, reader = {"aggregator": ("the aggregator's inbox", "the aggregator"),
+                         "all": ("a participant's inbox", "that participant")}.get(to, (f"{to}'s inbox", to))
+        if self.queue_limits and piece > self.queue_limits[1]:
+            return InboxFull(f"{inbox} in task {task!r} cannot take a message of {piece} bytes in one piece "
+                             f"({self._limits_text()}); send it through the platform's blob store, or in smaller "
+                             "parts")
+        if to == "all":
+            more += " (the participants whose inboxes had room got it)"
+        return InboxFull(f"{inbox} in task {task!r} is full ({self._limits_text()}); the broker refused the message"
+                         f"{more}; send again once {reader} has read some")
 
     def send(self, task, to, body):
         session, exchange, key = self._session(), names.task_exchange(task), names.routing_key(to)
@@ -200,9 +325,13 @@ class AmqpTransport(Transport):
                 log.warning("%s; sending the message through the broker instead", exc)
             else:  # the reference first: the receiver streams the blob while it is uploaded
                 headers = {"wb-blob": blob_id, "wb-size": len(body), "wb-blob-readers": "all" if to == "all" else "one"}
-                properties = pika.BasicProperties(user_id=names.broker_user(self.user, self.broker_vhost),
+                properties = pika.BasicProperties(user_id=self.broker_account,
                                                   delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
-                retrying(lambda: session.publish(exchange, key, b"", properties))
+                try:
+                    retrying(lambda: session.publish(exchange, key, b"", properties))
+                except InboxFull:
+                    _quietly(blobs.delete, task, blob_id)
+                    raise self._inbox_full(task, to) from None
                 ref = blobs.upload(task, body, blob_id)
                 return {"delivered_to": to, "size": len(body), "blob": ref["id"], "sha256": ref["sha256"]}
 
@@ -268,17 +397,21 @@ class AmqpTransport(Transport):
     # ------------------------------------------------------------ models
     def put_model(self, task, data, meta):
         blobs = self.blob_client(task) if len(data) > self.blob_threshold else None
+        params = {"task": task, "meta": meta}
         if blobs is not None:  # stored once in the blob store; the platform takes it from there
-            ref = blobs.upload(task, data)
-            headers = {"params": json.dumps({"task": task, "meta": meta, "blob": ref["id"]})}
-            return self._rpc(self._session(), self.user, "put_model", b"", headers, MODEL_TIMEOUT)
-        headers = {"params": json.dumps({"task": task, "meta": meta})}
-        return self._rpc(self._session(), self.user, "put_model", bytes(data), headers, MODEL_TIMEOUT)
+            params["blob"] = blobs.upload(task, data)["id"]
+            data = b""
+        # the parameters (the metadata grows with the rounds) open the body: headers must fit one frame
+        head = json.dumps(params).encode()
+        session = self._session()
+        return self._rpc(session, self.account, "put_model", head + bytes(data), {names.PARAMS_BYTES: len(head)},
+                         MODEL_TIMEOUT)
 
     def get_model(self, task):
         blobs = self.blob_client(task)
-        params = {"task": task, **({"blob": True} if blobs is not None else {})}
-        data, meta, ref = self._rpc(self._session(), self.user, "get_model", json.dumps(params).encode(),
+        params = {"task": task, "meta_in_body": True, **({"blob": True} if blobs is not None else {})}
+        session = self._session()
+        data, meta, ref = self._rpc(session, self.account, "get_model", json.dumps(params).encode(),
                                     timeout=MODEL_TIMEOUT)
         if ref:
             ref = json.loads(ref)

@@ -37,8 +37,9 @@ def make_transport(platform: str = "local", url: str | None = None, inproc=None,
     if platform == "cloud":
         try:
             from werkbund.client.amqp_transport import AmqpTransport
-        except ImportError:
-            raise InvalidInput("the cloud platform transport is not available in this version") from None
+        except ImportError as exc:  # pika, a dependency of werkbund, is missing or broken in this environment
+            raise InvalidInput(f"the cloud platform transport cannot be loaded ({exc}); reinstall werkbund, "
+                               "which brings its dependency pika") from None
         return AmqpTransport(url, **options)
     raise InvalidInput(f"unknown platform {platform!r}; use local, cloud or inproc")
 

@@ -6,11 +6,10 @@ import sys
 
 import click
 
-from werkbund.client.cli import cli
 from werkbund.client.cli_common import environment, handle_errors
 
 
-@cli.group("platform")
+@click.group("platform")
 def platform_group():
     """Run the cloud platform service."""
 
@@ -31,6 +30,13 @@ def platform_group():
 @click.option("--queue-type", type=click.Choice(["classic", "quorum"]), default="classic", show_default=True,
               envvar="WERKBUND_QUEUE_TYPE", show_envvar=True,
               help="Queues the platform declares: quorum (replicated) on a broker cluster; a queue keeps its type.")
+@click.option("--queue-max-messages", type=click.IntRange(min=1), default=4096, show_default=True,
+              envvar="WERKBUND_QUEUE_MAX_MESSAGES", show_envvar=True,
+              help="Messages that may wait in one queue (an inbox, the request queue); the broker refuses more "
+                   "and the sender gets inbox_full.")
+@click.option("--queue-max-bytes", type=click.IntRange(min=1), default=4 * 1024**3, show_default=True,
+              envvar="WERKBUND_QUEUE_MAX_BYTES", show_envvar=True,
+              help="Bytes of message bodies that may wait in one queue; the broker refuses more.")
 @click.option("--blob-port", default=0, show_default=True, type=int, envvar="WERKBUND_BLOB_PORT", show_envvar=True,
               help="Port of the blob store for large messages and models (0: any free port).")
 @click.option("--blob-host", default="127.0.0.1", show_default=True, help="Address the blob store listens on.")
@@ -48,8 +54,8 @@ def platform_group():
               help="Bring an older database to this werkbund's schema first, as `werkbund platform upgrade` does "
                    "(default: refuse to start on one).")
 @handle_errors
-def serve(broker, broker_ca, db, management, workers, queue_type, blob_port, blob_host, blob_url, blob_dir,
-          blob_tls_cert, blob_tls_key, no_blobs, upgrade):
+def serve(broker, broker_ca, db, management, workers, queue_type, queue_max_messages, queue_max_bytes, blob_port,
+          blob_host, blob_url, blob_dir, blob_tls_cert, blob_tls_key, no_blobs, upgrade):
     """Answer control requests from the broker until interrupted."""
     from werkbund.client import state
     from werkbund.client.cli_platform_admin import upgrade_before_start
@@ -62,7 +68,8 @@ def serve(broker, broker_ca, db, management, workers, queue_type, blob_port, blo
                                 blob_dir=blob_dir or str(state.home() / "platform-blobs"), blob_host=blob_host,
                                 blob_port=None if no_blobs else blob_port, blob_url=blob_url,
                                 blob_certificate=blob_tls_cert, blob_key=blob_tls_key, broker_ca=broker_ca,
-                                queue_type=queue_type)
+                                queue_type=queue_type, queue_max_messages=queue_max_messages,
+                                queue_max_bytes=queue_max_bytes)
     server.setup()
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     p = server.parameters
@@ -75,6 +82,3 @@ def serve(broker, broker_ca, db, management, workers, queue_type, blob_port, blo
         server.serve_forever()
     except KeyboardInterrupt:
         server.stop()
-
-
-from werkbund.client import cli_platform_admin  # noqa: E402,F401  (registers platform upgrade, backup, restore)

@@ -5,28 +5,36 @@ answer, 502/503/504: it is being restarted), a request is tried again with cappe
 backoff and jitter for up to ``WERKBUND_RECONNECT_SECONDS`` (default 300; 0: give up at once), with
 one log line "platform unreachable; retrying for up to N s", before it fails with ``Unavailable``. Every task
 message carries an id of its own (``X-Werkbund-Message-Id``), so a message sent again because the
-reply was lost is stored once. A platform never reached (a wrong URL, not started, plain HTTP to an
-HTTPS port) fails at once: that is a user's mistake to fix, not a restart to wait for.
+reply was lost is stored once; every control call likewise (``X-Werkbund-Request-Id``, the same on each
+retry), so a command the platform did before it crashed is answered, not done again. A platform never
+reached (a wrong URL, not started, plain HTTP to an HTTPS port) fails at once: that is a user's mistake
+to fix, not a restart to wait for.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
 import random
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import requests
 
 from werkbund.client.transport import Transport
-from werkbund.platform.errors import AuthenticationFailed, Unavailable, WerkbundError, error_from_dict
+from werkbund.platform.errors import (AuthenticationFailed, PayloadTooLarge, Unavailable, WerkbundError,
+                                      error_from_dict)
 from werkbund.platform.tls import client_context, explain
 
 POLL_SECONDS = 25.0
 RECONNECT_SECONDS = 300.0      # default patience with an unreachable platform (WERKBUND_RECONNECT_SECONDS)
 BACKOFF_FIRST, BACKOFF_CAP = 0.2, 5.0
 RETRY_STATUSES = frozenset({502, 503, 504})
+DOWNLOAD_PIECE = 1 << 20
 
 log = logging.getLogger("werkbund.transport")
 
@@ -58,14 +66,14 @@ class HttpTransport(Transport):
 
     # ------------------------------------------------------------ plumbing
     def _request(self, method: str, path: str, *, json_body=None, data=None, params=None,
-                 headers=None, timeout: float = 60.0, auth: bool = True) -> requests.Response:
+                 headers=None, timeout: float = 60.0, auth: bool = True, stream: bool = False) -> requests.Response:
         """One request, tried again with backoff while the platform is unreachable (module docstring)."""
         give_up = time.monotonic() + self.reconnect_seconds
         attempt = 0
         while True:
             try:
                 return self._request_once(method, path, json_body=json_body, data=data, params=params,
-                                          headers=headers, timeout=timeout, auth=auth)
+                                          headers=headers, timeout=timeout, auth=auth, stream=stream)
             except _Unreachable as exc:
                 now = time.monotonic()
                 if now >= give_up or not self.reached:
@@ -79,16 +87,18 @@ class HttpTransport(Transport):
                     log.info("platform still unreachable after %d tries", attempt)
 
     def _request_once(self, method: str, path: str, *, json_body=None, data=None, params=None,
-                      headers=None, timeout: float = 60.0, auth: bool = True) -> requests.Response:
+                      headers=None, timeout: float = 60.0, auth: bool = True, stream: bool = False) -> requests.Response:
         all_headers = dict(headers or {})
         if auth:
             if not self.token:
                 raise AuthenticationFailed("not logged in")
             all_headers["Authorization"] = f"Bearer {self.token}"
+        if hasattr(data, "seek"):  # a file body (streamed by requests): every try sends it from the start
+            data.seek(0)
         try:
             response = self.session.request(method, f"{self.url}/api/v1{path}", json=json_body, data=data,
                                             params=params, headers=all_headers, timeout=timeout,
-                                            verify=self.verify)
+                                            verify=self.verify, stream=stream)
         except requests.exceptions.SSLError as exc:
             raise Unavailable(explain(exc, "local platform", self.url, self.ca_certificate)
                               or f"TLS with the local platform at {self.url} failed: {exc}") from None
@@ -121,7 +131,8 @@ class HttpTransport(Transport):
         return data
 
     def call(self, command, **params):
-        return self._json(self._request("POST", f"/call/{command}", json_body=params))
+        headers = {"X-Werkbund-Request-Id": uuid.uuid4().hex}  # one per call, the same on every retry
+        return self._json(self._request("POST", f"/call/{command}", json_body=params, headers=headers))
 
     def logout(self):
         """Revoke the session token on the platform (it no longer opens anything) and forget it."""
@@ -131,9 +142,11 @@ class HttpTransport(Transport):
 
     # ------------------------------------------------------------ messages
     def send(self, task, to, body):
+        """Send a task message: bytes, or a file (a ``pathlib.Path`` or a binary file object) streamed from disk."""
         headers = {"Content-Type": "application/octet-stream", "X-Werkbund-Message-Id": uuid.uuid4().hex}
-        return self._json(self._request("POST", f"/tasks/{task}/messages", params={"to": to}, data=body,
-                                        headers=headers, timeout=600))
+        with _upload_body(body) as data:
+            return self._json(self._request("POST", f"/tasks/{task}/messages", params={"to": to}, data=data,
+                                            headers=headers, timeout=600))
 
     def receive(self, task, timeout):
         deadline = time.monotonic() + max(0.0, timeout)
@@ -148,16 +161,73 @@ class HttpTransport(Transport):
 
     # ------------------------------------------------------------ models
     def put_model(self, task, data, meta):
-        return self._json(self._request("PUT", f"/tasks/{task}/model", data=data, timeout=600,
-                                        headers={"X-Werkbund-Meta": json.dumps(meta),
-                                                 "Content-Type": "application/octet-stream"}))
+        """Store the final model: bytes, or a file (a ``pathlib.Path`` or a binary file object) streamed from disk."""
+        with _upload_body(data) as body:
+            return self._json(self._request("PUT", f"/tasks/{task}/model", data=body, timeout=600,
+                                            headers={"X-Werkbund-Meta": json.dumps(meta),
+                                                     "Content-Type": "application/octet-stream"}))
 
     def get_model(self, task):
-        response = self._request("GET", f"/tasks/{task}/model", timeout=600)
-        return response.content, json.loads(response.headers.get("X-Werkbund-Meta", "{}"))
+        with tempfile.TemporaryFile() as spool:
+            meta = self._download_model(task, spool)
+            spool.seek(0)
+            return spool.read(), meta
+
+    def download_model(self, task, path) -> dict:
+        """Stream the final model into the file ``path`` (written beside it, then renamed), its sha256 checked;
+        its info. Memory stays bounded whatever the model's size."""
+        path = Path(path)
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
+        try:
+            with os.fdopen(fd, "w+b") as out:
+                meta = self._download_model(task, out)
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        return meta
+
+    def _download_model(self, task, out) -> dict:
+        """The model streamed into the open file ``out`` and checked against its sha256; tried again from the
+        start while the platform is unreachable, as every request is."""
+        give_up = time.monotonic() + self.reconnect_seconds
+        while True:
+            out.seek(0)
+            out.truncate()
+            response = self._request("GET", f"/tasks/{task}/model", timeout=600, stream=True)
+            meta = json.loads(response.headers.get("X-Werkbund-Meta", "{}"))
+            digest, size = hashlib.sha256(), 0
+            try:
+                with response:
+                    for piece in response.iter_content(DOWNLOAD_PIECE):
+                        digest.update(piece)
+                        out.write(piece)
+                        size += len(piece)
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.Timeout):
+                if time.monotonic() >= give_up:
+                    raise Unavailable(f"the download of task {task!r}'s model from {self.url} broke off") from None
+                time.sleep(BACKOFF_FIRST)
+                continue
+            if (size, digest.hexdigest()) != (meta.get("size"), meta.get("sha256")):
+                raise WerkbundError(f"the model of task {task!r} arrived with {size} bytes and sha256 "
+                                    f"{digest.hexdigest()}; the platform announced {meta.get('size')} and "
+                                    f"{meta.get('sha256')}")
+            out.flush()
+            return meta
 
     def close(self):
         self.session.close()
+
+
+@contextlib.contextmanager
+def _upload_body(body):
+    """What requests sends: bytes as they are; a path opened (and closed after); a file object as it is.
+    A file goes out in pieces with its Content-Length, never read whole."""
+    if isinstance(body, os.PathLike):
+        with open(body, "rb") as handle:
+            yield handle
+    else:
+        yield body
 
 
 class _Unreachable(Exception):
@@ -176,4 +246,6 @@ def _error_of(response: requests.Response) -> WerkbundError:
     try:
         return error_from_dict(response.json()["error"])
     except (ValueError, KeyError, TypeError):
+        if response.status_code == 413:  # the HTTP server's own refusal, before the platform saw the body
+            return PayloadTooLarge(f"the platform refused a body this large: {response.text[:200]}")
         return WerkbundError(f"HTTP {response.status_code} from the platform: {response.text[:200]}")

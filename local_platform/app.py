@@ -5,6 +5,9 @@ Routes (all under ``/api/v1``):
 - ``POST /register`` and ``POST /login``: JSON ``{user, password[, org]}``; login returns a session token;
   ``POST /logout`` revokes it.
 - ``POST /call/<command>``: JSON parameters, ``Authorization: Bearer <token>``; replies ``{"data": ...}``.
+  An optional ``X-Werkbund-Request-Id`` (1-64 of ``A-Za-z0-9_-``, the same on every retry of the call)
+  makes a state-changing command run once: a repetition answers the recorded reply
+  (``platform/request_replies.py``).
 - ``POST /tasks/<task>/messages?to=aggregator|all|<participant>``: the raw message body; an optional
   ``X-Werkbund-Message-Id`` (1-64 of ``A-Za-z0-9_-``) makes a repeated send of it store nothing again.
 - ``GET /tasks/<task>/messages?timeout=S``: long-poll for the caller's next message
@@ -12,17 +15,21 @@ Routes (all under ``/api/v1``):
 - ``PUT /tasks/<task>/model`` (creator) and ``GET /tasks/<task>/model`` (creator, participants).
 - ``GET /openapi.json``: the OpenAPI 3 spec of these routes, built from the commands' parameter models.
 
+Message bodies and models are streamed: read from ``request.stream`` in pieces into a file (the inbox's,
+or the model folder's file named by its sha256), their size bound checked from ``Content-Length``
+before a byte is read (413 ``payload_too_large``, 429 ``inbox_full``), and sent back from the file.
+
 Every error is ``{"error": {"code", "message"}}`` with the HTTP status of its class.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import wrap_file
 
 from werkbund.local_platform.openapi import openapi_spec
 from werkbund.platform.command_schemas import check_json, parse_json
@@ -30,7 +37,9 @@ from werkbund.platform.commands import dispatch, dispatch_public
 from werkbund.platform.errors import AuthenticationFailed, InvalidInput, PayloadTooLarge, WerkbundError
 from werkbund.platform.login_guard import CLIENT_ADDRESS
 from werkbund.platform.mailboxes import Mailboxes
-from werkbund.platform.service import PlatformService
+from werkbund.platform.request_replies import HEADER as REQUEST_ID_HEADER
+from werkbund.platform.request_replies import request_id
+from werkbund.platform.service import MAX_MODEL_BYTES, PlatformService
 
 log = logging.getLogger("werkbund.local_platform")
 
@@ -39,7 +48,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024**3
 
 
 def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
-               max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Flask:
+               max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_model_bytes: int = MAX_MODEL_BYTES) -> Flask:
     here = os.path.dirname(os.path.abspath(__file__))
     app = Flask(__name__, root_path=here, instance_path=os.path.join(here, "instance"))
     app.config["MAX_CONTENT_LENGTH"] = max_message_bytes
@@ -85,7 +94,8 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
     @app.post("/api/v1/call/<command>")
     def call(command: str):
         user = caller()
-        result = dispatch(service, user, command, json_body())
+        with request_id(request.headers.get(REQUEST_ID_HEADER)):  # a malformed one: 400 invalid_input
+            result = dispatch(service, user, command, json_body())
         if command == "delete_task":
             boxes.drop_task(result["task"])
         return jsonify({"data": result})
@@ -95,13 +105,12 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
         user = caller()
         to = request.args.get("to", "")
         inboxes = service.route_message(user, task, to)
-        body = request.get_data(cache=False)
-        if len(body) > max_message_bytes:
-            raise PayloadTooLarge(f"a message may have at most {max_message_bytes} bytes")
-        # a repeat of a message id already accepted (the sender lost the reply) is not stored again
-        boxes.put(task, inboxes, user, body, message_id=request.headers.get("X-Werkbund-Message-Id") or None)
-        return jsonify({"data": {"delivered_to": len(inboxes), "size": len(body),
-                                 "sha256": hashlib.sha256(body).hexdigest()}}), 202
+        size = _body_size(max_message_bytes, "a message")
+        # streamed in pieces into the inbox's file (on disk), the sender's share reserved first; a repeat of
+        # a message id already accepted (the sender lost the reply) is not stored again
+        _, sha256 = boxes.put_stream(task, inboxes, user, request.stream, size,
+                                     message_id=request.headers.get("X-Werkbund-Message-Id") or None)
+        return jsonify({"data": {"delivered_to": len(inboxes), "size": size, "sha256": sha256}}), 202
 
     @app.get("/api/v1/tasks/<task>/messages")
     def receive_message(task: str):
@@ -117,10 +126,12 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
         message = boxes.get(task, inbox, timeout)
         if message is None:
             return Response(status=204)
-        response = Response(message.body, mimetype="application/octet-stream",
-                            headers={"X-Werkbund-Sender": message.sender})
-        response.call_on_close(message.done)  # on disk: the message's file goes once the reply was written
-        return response
+        handle = message.open()
+        if handle is None:  # the task was deleted meanwhile
+            message.done()
+            return Response(status=204)
+        # on disk: the message's file goes once the reply was written (the server closes the file then)
+        return _file_response(_ClosingFile(handle, message.done), message.size, {"X-Werkbund-Sender": message.sender})
 
     @app.put("/api/v1/tasks/<task>/model")
     def put_model(task: str):
@@ -129,14 +140,15 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
         if not isinstance(meta, dict):
             raise InvalidInput("the header X-Werkbund-Meta must be a JSON object")
         check_json(meta, "X-Werkbund-Meta")
-        return jsonify({"data": service.put_model(user, task, request.get_data(cache=False), meta)})
+        size = _body_size(max_model_bytes, "a model")
+        # streamed into a file named by its sha256 in the platform's model folder (service.put_model_stream)
+        return jsonify({"data": service.put_model_stream(user, task, request.stream, meta, size=size)})
 
     @app.get("/api/v1/tasks/<task>/model")
     def get_model(task: str):
         user = caller()
-        data, info = service.get_model(user, task)
-        return Response(data, mimetype="application/octet-stream",
-                        headers={"X-Werkbund-Meta": json.dumps(info)})
+        handle, info = service.open_model(user, task)
+        return _file_response(handle, info["size"], {"X-Werkbund-Meta": json.dumps(info)})
 
     @app.get("/api/v1/health")
     def health():
@@ -149,3 +161,42 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
         return jsonify(spec)
 
     return app
+
+
+def _body_size(limit: int, what: str) -> int:
+    """The request body's announced size, refused (413) beyond ``limit`` before a byte is read; the route
+    then reads ``request.stream`` in pieces, never the whole body at once. (waitress gives a chunked body
+    its Content-Length; no header and no chunked stream: an empty body.)"""
+    size = request.content_length
+    if size is None:
+        if request.environ.get("wsgi.input_terminated"):
+            raise InvalidInput(f"{what} needs a Content-Length")
+        size = 0
+    if size > limit:
+        raise PayloadTooLarge(f"{what} may have at most {limit} bytes; this one has {size}")
+    request.max_content_length = limit  # this route's bound, not the app's
+    return size
+
+
+class _ClosingFile:
+    """A file handle that calls ``then`` after it is closed (a passed-through reply runs no close callbacks)."""
+
+    def __init__(self, handle, then):
+        self._handle, self._then = handle, then
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def close(self) -> None:
+        try:
+            self._handle.close()
+        finally:
+            self._then()
+
+
+def _file_response(handle, size: int, headers: dict) -> Response:
+    """A reply that streams an open file in 1 MiB pieces (the WSGI server's file wrapper), never read whole."""
+    response = Response(wrap_file(request.environ, handle, buffer_size=1 << 20), mimetype="application/octet-stream",
+                        headers=headers, direct_passthrough=True)
+    response.content_length = size
+    return response

@@ -16,6 +16,10 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
 DATA = {"type": "object", "required": ["data"], "properties": {"data": {}}}
 BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 TASK = {"name": "task", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 256}}
+# the same id on every retry of one call: the platform answers a repetition from its record (platform/request_replies.py)
+REQUEST_ID = {"name": "X-Werkbund-Request-Id", "in": "header", "required": False,
+              "description": "one id per logical call, repeated on its retries; a repetition gets the first reply",
+              "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
 
 
 def _json(schema: dict) -> dict:
@@ -49,7 +53,8 @@ def openapi_spec() -> dict:
         body = {"required": bool(model.model_json_schema().get("required")),
                 "content": _json(refs[(model, "validation")])}
         paths[f"/api/v1/call/{command}"] = {"post": _operation(
-            f"the control command {command}", ok, 403, 404, 409, 503, operationId=command, requestBody=body)}
+            f"the control command {command}", ok, 403, 404, 409, 503, operationId=command, requestBody=body,
+            parameters=[REQUEST_ID])}
     for command, status in (("register", "201"), ("login", "200")):
         body = {"required": True, "content": _json(refs[(PUBLIC_PARAMS[command], "validation")])}
         paths[f"/api/v1/{command}"] = {"post": _operation(

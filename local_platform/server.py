@@ -13,11 +13,11 @@ from sqlalchemy.engine import make_url
 from waitress.server import create_server
 from werkzeug.serving import make_server
 
-from werkbund.local_platform.app import create_app
+from werkbund.local_platform.app import DEFAULT_MAX_MESSAGE_BYTES, create_app
 from werkbund.platform.db import sqlite_url
 from werkbund.platform.errors import InvalidInput
-from werkbund.platform.mailboxes import DiskMailboxes
-from werkbund.platform.service import PlatformService
+from werkbund.platform.mailboxes import MAX_PENDING_BYTES, DiskMailboxes, Mailboxes
+from werkbund.platform.service import MAX_MODEL_BYTES, PlatformService
 from werkbund.platform.tls import server_context
 
 log = logging.getLogger("werkbund.local_platform")
@@ -40,20 +40,28 @@ class LocalPlatformServer:
     """A waitress server around the Flask app; ``serve_forever`` or ``start`` in a thread."""
 
     def __init__(self, db_url: str, host: str = "127.0.0.1", port: int = 0, threads: int = 32,
-                 tls_certificate: str | None = None, tls_key: str | None = None, mailbox_dir: str | None = None):
+                 tls_certificate: str | None = None, tls_key: str | None = None, mailbox_dir: str | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_model_bytes: int = MAX_MODEL_BYTES,
+                 max_pending_bytes: int = MAX_PENDING_BYTES):
         if bool(tls_certificate) != bool(tls_key):
             raise InvalidInput("HTTPS needs both --tls-cert and --tls-key")
         context = server_context(tls_certificate, tls_key) if tls_certificate else None
         self.service = PlatformService(db_url)
         self.mailbox_dir = mailbox_dir or default_mailbox_dir(db_url)
-        self.app = create_app(self.service, mailboxes=DiskMailboxes(self.mailbox_dir) if self.mailbox_dir else None)
+        boxes = (DiskMailboxes(self.mailbox_dir, max_pending_bytes=max_pending_bytes) if self.mailbox_dir
+                 else Mailboxes(max_pending_bytes=max_pending_bytes))
+        self.app = create_app(self.service, mailboxes=boxes, max_message_bytes=max_message_bytes,
+                              max_model_bytes=max_model_bytes)
         self.tls = context is not None
         if self.tls:
             self._server = make_server(host, port, self.app, threaded=True, ssl_context=context)
             self.port = self._server.server_port
         else:
+            # waitress reads a request body into a temporary file (past 512 KiB) before the app streams it
+            # from there; it may be as large as a model may be (the routes check their own bounds)
             self._server = create_server(self.app, host=host, port=port, threads=threads,
-                                         channel_timeout=300, ident="werkbund")
+                                         channel_timeout=300, ident="werkbund",
+                                         max_request_body_size=max(max_message_bytes, max_model_bytes) + (1 << 20))
             self.port = self._server.effective_port
         self.host = host
         self._thread: threading.Thread | None = None

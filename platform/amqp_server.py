@@ -1,11 +1,15 @@
 """`werkbund platform serve`: worker threads, each with its own broker connection, answering requests.
 
-A client that lost its connection repeats its request under the same ``message_id``; the server
-keeps the recent replies by (user, message id) and answers a repetition from there, so a request
-that was done but whose reply was lost (a broker restart) is not done twice.
+A client that lost its connection repeats its request under the same ``message_id``. A state-changing
+control command records its reply in the database, in the command's own transaction, keyed by (user,
+message id) (``request_replies.py``): a repetition, also after this server was killed and started
+again, answers the recorded reply and does nothing twice. ``RecentReplies`` keeps the replies of the
+last requests in memory too, so that a repetition arriving while the first is still being answered
+waits for it (and repeatable requests such as ``put_model`` are answered once per process).
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -16,14 +20,19 @@ from urllib.parse import urlsplit
 import pika
 
 from werkbund.platform import amqp_names as names
-from werkbund.platform.amqp_front import AmqpFront, Topology
+from werkbund.platform.amqp_front import AmqpFront, Topology, run_all
 from werkbund.platform.broker_admin import BrokerAdmin
 from werkbund.platform.db import Database
-from werkbund.platform.errors import InvalidInput, Unavailable
+from werkbund.platform.errors import InvalidInput, Unavailable, WerkbundError
+from werkbund.platform.request_replies import RECORDED, recorded, request_id
 from werkbund.platform.service import PlatformService
 from werkbund.platform.tls import client_context, explain
 
 log = logging.getLogger("werkbund.platform.amqp")
+# every queue's bound by default: 16 senders' share of a local inbox (256 messages), two senders' bytes (2 GiB)
+QUEUE_MAX_MESSAGES, QUEUE_MAX_BYTES = 4096, 4 * 1024**3
+QUEUE_LIMIT_HEADERS = ("wb-queue-max-messages", "wb-queue-max-bytes")  # in every reply, for the clients' errors
+SWEEP_SECONDS = 300.0  # how often the accounts of expired sessions are looked for (besides at each login)
 
 
 def default_management_url(broker_url: str) -> str:
@@ -69,7 +78,8 @@ class AmqpPlatformServer:
     def __init__(self, broker_url: str, db_url: str, management_url: str | None = None, workers: int = 4,
                  blob_dir: str | None = None, blob_host: str = "127.0.0.1", blob_port: int | None = None,
                  blob_url: str | None = None, blob_certificate: str | None = None, blob_key: str | None = None,
-                 broker_ca: str | None = None, queue_type: str = "classic"):
+                 broker_ca: str | None = None, queue_type: str = "classic",
+                 queue_max_messages: int = QUEUE_MAX_MESSAGES, queue_max_bytes: int = QUEUE_MAX_BYTES):
         self.parameters = pika.URLParameters(broker_url)
         self.parameters.heartbeat = 30
         self.broker_ca = broker_ca
@@ -77,6 +87,10 @@ class AmqpPlatformServer:
             raise InvalidInput(f"unknown queue type {queue_type!r}; use classic or quorum")
         # quorum queues are replicated across a cluster's nodes; the type is fixed when a queue is declared
         self.queue_arguments = {"x-queue-type": "quorum"} if queue_type == "quorum" else None
+        for value, option in ((queue_max_messages, "--queue-max-messages"), (queue_max_bytes, "--queue-max-bytes")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInput(f"{option} must be a whole number of at least 1, not {value!r}")
+        self.queue_limits = (queue_max_messages, queue_max_bytes)  # every queue's bound (a broker policy)
         if broker_url.startswith("amqps://"):  # verify the broker's certificate, for its host name
             self.parameters.ssl_options = pika.SSLOptions(client_context(broker_ca), self.parameters.host)
         self.vhost = self.parameters.virtual_host
@@ -90,7 +104,8 @@ class AmqpPlatformServer:
             self.blob_server = BlobServer(self.service, BlobStore(blob_dir), blob_host, blob_port, blob_url,
                                           blob_certificate, blob_key)
         self.front = AmqpFront(self.service, self.admin, self.blob_server and self.blob_server.store,
-                               self.blob_server and self.blob_server.url)
+                               self.blob_server and self.blob_server.url,
+                               own_account=self.parameters.credentials.username)
         self.workers = workers
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -99,15 +114,16 @@ class AmqpPlatformServer:
     def setup(self) -> None:
         """Vhost, permissions of the platform and of the registration account, the request queue."""
         self.admin.setup(self.parameters.credentials.username)
+        self.admin.set_queue_limits(*self.queue_limits)
         with self._connect() as connection:
             channel = connection.channel()
             channel.exchange_declare(names.REQUEST_EXCHANGE, exchange_type="direct", durable=True)
             channel.queue_declare(names.REQUEST_QUEUE, durable=True, arguments=self.queue_arguments)
             channel.queue_bind(names.REQUEST_QUEUE, names.REQUEST_EXCHANGE, routing_key=names.REQUEST_KEY)
-            for account in self.admin.broker_users():  # permissions follow the database, also after a restore
-                user = names.platform_user(account, self.vhost)
-                if user != names.REGISTRATION_NAME and self._known(user):
-                    self.front.sync_user(user)
+        # the accounts of expired sessions go, and those of the old form, which took the user's password
+        for user in self.front.sessions.sweep():  # permissions follow the database, also after a restore
+            if self._known(user):
+                self.front.sync_user(user)
 
     def _known(self, user: str) -> bool:
         try:
@@ -115,6 +131,13 @@ class AmqpPlatformServer:
             return True
         except Exception:
             return False
+
+    def sweep(self) -> None:
+        """Delete the broker accounts of expired sessions (also done at every login)."""
+        try:
+            self.front.sessions.sweep()
+        except Exception as exc:  # noqa: BLE001 - the broker's management API may be down for a while
+            log.warning("could not sweep expired session accounts: %r", exc)
 
     def _connect(self) -> pika.BlockingConnection:
         try:
@@ -137,8 +160,8 @@ class AmqpPlatformServer:
 
     def serve_forever(self) -> None:
         self.start()
-        while not self._stop.wait(1.0):
-            pass
+        while not self._stop.wait(SWEEP_SECONDS):
+            self.sweep()
 
     def stop(self) -> None:
         self._stop.set()
@@ -166,9 +189,10 @@ class AmqpPlatformServer:
         first, entry = True, None
         if properties.message_id and properties.type != "get_model":  # get_model: repeatable, large reply
             first, entry = self.recent.claim((properties.user_id, properties.message_id))
+        later: list = []  # what waits for the reply (deleting the account of a session that logs out)
         if first:
             try:
-                headers, reply = self._handle(channel, properties, body)
+                headers, reply = self._handle(channel, properties, body, later)
             except pika.exceptions.AMQPConnectionError:  # the connection went mid-way: the repetition runs it again
                 if entry is not None:
                     self.recent.forget((properties.user_id, properties.message_id), entry)
@@ -180,16 +204,31 @@ class AmqpPlatformServer:
             entry["done"].wait(600)
             headers, reply = entry["reply"] or ({"status": "error"}, _INTERNAL_ERROR)
         if properties.reply_to:
+            headers = {**headers, QUEUE_LIMIT_HEADERS[0]: self.queue_limits[0],  # named when a queue refuses
+                       QUEUE_LIMIT_HEADERS[1]: self.queue_limits[1]}
             channel.basic_publish("", properties.reply_to, reply,
                                   pika.BasicProperties(correlation_id=properties.correlation_id, headers=headers))
         channel.basic_ack(method.delivery_tag)
+        run_all(later)
         log.info("%s %s -> %s (%.0f ms)", properties.user_id, properties.type, headers.get("status"),
                  (time.monotonic() - started) * 1000)
 
-    def _handle(self, channel, properties, body) -> tuple[dict, bytes]:
+    def _handle(self, channel, properties, body, later: list) -> tuple[dict, bytes]:
+        command = properties.type
+        durable = properties.message_id if command in RECORDED else None  # done once per message id
         try:
-            return self.front.handle(properties.user_id, properties.type, body,
-                                     properties.headers or {}, Topology(channel, self.queue_arguments))
+            with request_id(durable):  # dispatch records the reply with the command (request_replies.py)
+                if command == "delete_task" and durable is not None:
+                    # answered from the record: the front reads the task first, which is gone after it ran
+                    user = names.platform_user(properties.user_id, self.admin.vhost)
+                    found = recorded(self.service, user, durable) if user else None
+                    if found is not None and found["command"] == command:
+                        log.info("%s repeats request %s (%s); answering the recorded reply", user, durable, command)
+                        return {"status": "ok"}, json.dumps({"data": found["data"]}).encode()
+                return self.front.handle(properties.user_id, command, body,
+                                         properties.headers or {}, Topology(channel, self.queue_arguments), later)
+        except WerkbundError as exc:  # a malformed message id
+            return {"status": "error"}, json.dumps({"error": exc.to_dict()}).encode()
         except pika.exceptions.AMQPConnectionError:
             raise
         except Exception:  # a bug, not a user's mistake: log it, answer, keep serving

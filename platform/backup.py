@@ -8,6 +8,7 @@ A backup folder holds
   is a JSON scalar or a one-key object ``{"bytes": base64}``, ``{"datetime": iso}``, ``{"json": ...}``);
 - ``ledger-key.pem``: the platform's ledger signing key, which signed every checkpoint (0600);
 - ``blobs/``: the blob store's finished files (the cloud platform's large messages in flight);
+- ``models/``: the final models' files (named by their sha256) that the database copy refers to;
 - ``manifest.json``: format, time, werkbund version, schema revision, row counts, the ledger's
   public key and the sha256 and size of every file above.
 
@@ -33,11 +34,14 @@ from sqlalchemy.engine import Engine, make_url
 
 from werkbund.platform import schema
 from werkbund.platform.errors import InvalidInput, InvalidState
+from werkbund.platform.file_store import SHA256
 from werkbund.platform.ledger.store import default_key_path, load_or_create_key
+from werkbund.platform.service import default_model_dir
 
 FORMAT = "werkbund-platform-backup/1"
 MANIFEST = "manifest.json"
 SQLITE_FILE, JSONL_FILE, KEY_FILE, BLOBS = "database.sqlite", "database.jsonl", "ledger-key.pem", "blobs"
+MODELS = "models"
 BATCH = 500
 
 
@@ -46,8 +50,10 @@ class BackupError(InvalidInput):
 
 
 # ------------------------------------------------------------------------------------ backup
-def backup(db_url: str, target: Path, ledger_key: Path | None = None, blob_dir: Path | None = None) -> dict:
-    """Write a backup of the platform at ``db_url`` into the new or empty folder ``target``; the manifest."""
+def backup(db_url: str, target: Path, ledger_key: Path | None = None, blob_dir: Path | None = None,
+           model_dir: Path | None = None) -> dict:
+    """Write a backup of the platform at ``db_url`` into the new or empty folder ``target``; the manifest.
+    ``model_dir``: the platform's model files (default: where the service keeps them for ``db_url``)."""
     target = Path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise InvalidInput(f"{target} is not an empty folder; back up into a new one")
@@ -74,6 +80,8 @@ def backup(db_url: str, target: Path, ledger_key: Path | None = None, blob_dir: 
     finally:
         engine.dispose()
     _private_copy(key_path, target / KEY_FILE)
+    models = _copy_models(target, SQLITE_FILE if sqlite else JSONL_FILE,
+                          Path(model_dir) if model_dir else default_model_dir(db_url))
     blobs = 0
     if blob_dir is not None and Path(blob_dir).is_dir():
         for path in sorted(Path(blob_dir).rglob("*")):
@@ -91,6 +99,7 @@ def backup(db_url: str, target: Path, ledger_key: Path | None = None, blob_dir: 
                      "url": _shown(db_url), "tables": tables},
         "ledger_key": {"file": KEY_FILE, "public_key": public_key},
         "blobs": {"folder": BLOBS, "files": blobs},
+        "models": {"folder": MODELS, "files": models},
         "files": {rel: _digest(target / rel) for rel in _files(target)},
     }
     (target / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -197,8 +206,9 @@ def check(source: Path) -> dict:
 
 
 def restore(source: Path, db_url: str, ledger_key: Path | None = None, blob_dir: Path | None = None,
-            force: bool = False) -> dict:
-    """Restore the backup in ``source`` onto the platform at ``db_url``; the backup's manifest."""
+            force: bool = False, model_dir: Path | None = None) -> dict:
+    """Restore the backup in ``source`` onto the platform at ``db_url``; the backup's manifest. The model
+    files go to ``model_dir`` (default: where the service keeps them for ``db_url``)."""
     source = Path(source)
     manifest = check(source)
     revision = manifest["schema_revision"]
@@ -225,6 +235,10 @@ def restore(source: Path, db_url: str, ledger_key: Path | None = None, blob_dir:
         blobs = blob_dir is not None and manifest["blobs"]["files"] > 0  # a backup without blobs leaves them
         if blobs and Path(blob_dir).is_dir() and any(Path(blob_dir).iterdir()):
             held.append(f"the blob store {blob_dir}")
+        model_dir = Path(model_dir) if model_dir else default_model_dir(db_url)
+        models = (manifest.get("models") or {}).get("files", 0) > 0
+        if model_dir is not None and model_dir.is_dir() and any(model_dir.iterdir()):
+            held.append(f"the model folder {model_dir}")
         if held and not force:
             raise InvalidState(f"{' and '.join(held)} hold data already; restore onto a fresh platform, or give "
                                "--force to replace it")
@@ -246,6 +260,13 @@ def restore(source: Path, db_url: str, ledger_key: Path | None = None, blob_dir:
     key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_path.unlink(missing_ok=True)
     _private_copy(source / KEY_FILE, key_path)
+    if model_dir is not None and (models or model_dir.exists()):
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        model_dir.mkdir(mode=0o700, parents=True)
+        if models:
+            for path in sorted((source / MODELS).iterdir()):
+                _private_copy(path, model_dir / path.name)
     if blobs:
         blob_dir = Path(blob_dir)
         if blob_dir.exists():
@@ -326,6 +347,45 @@ def _drop_all(engine: Engine) -> None:
 
 
 # ----------------------------------------------------------------------------------- helpers
+def _copy_models(target: Path, database_file: str, model_dir: Path | None) -> int:
+    """Copy the model files that the database copy in ``target`` refers to (rows whose bytes are not in
+    the database: revision 0004 on) into ``target/models``; how many."""
+    hashes = sorted(set(_model_hashes(target, database_file)))
+    if not hashes:
+        return 0
+    if model_dir is None:
+        raise InvalidInput("the database refers to model files but has no model folder; give its place")
+    (target / MODELS).mkdir(mode=0o700)
+    for sha in hashes:
+        if not SHA256.fullmatch(sha or "") or not (model_dir / sha).is_file():
+            raise InvalidState(f"the model file {model_dir / str(sha)} that the database refers to is missing; "
+                               "it was replaced while the backup ran (back up again) or lost")
+        _private_copy(model_dir / sha, target / MODELS / sha)
+        if _digest(target / MODELS / sha)["sha256"] != sha:
+            raise InvalidState(f"the model file {model_dir / sha} does not hash to its name: it is damaged")
+    return len(hashes)
+
+
+def _model_hashes(target: Path, database_file: str):
+    if database_file == SQLITE_FILE:
+        conn = sqlite3.connect(f"{(target / SQLITE_FILE).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            yield from (r[0] for r in conn.execute("SELECT sha256 FROM stored_models WHERE data IS NULL"))
+        finally:
+            conn.close()
+        return
+    with open(target / JSONL_FILE) as lines:
+        columns = None
+        for line in lines:
+            item = json.loads(line)
+            if "table" in item:
+                columns = item["columns"] if item["table"] == "stored_models" else None
+            elif columns is not None:
+                row = dict(zip(columns, item["row"]))
+                if row.get("data") is None:
+                    yield row["sha256"]
+
+
 def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
@@ -340,8 +400,8 @@ def _digest(path: Path) -> dict:
 
 def _private_copy(source: Path, copy: Path) -> None:
     fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(Path(source).read_bytes())
+    with os.fdopen(fd, "wb") as out, open(source, "rb") as into:
+        shutil.copyfileobj(into, out, 1 << 20)  # streamed: a model file may have several GB
 
 
 def _public_key(path: Path) -> str:

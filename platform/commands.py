@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from werkbund.platform.command_schemas import PARAMS, PUBLIC_PARAMS, validate_params
 from werkbund.platform.errors import InvalidInput
+from werkbund.platform.request_replies import CURRENT, RECORDED, check_request_id, run_once
 from werkbund.platform.service import PlatformService
 
 # command -> the service method it runs; its parameters: command_schemas.PARAMS[command]
@@ -48,17 +49,27 @@ COMMANDS = {
 # commands that need no logged-in caller
 PUBLIC_COMMANDS = tuple(PUBLIC_PARAMS)
 assert set(COMMANDS) == set(PARAMS), "every command has its parameters in command_schemas.PARAMS"
+assert RECORDED <= set(COMMANDS), "request_replies.RECORDED names commands"
 
 
-def dispatch(service: PlatformService, caller: str, command: str, params: dict | None):
-    """Run one authenticated control command for ``caller``."""
+def dispatch(service: PlatformService, caller: str, command: str, params: dict | None,
+             request_id: str | None = None):
+    """Run one authenticated control command for ``caller``. With a request id (given, or set by the
+    front in ``request_replies.CURRENT``) a state-changing command is done once per id: a repetition
+    answers the reply recorded with it (``request_replies.py``)."""
     if command not in COMMANDS:
         raise InvalidInput(f"unknown command {command!r}")
+    if request_id is None:
+        request_id = CURRENT.get()
+    if request_id is not None:
+        check_request_id(request_id)
     params = validate_params(command, PARAMS[command], {} if params is None else params)
     target = service
     for part in COMMANDS[command].split("."):
         target = getattr(target, part)
-    return target(caller, **params)
+    if request_id is None or command not in RECORDED:
+        return target(caller, **params)
+    return run_once(service, caller, command, request_id, lambda: target(caller, **params))
 
 
 def dispatch_public(service: PlatformService, command: str, params: dict | None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -14,6 +15,11 @@ from sqlalchemy.pool import StaticPool
 
 from werkbund.platform import schema
 from werkbund.platform.errors import InvalidInput, Unavailable
+
+
+# (database, session) of a unit of work that the calls inside it join instead of opening their own:
+# a control command and the record of its reply commit together (request_replies.py)
+SHARED_SESSION: ContextVar = ContextVar("werkbund_shared_session", default=None)
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -61,7 +67,12 @@ class Database:
 
     @contextmanager
     def session(self):
-        """A unit of work: committed when the block ends, rolled back on an exception."""
+        """A unit of work: committed when the block ends, rolled back on an exception (inside a
+        ``SHARED_SESSION`` of this database: that one, committed or rolled back by its opener)."""
+        shared = SHARED_SESSION.get()
+        if shared is not None and shared[0] is self:
+            yield shared[1]
+            return
         with self._serial, self._sessions() as session:
             try:
                 yield session

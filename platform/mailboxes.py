@@ -10,12 +10,17 @@ and ``max_pending_bytes`` bytes waiting in another's inbox (``InboxFull`` beyond
 refusal the sender sees), so a participant that floods the aggregator fills only its own share
 of memory and never crowds out the others' updates.
 
+A message body may also come as a stream of known size (``put_stream``: the local platform's HTTP
+request body): the on-disk kind copies it in pieces into its file, so a message of any size passes with
+bounded memory; the sender's share of the inbox is reserved from the announced size before a byte is read.
+
 A sender may name a message with an id (``message_id``, the HTTP header ``X-Werkbund-Message-Id``):
 a message sent again with an id already accepted is not stored twice, so a client that lost the
 reply to a send (the platform died meanwhile) can send again safely.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -23,11 +28,12 @@ import shutil
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from werkbund.platform.errors import InboxFull, InvalidInput
+from werkbund.platform.file_store import PIECE, stream_to_file
 
 log = logging.getLogger("werkbund.mailboxes")
 
@@ -41,11 +47,37 @@ def _nothing() -> None:
     pass
 
 
-@dataclass(frozen=True)
 class Message:
-    sender: str
-    body: bytes
-    done: Callable[[], None] = field(default=_nothing, compare=False, repr=False)  # call once it reached the reader
+    """A message for its reader: ``body`` (bytes; on disk read when asked) or, on disk, ``path`` and ``size``
+    to stream it from; ``done`` is called once it reached the reader."""
+
+    def __init__(self, sender: str, body: bytes | None = None, done: Callable[[], None] = _nothing,
+                 path: Path | None = None, size: int | None = None):
+        self.sender, self._body, self.done, self.path = sender, body, done, path
+        self.size = len(body) if body is not None else (size or 0)
+
+    @property
+    def body(self) -> bytes:
+        if self._body is None:
+            try:
+                return self.path.read_bytes() if self.path is not None else b""
+            except FileNotFoundError:  # the task was deleted meanwhile
+                return b""
+        return self._body
+
+    def open(self):
+        """A binary file handle on the body (a file on disk, else the bytes); None once the task was deleted."""
+        if self.path is None:
+            import io
+
+            return io.BytesIO(self.body)
+        try:
+            return open(self.path, "rb")
+        except FileNotFoundError:
+            return None
+
+    def __repr__(self) -> str:
+        return f"Message(sender={self.sender!r}, size={self.size})"
 
 
 def check_message_id(message_id: str | None) -> str | None:
@@ -71,6 +103,12 @@ class Mailboxes:
         message = Message(sender, body)
         return [message] * len(inboxes)
 
+    def _store_stream(self, task: str, inboxes: list[str], sender: str, stream, size: int,
+                      message_id: str | None) -> tuple[list, str]:
+        """As ``_store``, reading ``size`` bytes from ``stream``: (items, sha256 of the body)."""
+        body = _read_exactly(stream, size)
+        return self._store(task, inboxes, sender, body, message_id), hashlib.sha256(body).hexdigest()
+
     def _unstore(self, task: str, inbox: str, item) -> Message:
         """The message of a stored item (outside the lock); ``done`` forgets it for good."""
         return item
@@ -90,6 +128,28 @@ class Mailboxes:
     def put(self, task: str, inboxes: list[str], sender: str, body: bytes, message_id: str | None = None) -> bool:
         """Deliver to every inbox or to none: InboxFull if any of them holds the sender's full share.
         False (and nothing stored) when a message with this ``message_id`` from this sender was accepted before."""
+        return self._put(task, inboxes, sender, len(body), message_id,
+                         lambda: self._store(task, inboxes, sender, body, message_id))
+
+    def put_stream(self, task: str, inboxes: list[str], sender: str, stream, size: int,
+                   message_id: str | None = None) -> tuple[bool, str]:
+        """``put`` for a body of ``size`` bytes read from ``stream`` (``read``): (stored, sha256 of the body).
+        The share is reserved (InboxFull) before a byte is read; a stream that ends early (InvalidInput)
+        leaves nothing behind. A repeat of an accepted message id is read and hashed, not stored."""
+        if not isinstance(size, int) or size < 0:
+            raise InvalidInput("a message needs its size (Content-Length)")
+        digest = []
+
+        def store():
+            items, sha = self._store_stream(task, inboxes, sender, stream, size, message_id)
+            digest.append(sha)
+            return items
+
+        if self._put(task, inboxes, sender, size, message_id, store):
+            return True, digest[0]
+        return False, _hash_exactly(stream, size)
+
+    def _put(self, task, inboxes, sender, size: int, message_id, store) -> bool:
         check_message_id(message_id)
         known = (task, sender, message_id) if message_id else None
         with self._cond:
@@ -97,21 +157,21 @@ class Mailboxes:
                 return False
             for inbox in inboxes:
                 key = (task, inbox, sender)
-                if self._count[key] + 1 > self.max_pending or self._bytes[key] + len(body) > self.max_pending_bytes:
+                if self._count[key] + 1 > self.max_pending or self._bytes[key] + size > self.max_pending_bytes:
                     raise InboxFull(f"{inbox}'s inbox in task {task!r} already holds {self._count[key]} of your "
                                     f"messages ({self._bytes[key]} bytes; at most {self.max_pending} and "
                                     f"{self.max_pending_bytes} bytes wait per sender); send again once it has read them")
             for inbox in inboxes:  # reserved now, so that two sends at once cannot both take the last place
                 self._count[(task, inbox, sender)] += 1
-                self._bytes[(task, inbox, sender)] += len(body)
+                self._bytes[(task, inbox, sender)] += size
             if known is not None:
                 self._remember(known)
         try:
-            items = self._store(task, inboxes, sender, body, message_id)
+            items = store()
         except BaseException:
             with self._cond:
                 for inbox in inboxes:
-                    self._release(task, inbox, sender, len(body))
+                    self._release(task, inbox, sender, size)
                 if known is not None:
                     self._ids.pop(known, None)
             raise
@@ -160,6 +220,28 @@ class Mailboxes:
                 del self._ids[key]
             self._forget_task(task)
             self._cond.notify_all()
+
+
+def _pieces_exactly(stream, size: int):
+    """The next ``size`` bytes of ``stream``, in pieces; InvalidInput if it ends before."""
+    left = size
+    while left:
+        piece = stream.read(min(PIECE, left))
+        if not piece:
+            raise InvalidInput(f"the message ended after {size - left} of its {size} bytes")
+        left -= len(piece)
+        yield piece
+
+
+def _read_exactly(stream, size: int) -> bytes:
+    return b"".join(_pieces_exactly(stream, size))
+
+
+def _hash_exactly(stream, size: int) -> str:
+    digest = hashlib.sha256()
+    for piece in _pieces_exactly(stream, size):
+        digest.update(piece)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -250,20 +332,38 @@ class DiskMailboxes(Mailboxes):
 
     def _store(self, task, inboxes, sender, body, message_id):
         seq = f"{self._next_seq():016d}"
-        name = f"{seq}-{_hex(sender)}" + (f"-{message_id}" if message_id else "")
-        staged = self._incoming / seq
         tmp = self._incoming / f"{seq}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(body)
-        os.replace(tmp, staged)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(body)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return self._commit(seq, tmp, task, inboxes, sender, len(body), message_id)
+
+    def _store_stream(self, task, inboxes, sender, stream, size, message_id):
+        """The body copied from the stream in pieces into ``.incoming/<seq>.tmp`` (removed if the stream
+        ends early or breaks), then committed as ``_store`` commits."""
+        seq = f"{self._next_seq():016d}"
+        tmp, sha, _ = stream_to_file(stream, self._incoming, size, name=seq)
+        return self._commit(seq, tmp, task, inboxes, sender, size, message_id), sha
+
+    def _commit(self, seq, tmp, task, inboxes, sender, size, message_id):
+        name = f"{seq}-{_hex(sender)}" + (f"-{message_id}" if message_id else "")
+        staged = self._incoming / seq
+        try:
+            os.replace(tmp, staged)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         items = []
         try:
             for inbox in inboxes:
                 folder = self.directory / _hex(task) / _hex(inbox)
                 folder.mkdir(parents=True, exist_ok=True, mode=0o700)
                 os.link(staged, folder / name)
-                items.append(_OnDisk(sender, len(body), folder / name))
+                items.append(_OnDisk(sender, size, folder / name))
         except BaseException:
             for item in items:
                 item.path.unlink(missing_ok=True)
@@ -273,11 +373,8 @@ class DiskMailboxes(Mailboxes):
         return items
 
     def _unstore(self, task, inbox, item):
-        try:
-            body = item.path.read_bytes()
-        except FileNotFoundError:  # the task was deleted meanwhile
-            body = b""
-        return Message(item.sender, body, done=lambda: item.path.unlink(missing_ok=True))
+        """The message, its body read from its file only when asked (``Message.body``, ``Message.open``)."""
+        return Message(item.sender, path=item.path, size=item.size, done=lambda: item.path.unlink(missing_ok=True))
 
     @staticmethod
     def _size_of(item) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -97,8 +97,26 @@ class StoredModel(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), unique=True)
-    sha256: Mapped[str] = mapped_column(String(64))
-    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))  # the model's bytes: the file <model dir>/<sha256>
+    size: Mapped[int] = mapped_column(BigInteger)
     meta: Mapped[dict] = mapped_column(JSON, default=dict)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    # only rows from before revision 0004 hold the bytes here; the service moves them to files at start
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, default=None, deferred=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RequestReply(Base):
+    """The reply to a state-changing control command, kept so that a retry with the same request id
+    (the client's ``X-Werkbund-Request-Id``, the AMQP ``message_id``) answers it again instead of
+    running the command twice; written in the command's own transaction (``request_replies.py``),
+    pruned after a day."""
+
+    __tablename__ = "request_replies"
+    __table_args__ = (UniqueConstraint("user_name", "request_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(64))
+    command: Mapped[str] = mapped_column(String(64))
+    reply: Mapped[dict] = mapped_column(JSON)  # {"data": ...}: successes only (a failure changed nothing)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

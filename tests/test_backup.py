@@ -11,7 +11,9 @@ from platform_data_support import (TASK, check_platform, manifest, old_postgres_
                                    postgres_database)
 from werkbund.client.inproc_transport import InProcPlatform
 from werkbund.platform.blob_store import BlobStore
+from werkbund.platform import schema
 from werkbund.platform.db import Database
+from werkbund.platform.service import PlatformService
 
 MODEL_SHA256 = "df9c44a7a4ddebf3e31717eea4b8b52df20ab0e24af6825a6e231dd1f67d0489"  # the fixture's model
 PLATFORM_KEY = "CkNOII58bG7V8iYaYjVTuB5PEMSWclNBG3YuSrxUdYY="  # the fixture's ledger key
@@ -37,17 +39,20 @@ def test_a_backup_restores_onto_a_fresh_machine_where_every_ledger_verifies(tmp_
     old = tmp_path / "old"
     url = old_sqlite_platform(old)
     Database(url, upgrade=True).dispose()
+    PlatformService(url).db.dispose()  # its first start moves the model from the database to a file
     blobs = BlobStore(old / "home" / "platform-blobs")
     blobs.put_bytes(TASK, "ab" * 16, b"an update in flight " * 1000, "bob")
 
     made = werkbund(old / "home", "platform", "backup", "--db", url, "--to", str(tmp_path / "backup"))
     assert made.returncode == 0, made.stderr
-    assert "(schema revision 0002, " in made.stdout and "2 blob files" in made.stdout
+    assert f"(schema revision {schema.head()}, " in made.stdout and "2 blob files" in made.stdout
     backup = tmp_path / "backup"
     listed = manifest(backup)
-    assert listed["schema_revision"] == "0002" and listed["ledger_key"]["public_key"] == PLATFORM_KEY
+    assert listed["schema_revision"] == schema.head() and listed["ledger_key"]["public_key"] == PLATFORM_KEY
     assert set(listed["files"]) == {"database.sqlite", "ledger-key.pem", f"blobs/{TASK}/{'ab' * 16}",
-                                    f"blobs/{TASK}/{'ab' * 16}.json"}
+                                    f"blobs/{TASK}/{'ab' * 16}.json", f"models/{MODEL_SHA256}"}
+    assert listed["models"] == {"folder": "models", "files": 1}
+    assert listed["files"][f"models/{MODEL_SHA256}"]["sha256"] == MODEL_SHA256  # the model file, by its hash
     assert listed["database"]["tables"]["stored_models"] == 1 and listed["database"]["tables"]["ledger_entries"] == 12
     assert os.stat(backup / "ledger-key.pem").st_mode & 0o077 == 0
 
@@ -59,6 +64,7 @@ def test_a_backup_restores_onto_a_fresh_machine_where_every_ledger_verifies(tmp_
     assert f"ledger key {PLATFORM_KEY}" in done.stdout and "upgrade" not in done.stdout
     assert (fresh / "home" / "platform-blobs" / TASK / ("ab" * 16)).read_bytes() == b"an update in flight " * 1000
     assert os.stat(fresh / "platform.sqlite.ledger-key.pem").st_mode & 0o077 == 0
+    assert os.listdir(fresh / "platform.sqlite.models") == [MODEL_SHA256]  # beside the database, as `serve` keeps it
     proc, platform_url = start_local_platform(fresh, fresh_url)
     try:
         found = check_platform("local", expect_model_sha256=MODEL_SHA256, url=platform_url)
@@ -90,6 +96,7 @@ def test_a_postgresql_platform_backs_up_as_json_lines_and_restores_onto_sqlite_a
     with postgres_database() as source_url, postgres_database() as target_url:
         key = old_postgres_platform(source_url, tmp_path)
         home = tmp_path / "home"
+        monkeypatch.setenv("WERKBUND_HOME", str(home))  # where a PostgreSQL platform keeps its model files
         made = werkbund(home, "platform", "backup", "--db", source_url, "--to", str(tmp_path / "backup"),
                         "--ledger-key", str(key))
         assert made.returncode == 0, made.stderr

@@ -15,6 +15,8 @@ from werkbund.client.api import register
 from werkbund.client.messages import encode_message
 from werkbund.platform.errors import AuthenticationFailed, PermissionDenied
 
+pytestmark = pytest.mark.broker
+
 PASSWORD = "a-long-password-1"
 MiB = 1024 * 1024
 
@@ -137,7 +139,7 @@ def test_a_tampered_or_foreign_blob_is_reported_malformed(platform, caplog):
     carol = users["carol"].transport
     headers = {"wb-blob": ref["id"], "wb-size": ref["size"], "wb-sha256": ref["sha256"], "wb-blob-readers": "one"}
     carol.session.publish(names.task_exchange("big"), names.TO_AGGREGATOR, b"", pika.BasicProperties(
-        user_id=names.broker_user("carol", carol.broker_vhost), delivery_mode=2, headers=headers))
+        user_id=carol.broker_account, delivery_mode=2, headers=headers))
     message = users["alice"].aggregator("big").receive(60)
     assert (message.kind, message.sender) == ("malformed", "carol")
     assert "refers to a blob bob uploaded" in caplog.text

@@ -26,6 +26,7 @@ def task(tmp_path_factory):
             user.close()
 
 
+@pytest.mark.broker
 @pytest.mark.parametrize("path", ["claim-check", "chunks"])
 def test_a_256_mib_update_round_trips_intact(task, path):
     """Through the platform's blob store (the default), and in chunks through the broker (without one)."""
@@ -95,6 +96,7 @@ def test_a_streamed_frame_carries_its_sha256_after_the_last_chunk():
         [receiver.add("bob", h, c) for h, c in wrong]
 
 
+@pytest.mark.broker
 def test_a_lost_connection_is_reestablished_and_nothing_is_lost(task):
     """The broker drops the aggregator's connection: it reconnects, and an unacknowledged update comes again."""
     import requests
@@ -106,7 +108,7 @@ def test_a_lost_connection_is_reestablished_and_nothing_is_lost(task):
     for _ in range(40):  # the management API lists a connection after its first statistics (a few s)
         connections = requests.get(f"http://127.0.0.1:15672/api/vhosts/{vhost}/connections",
                                    auth=("guest", "guest"), timeout=10).json()
-        mine = [c["name"] for c in connections if c["user"] == f"alice@{vhost}"]
+        mine = [c["name"] for c in connections if c["user"] == task["alice"].transport.broker_account]
         if mine:
             break
         time.sleep(0.5)
@@ -119,3 +121,22 @@ def test_a_lost_connection_is_reestablished_and_nothing_is_lost(task):
     assert again.payload == b"first" and agg.receive(30).payload == b"second"
     assert agg.receive(0.5) is None
     assert task["alice"].whoami()["user"] == "alice"
+
+
+@pytest.mark.broker
+def test_a_final_model_whose_metadata_outgrows_an_amqp_frame_is_stored_and_fetched(task):
+    """A long task's round history (every round, every participant's figures) is more than the
+    128 KiB that one AMQP frame, and so a message's headers, can carry: it travels at the start of the
+    body. Before, the broker closed the connection on every try and the aggregator retried for ever."""
+    from werkbund.platform.errors import InvalidInput
+
+    history = [{"round": r, "participants": {f"site{p:03d}": {"confusion": [[r * p] * 10] * 10, "accuracy": 0.5}
+                                             for p in range(10)}} for r in range(40)]
+    model = os.urandom(1000)
+    task["alice"].aggregator("big").finish(model, {"history": history})
+    data, meta = task["bob"].get_model("big")
+    assert data == model and meta["meta"]["history"] == history
+    assert len(str(history)) > 128 * 1024
+    with pytest.raises(InvalidInput, match="exceed what one AMQP frame"):  # at once, not retried
+        task["bob"].transport._rpc(task["bob"].transport._session(), task["bob"].transport.account, "whoami",
+                                   b"{}", {"note": "x" * (200 * 1024)})

@@ -11,6 +11,7 @@ from werkbund.platform import amqp_names as names
 from werkbund.platform.errors import AuthenticationFailed, PermissionDenied, Unavailable
 
 PASSWORD = "a-long-password-1"
+pytestmark = pytest.mark.broker
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +44,13 @@ def test_messages_flow_along_the_permitted_routes(task):
                                      "publish through the default exchange"])
 def test_the_broker_refuses_a_participant(task, attempt):
     url, users = task
-    session, vhost = users["bob"].transport.session, url.rsplit("/", 1)[1]
-    ex, as_bob = names.task_exchange("t1"), pika.BasicProperties(user_id=names.broker_user("bob", vhost))
+    session, carol = users["bob"].transport.session, users["carol"].transport.broker_account
+    ex, as_bob = names.task_exchange("t1"), pika.BasicProperties(user_id=users["bob"].transport.broker_account)
     actions = {
         "consume aggregator queue": lambda: session.inbox(names.aggregator_queue("t1")),
         "consume another participant's queue": lambda: session.inbox(names.participant_queue("t1", "carol")),
         "publish as someone else": lambda: session.publish(ex, names.TO_AGGREGATOR, b"x",
-                                                           pika.BasicProperties(user_id=names.broker_user("carol", vhost))),
+                                                           pika.BasicProperties(user_id=carol)),
         "publish to all": lambda: session.publish(ex, names.TO_ALL, b"x", as_bob),
         "publish to another participant": lambda: session.publish(ex, names.to_user("carol"), b"x", as_bob),
         "publish through the default exchange": lambda: session.publish("", names.aggregator_queue("t1"), b"x", as_bob),
@@ -80,7 +81,7 @@ def test_registration_account_may_only_register(task):
             transport._rpc(session, names.REGISTRATION_NAME, "list_tasks", b"{}")
         with pytest.raises(PermissionDenied):
             session.inbox(names.aggregator_queue("t1"))
-        # a platform user called 'guest' is broker account guest@<vhost>: the broker's guest is untouched
+        # a platform user called 'guest' gets broker accounts guest~<session>@<vhost>: the broker's guest is untouched
         transport._rpc(session, names.REGISTRATION_NAME, "register",
                        json.dumps({"user": "guest", "password": PASSWORD, "org": "x"}).encode())
         pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F")).close()

@@ -26,7 +26,7 @@ from werkbund.platform.errors import InvalidInput, Unavailable
 from werkbund.platform.mailboxes import DiskMailboxes, Mailboxes
 
 ROUNDS = 12
-USERS = (("alice", "acme"), ("bob", "beta"), ("carol", "gamma"))
+USERS = (("alice", "acme"), ("bob", "beta"), ("carol", "gamma"), ("mallory", "mu"))
 
 
 # ------------------------------------------------------------------ the durable mailboxes alone
@@ -105,10 +105,16 @@ def wait_for(condition, timeout: float, what: str, procs=()):
 
 
 class Federation:
-    """A local platform on a fixed port over one SQLite file, an aggregator and two participants."""
+    """A local platform on a fixed port over one SQLite file, an aggregator and two participants (or
+    ``participants``, carol among them; ``definition`` changes the task's)."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, participants=("bob", "carol"), definition: dict | None = None):
         self.tmp = tmp
+        self.participants = tuple(participants)
+        self.definition = {"algorithm": "logistic_regression", "quorum": len(self.participants), "rounds": ROUNDS,
+                           "epochs": 1, "batch_size": 64, "learning_rate": 0.05, "round_timeout": 600,
+                           **(definition or {})}
+        self.n_rounds = self.definition["rounds"]
         self.port = free_port()
         self.db = f"sqlite:///{tmp / 'platform.sqlite'}"
         self.cli = Cli(f"http://127.0.0.1:{self.port}", tmp)
@@ -160,18 +166,18 @@ class Federation:
     def setup_task(self):
         self.start_platform()
         for user, org in USERS:
-            assert self.cli.run(user, "register", "--org", org).returncode == 0
-        (self.tmp / "task.json").write_text(json.dumps({
-            "algorithm": "logistic_regression", "quorum": 2, "rounds": ROUNDS, "epochs": 1, "batch_size": 64,
-            "learning_rate": 0.05, "round_timeout": 600}))
+            if user == "alice" or user in self.participants:
+                assert self.cli.run(user, "register", "--org", org).returncode == 0
+        (self.tmp / "task.json").write_text(json.dumps(self.definition))
         created = self.cli.run("alice", "create", "--task", "t", "--definition", str(self.tmp / "task.json"))
         assert created.returncode == 0, created.stderr
-        for i, user in enumerate(("bob", "carol")):
-            joined = self.cli.run(user, "join", "--task", "t", "--data", "builtin:digits", "--shard", f"{i + 1}/2")
+        for i, user in enumerate(self.participants):
+            joined = self.cli.run(user, "join", "--task", "t", "--data", "builtin:digits",
+                                  "--shard", f"{i + 1}/{len(self.participants)}")
             assert joined.returncode == 0, joined.stderr
         self.aggregate()
-        self.participate("bob")
-        self.participate("carol")
+        for user in self.participants:
+            self.participate(user)
 
     # -- what the platform says (asked only while it runs)
     def api(self):
@@ -193,35 +199,45 @@ class Federation:
         return started, {e["author"] for e in entries
                          if e["type"] == "update_submitted" and e["payload"]["round"] == started}
 
-    def hold_a_round_open(self) -> int:
-        """Round 1 recorded, then carol frozen (SIGSTOP) in a round R where bob published his update and she
-        did not: the aggregator waits for her update of R, and the task cannot end before she is let go.
-        Returns R.
+    def hold_a_round_open(self, published_ok: bool = False) -> int:
+        """Round 1 recorded, then carol frozen (SIGSTOP) in a round R where bob (every other participant)
+        published his update and she did not: the aggregator waits for her update of R, and the task
+        cannot end before she is let go. Returns R.
 
         Carol stays frozen from the start: if she published her update of the round under way before the
         SIGSTOP, it was sent too (she publishes, then sends), so that round ends without her and the next
         is one she cannot publish for. Only if the SIGSTOP fell between her publishing and her sending does
-        the round never end; then she is let go until the next round starts, and frozen again."""
+        the round never end; then she is let go until the next round starts, and frozen again.
+
+        ``published_ok``: a round that cannot end while she is frozen after publishing counts as held too
+        (under POM 2 and 3 the round needs her after her update: her signed view and shares, or her
+        decryption), so R may be a round whose update she published."""
         procs = list(self.procs.values())
         wait_for(lambda: len(self.rounds()) >= 1, 300, "round 1's record", procs)
         carol = self.procs["carol"].pid
         os.kill(carol, signal.SIGSTOP)
+        others = set(self.participants) - {"carol"}
         while True:
-            number, published = wait_for(lambda: (lambda r: r if "bob" in r[1] else None)(self.round_under_way()),
-                                         120, "bob's update of the round under way", procs)
+            number, published = wait_for(lambda: (lambda r: r if others <= r[1] else None)(self.round_under_way()),
+                                         120, "the others' updates of the round under way", procs)
             if "carol" not in published:
-                assert number < ROUNDS - 1 or len(self.rounds()) < ROUNDS, "the task ended before carol was frozen"
+                assert number < self.n_rounds - 1 or len(self.rounds()) < self.n_rounds, \
+                    "the task ended before carol was frozen"
                 return number
             try:  # her update of `number` is on its way: the next round starts without her
                 wait_for(lambda: self.round_under_way()[0] > number, 30, "the next round", procs)
             except AssertionError as exc:
                 if "did not happen" not in str(exc):
                     raise
+                if published_ok:
+                    return number
                 os.kill(carol, signal.SIGCONT)  # frozen between publishing and sending: let the update go
                 wait_for(lambda: self.round_under_way()[0] > number, 120, "the next round", procs)
                 os.kill(carol, signal.SIGSTOP)
 
-    def finish(self, timeout: float = 600):
+    def finish(self, timeout: float = 600, every_round_whole: bool = True):
+        """Every process ends 0 and the task COMPLETE; with ``every_round_whole`` every round also lists
+        every participant as reported once. Returns ``werkbund info --json``."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGCONT)
@@ -235,9 +251,9 @@ class Federation:
         assert set(codes.values()) == {0}, {n: self.log(n)[-3000:] for n in codes}
         info = json.loads(self.cli.run("bob", "info", "--task", "t", "--json").stdout)
         assert info["status"] == "COMPLETE"
-        assert [r["round"] for r in info["rounds"]] == list(range(ROUNDS))
-        for record in info["rounds"]:  # every round both updates, each counted once; none rejected or missing
-            assert sorted(record["reported"]) == ["bob", "carol"], record
+        assert [r["round"] for r in info["rounds"]] == list(range(self.n_rounds))
+        for record in info["rounds"] if every_round_whole else ():  # every update once; none rejected or missing
+            assert sorted(record["reported"]) == sorted(self.participants), record
             assert not record["rejected"] and not record["missing"], record
         assert "task t COMPLETE" in self.log("aggregate")
         return info
@@ -290,12 +306,10 @@ def federation(tmp_path):
     fed.close()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("when", ["before", "during", "after"])
-def test_a_platform_killed_around_a_rounds_updates_and_restarted_loses_none_and_no_client_exits(federation, when):
-    """before: round R+1 just started, bob frozen before his update; during: bob's update of R in, carol's
-    not; after: both updates of R sent to a frozen aggregator (they wait in its inbox on disk)."""
-    federation.setup_task()
+def hold_at(federation, when: str) -> int:
+    """Stop the task at a known point of round R's updates (R: see ``hold_a_round_open``) and return R.
+    before: round R+1 just started, bob frozen before his update; during: bob's update of R in, carol's
+    not (carol frozen); after: both updates of R sent to a frozen aggregator (they wait in its inbox)."""
     number = federation.hold_a_round_open()
     procs = list(federation.procs.values())
     if when == "before":
@@ -306,6 +320,19 @@ def test_a_platform_killed_around_a_rounds_updates_and_restarted_loses_none_and_
         os.kill(federation.procs["aggregate"].pid, signal.SIGSTOP)
         os.kill(federation.procs["carol"].pid, signal.SIGCONT)
         wait_for(lambda: "carol" in federation.round_under_way()[1], 120, "carol's update", procs)
+    return number
+
+
+# the participant killed at each point: the one whose update is still to come (before: bob, during:
+# carol), or one whose update already waits in the aggregator's inbox (after: bob)
+KILLED_PARTICIPANT = {"before": "bob", "during": "carol", "after": "bob"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["before", "during", "after"])
+def test_a_platform_killed_around_a_rounds_updates_and_restarted_loses_none_and_no_client_exits(federation, when):
+    federation.setup_task()
+    hold_at(federation, when)
     federation.kill(federation.platform)
     assert all(proc.poll() is None for proc in federation.procs.values())  # every client waits for it
     federation.start_platform()  # the same database and port
@@ -316,14 +343,16 @@ def test_a_platform_killed_around_a_rounds_updates_and_restarted_loses_none_and_
 
 
 @pytest.mark.slow
-def test_a_participant_killed_mid_round_and_run_again_is_resynced(federation):
+@pytest.mark.parametrize("when", ["before", "during", "after"])
+def test_a_participant_killed_around_a_rounds_updates_and_run_again_is_resynced(federation, when):
     federation.setup_task()
-    federation.hold_a_round_open()
-    federation.kill(federation.procs["carol"])  # frozen wherever it was: before, during or after its update
-    federation.participate("carol")
+    hold_at(federation, when)
+    name = KILLED_PARTICIPANT[when]
+    federation.kill(federation.procs[name])
+    federation.participate(name)
     federation.finish()
-    assert "this participant ran before" in federation.log("carol")
-    assert "carol was restarted" in federation.log("aggregate")
+    assert "this participant ran before" in federation.log(name)
+    assert f"{name} was restarted" in federation.log("aggregate")
 
 
 @pytest.mark.slow
@@ -346,9 +375,11 @@ def test_everything_killed_then_platform_aggregator_resume_and_participants_rest
 
 
 @pytest.mark.slow
-def test_an_aggregator_killed_mid_round_resumes_with_the_participants_that_kept_running(federation):
+@pytest.mark.parametrize("when", ["before", "during", "after"])
+def test_an_aggregator_killed_around_a_rounds_updates_resumes_with_the_participants_that_kept_running(
+        federation, when):
     federation.setup_task()
-    federation.hold_a_round_open()
+    hold_at(federation, when)
     federation.kill(federation.procs["aggregate"])
     federation.aggregate("--resume")
     federation.finish()
@@ -356,14 +387,16 @@ def test_an_aggregator_killed_mid_round_resumes_with_the_participants_that_kept_
 
 
 @pytest.mark.slow
-def test_a_cloud_platform_service_killed_mid_round_and_restarted_loses_no_update(tmp_path):
-    """`werkbund platform serve` killed (SIGKILL) while a round waits; the broker keeps the queues, the
-    service is started again on its database, the task ends COMPLETE with every update once."""
+@pytest.mark.broker
+@pytest.mark.parametrize("when", ["before", "during", "after"])
+def test_a_cloud_platform_service_killed_around_a_rounds_updates_and_restarted_loses_no_update(tmp_path, when):
+    """`werkbund platform serve` killed (SIGKILL) at each point of a round; the broker keeps the queues,
+    the service is started again on its database, the task ends COMPLETE with every update once."""
     (tmp_path / "platform-home").mkdir()
     fed = CloudFederation(tmp_path)
     try:
         fed.setup_task()
-        fed.hold_a_round_open()
+        hold_at(fed, when)
         fed.kill(fed.platform)
         assert all(proc.poll() is None for proc in fed.procs.values())
         fed.start_platform()

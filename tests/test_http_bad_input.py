@@ -144,12 +144,15 @@ def test_the_amqp_front_refuses_the_same_requests(server, api):
     (No broker is needed for a refused request: it never reaches the topology or the broker's users.)"""
     from types import SimpleNamespace
 
+    from werkbund.platform import amqp_names as names
     from werkbund.platform.amqp_front import AmqpFront
 
     front = AmqpFront(server.service, SimpleNamespace(vhost="werkbund"))
+    # bob's broker account for the session he logged in with (a password is never a broker credential)
+    account = names.session_account("bob", names.session_id(api.tokens["bob"]), "werkbund")
 
     def handle(command, body, headers=None):
-        reply_headers, reply = front.handle("bob@werkbund", command, body, headers or {}, topology=None)
+        reply_headers, reply = front.handle(account, command, body, headers or {}, topology=None)
         assert reply_headers["status"] == "error", reply
         return json.loads(reply)["error"]
 

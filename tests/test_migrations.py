@@ -35,6 +35,12 @@ def one_line_error(result, *words):
     return lines[0]
 
 
+def model_files(folder) -> list:
+    from pathlib import Path
+
+    return sorted(p.name for p in Path(folder).iterdir())
+
+
 def indexes(url: str) -> set:
     engine = create_engine(url)
     try:
@@ -59,7 +65,7 @@ def models_match_migrations(url: str) -> list:
 
 
 def test_the_revisions_make_the_schema_the_models_describe(tmp_path):
-    assert schema.revisions() == [schema.BASELINE, "0002"]
+    assert schema.revisions()[:4] == [schema.BASELINE, "0002", "0003", "0004"]  # later revisions follow
     assert models_match_migrations(f"sqlite:///{tmp_path / 'fresh.db'}") == []
     db = Database(f"sqlite:///{tmp_path / 'new.db'}")  # a new database is made at the head and stamped
     assert db.schema_action == "created"
@@ -80,17 +86,17 @@ def test_an_old_sqlite_database_is_refused_then_upgraded_at_start_with_everythin
     with pytest.raises(InvalidState, match="werkbund platform upgrade"):
         Database(url)
     refused = one_line_error(werkbund(tmp_path, "local-platform", "--db", url, "--port", "0"),
-                             "schema revision 0001", "needs 0002", f"werkbund platform upgrade --db {url}")
+                             "schema revision 0001", f"needs {schema.head()}", f"werkbund platform upgrade --db {url}")
     assert "--upgrade" in refused
     check = werkbund(tmp_path, "platform", "upgrade", "--db", url, "--check")
-    assert check.returncode == 1 and "schema revision 0001; this werkbund's is 0002" in check.stdout
+    assert check.returncode == 1 and f"schema revision 0001; this werkbund's is {schema.head()}" in check.stdout
 
     proc = subprocess.Popen([WERKBUND, "local-platform", "--db", url, "--port", "0", "--upgrade"],
                             env=quiet_env(WERKBUND_HOME=str(tmp_path / "home")), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         said = proc.stdout.readline()
-        assert said.startswith(f"upgraded the database {url} from schema revision 0001 to 0002"), \
+        assert said.startswith(f"upgraded the database {url} from schema revision 0001 to {schema.head()}"), \
             said + proc.stderr.read() if proc.poll() is not None else said
         listening = proc.stdout.readline()
         assert "listening on" in listening
@@ -98,14 +104,17 @@ def test_an_old_sqlite_database_is_refused_then_upgraded_at_start_with_everythin
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-    assert NEW_INDEXES <= indexes(url)
+    assert NEW_INDEXES <= indexes(url) and "request_replies" in inspect(create_engine(url)).get_table_names()
     with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(schema.head(),)]
         # the upgrade removed the fixture's long-expired sessions; the logins above added one each
         assert conn.execute("SELECT COUNT(*) FROM session_tokens WHERE expires_at < datetime('now')").fetchone() == (0,)
+        # revision 0004: the platform moved the model's bytes out of the database into a file named by its sha256
+        assert conn.execute("SELECT sha256, data IS NULL FROM stored_models").fetchall() == [(found["model_sha256"], 1)]
+    assert model_files(url.removeprefix("sqlite:///") + ".models") == [found["model_sha256"]]
     assert found["platform_key"] == "CkNOII58bG7V8iYaYjVTuB5PEMSWclNBG3YuSrxUdYY="  # the fixture's key signed
     assert werkbund(tmp_path, "platform", "upgrade", "--db", url).stdout.strip().endswith(
-        "is at schema revision 0002 already; nothing to do")
+        f"is at schema revision {schema.head()} already; nothing to do")
 
 
 @pytest.mark.slow
@@ -114,15 +123,17 @@ def test_an_old_postgresql_database_is_upgraded_by_werkbund_platform_upgrade(tmp
     with postgres_database() as url:
         key = old_postgres_platform(url, tmp_path)
         monkeypatch.setenv("WERKBUND_LEDGER_KEY", str(key))
-        with pytest.raises(InvalidState, match="schema revision 0001, this werkbund needs 0002"):
+        monkeypatch.setenv("WERKBUND_MODEL_DIR", str(tmp_path / "models"))
+        with pytest.raises(InvalidState, match=f"schema revision 0001, this werkbund needs {schema.head()}"):
             Database(url)
         done = werkbund(tmp_path, "platform", "upgrade", "--db", url)
         assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == f"upgraded the database {url} from schema revision 0001 to 0002"
+        assert done.stdout.strip() == f"upgraded the database {url} from schema revision 0001 to {schema.head()}"
         assert NEW_INDEXES <= indexes(url)
         platform = InProcPlatform(url)
         try:
-            check_platform("inproc", inproc=platform)
+            found = check_platform("inproc", inproc=platform)
+            assert model_files(tmp_path / "models") == [found["model_sha256"]]  # moved out of the database
             # new rows get new ids after the copied ones (a login adds a session token)
             assert platform.service.login("bob", PASSWORDS["bob"])["token"]
         finally:

@@ -212,6 +212,7 @@ class RoundAggregator:
             self.early_stopping.load(state.get("early_stopping") or {})
         try:
             self.restore_state(weights, strategy_state, state.get("algorithm") or {})
+            self.aggregation.restore_checkpoint(state.get("aggregation") or {})
         except (ValueError, KeyError) as exc:
             raise CheckpointError(f"the checkpoint {self.checkpoint.state_path} does not fit this task: "
                                   f"{exc}") from None
@@ -235,7 +236,8 @@ class RoundAggregator:
             "pending": self._pending,
             "setup": None if self._setup is None else {"payload": base64.b64encode(self._setup[0]).decode("ascii"),
                                                         "header": self._setup[1]},
-            "stop_reason": self.stop_reason, "early_stopping": early, "algorithm": meta})
+            "stop_reason": self.stop_reason, "early_stopping": early, "algorithm": meta,
+            "aggregation": self.aggregation.checkpoint_state()})
 
     def exchange(self, kind: str, payload: bytes = b"", expect: str = "", number: int = -1,
                  handler=None, among: list[str] | None = None, minimum: int | None = None,

@@ -23,7 +23,12 @@ A participant run again after it was stopped or killed (its ``state_dir`` holds 
 earlier run) asks the aggregator for a ``resync`` and drops what its inbox held until the
 answer (``resynced``), then takes the set-up and the request under way sent with it. A set-up
 identical to the one it has is ignored (a resumed aggregator sends it to all); a round it already
-answered is answered again with the same update bytes (a resumed aggregator may ask twice).
+answered is answered again with the same update bytes (a resumed aggregator may ask twice), also
+after a restart: the last update is kept in ``state_dir`` (``last-update.json`` and ``.bin``, 0600,
+written before its metadata goes on the ledger), so a restarted participant never trains a round
+again for which it sent an update. Only where the privacy mode says the bytes no longer fit the round
+(POM 2 after the aggregator ran the round again under new keys) is the same update encoded again
+(``UpdateEncoding.encode_again``).
 """
 from __future__ import annotations
 
@@ -36,11 +41,13 @@ from pathlib import Path
 from werkbund.algorithms.arrays import check_weights, decode_weights
 from werkbund.algorithms.engine.aggregation_stack import build_encoding
 from werkbund.algorithms.engine.progress import Progress
+from werkbund.algorithms.engine.state_files import StateFileError, read_json, write_json, write_private
 
 log = logging.getLogger("werkbund.participant")
 
 IDLE_CHECK_SECONDS = 30.0
 RUN_MARK = "participant-ran"  # in state_dir: this participant ran in the task before (a restart resyncs)
+LAST_UPDATE = "last-update"    # in state_dir: .json (round, header, sha256) and .bin (the bytes) of the last update
 
 
 class TaskEnded(RuntimeError):
@@ -66,6 +73,7 @@ class RoundParticipant:
         self._awaiting_resync = False
         self._setup_key: str | None = None         # digest of the set-up this participant is configured with
         self._last_update: tuple | None = None     # (round, payload, header) of the last update sent
+        self.restarted = False  # this run follows an earlier one of the same participant (its state_dir says so)
         self.encoding = build_encoding(self)  # how the update goes on the wire: plain, masked or encrypted
 
     @property
@@ -110,6 +118,8 @@ class RoundParticipant:
             self._ran = True
             self.progress.message(f"task {self.channel.task}: waiting for the aggregator")
             if self._restarted():
+                self.restarted = True
+                self._last_update = self._stored_update()
                 self.progress.message(f"task {self.channel.task}: this participant ran before; asking the "
                                       "aggregator for the set-up and the current model")
                 self._awaiting_resync = True
@@ -137,7 +147,7 @@ class RoundParticipant:
                 if message.kind == "setup" and self._same_setup(message):
                     log.info("ignoring a set-up identical to the one this participant has")
                 elif message.kind == "round" and self._last_update is not None and self._last_update[0] == number:
-                    self.channel.send("update", self._last_update[1], round=number, **self._last_update[2])
+                    self._send_again(message, number)
                 elif message.kind == "stats":
                     self.channel.send("stats", b"", round=number, **self.moments())
                 elif message.kind == "dp_plan":  # DP-SGD: the training-set size the noise is calibrated for
@@ -149,8 +159,8 @@ class RoundParticipant:
                     evaluation = self._released(number, self.evaluate_global(message))
                     update, header = self.train(message)
                     payload, header = self.encoding.encode(message, update, header)  # the bytes on the wire
+                    self._keep_update(number, payload, {"eval": evaluation, **header})
                     self._publish_metadata(number, payload, header, evaluation)
-                    self._last_update = (number, payload, {"eval": evaluation, **header})
                     self.channel.send("update", payload, round=number, eval=evaluation, **header)
                     self._audit_ledger()
                 elif message.kind == "final":
@@ -185,6 +195,58 @@ class RoundParticipant:
         except OSError as exc:
             log.warning("cannot keep the run mark in %s: %s", self.state_dir, exc)
         return False
+
+    def _send_again(self, message, number: int) -> None:
+        """Answer a round asked again with the update already made for it: the same bytes, or, where the
+        privacy mode says they no longer fit the round, the same update encoded anew (and published)."""
+        _, payload, header = self._last_update
+        fresh = self.encoding.encode_again(message, payload, header)
+        if fresh is not None:
+            payload, header = fresh
+            self._keep_update(number, payload, header)
+        if fresh is not None or not self._on_ledger(number, payload):  # (kept, then killed before publishing)
+            self._publish_metadata(number, payload, header, header.get("eval") or {})
+        self.channel.send("update", payload, round=number, **header)
+        if fresh is not None:
+            self._audit_ledger()
+
+    def _on_ledger(self, number: int, payload: bytes) -> bool:
+        if not getattr(self.channel, "ledger_enabled", False):
+            return True
+        entry = self.channel.published_update(self.channel.name, number) or {}
+        return entry.get("sha256") == hashlib.sha256(payload).hexdigest()
+
+    def _keep_update(self, number: int, payload: bytes, header: dict) -> None:
+        """Remember the update (in state_dir too, before anything of it leaves this machine)."""
+        self._last_update = (number, bytes(payload), dict(header))
+        if self.state_dir is None or getattr(self.channel, "restartable", True) is False:
+            return
+        folder = Path(self.state_dir)
+        try:
+            text = {"format": 1, "task": self.channel.task, "round": number, "header": header,
+                    "sha256": hashlib.sha256(payload).hexdigest()}
+            json.dumps(text)
+        except (TypeError, ValueError) as exc:
+            log.warning("round %s: the update's header cannot be kept in %s: %s", number, folder, exc)
+            return
+        write_private(folder / f"{LAST_UPDATE}.bin", bytes(payload))
+        write_json(folder / f"{LAST_UPDATE}.json", text)
+
+    def _stored_update(self) -> tuple | None:
+        """The last update an earlier run of this participant made, if its bytes are whole."""
+        folder = Path(self.state_dir)
+        try:
+            kept = read_json(folder / f"{LAST_UPDATE}.json")
+            payload = (folder / f"{LAST_UPDATE}.bin").read_bytes() if kept else None
+        except (StateFileError, OSError) as exc:
+            log.warning("the last update kept in %s cannot be read: %s", folder, exc)
+            return None
+        if (not kept or kept.get("task") != self.channel.task or not isinstance(kept.get("round"), int)
+                or hashlib.sha256(payload).hexdigest() != kept.get("sha256")):
+            return None  # the bytes were not written whole: they never left this machine
+        self.progress.message(f"task {self.channel.task}: kept the update of round {kept['round'] + 1} "
+                              "from before the restart; it is sent again if that round is asked again")
+        return kept["round"], payload, dict(kept.get("header") or {})
 
     def _same_setup(self, message) -> bool:
         return self._setup_key is not None and self._setup_key == _setup_digest(message)

@@ -77,6 +77,13 @@ class UpdateAggregation:
         """Entries for the round's record (e.g. ``pom``, ``dp``)."""
         return {}
 
+    def checkpoint_state(self) -> dict:
+        """JSON-able state the aggregator's checkpoint keeps for a resume (POM 3: its context without keys)."""
+        return {}
+
+    def restore_checkpoint(self, state: dict) -> None:
+        """Take back what ``checkpoint_state`` gave, on a resume (before ``setup``)."""
+
     def layer(self, privacy_mode: int | None = None):
         """The first layer from here inwards that belongs to a privacy mode (any, or that one), or None."""
         layer = self
@@ -110,6 +117,12 @@ class AggregationWrapper(UpdateAggregation):
 
     def round_record(self, number):
         return self.inner.round_record(number)
+
+    def checkpoint_state(self):
+        return self.inner.checkpoint_state()
+
+    def restore_checkpoint(self, state):
+        self.inner.restore_checkpoint(state)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(inner={self.inner!r})"
@@ -162,6 +175,12 @@ class UpdateEncoding:
     def encode(self, message, update, header: dict) -> tuple[bytes, dict]:
         """What ``train`` returned for the round ``message`` -> (the payload to send, its header)."""
         raise NotImplementedError
+
+    def encode_again(self, message, payload: bytes, header: dict) -> tuple[bytes, dict] | None:
+        """The round ``message`` is asked again and this participant already sent ``payload`` (with
+        ``header``) for it: None to send the same bytes again (the default), or the same update encoded
+        anew when the bytes no longer fit the round (POM 2 under keys made again)."""
+        return None
 
 
 class PlainEncoding(UpdateEncoding):

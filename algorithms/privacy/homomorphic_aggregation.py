@@ -34,23 +34,31 @@ What this covers and what it does not: algorithms/privacy/README.md.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
+from pathlib import Path
 
 import numpy as np
 
 from werkbund.algorithms.engine.errors import TaskFailure
+from werkbund.algorithms.engine.state_files import read_json, write_json, write_private
 from werkbund.algorithms.privacy import he_ckks as he
 from werkbund.algorithms.privacy.pom_wire import (
     PomError, from_header, own_identity, pack_blobs, registered_identity_keys, to_header, unpack_blobs,
     vector_bytes, vector_from,
 )
 from werkbund.algorithms.privacy.private_sum import PrivateSumAggregation, PrivateSumParticipant, rejecting
-from werkbund.algorithms.privacy.secagg_crypto import new_x25519, x25519_public_bytes
+from werkbund.algorithms.privacy.secagg_crypto import (
+    aead_decrypt, aead_encrypt, hkdf, new_x25519, x25519_public_bytes,
+)
 
 AGREEMENT = 1e-6   # relative tolerance between two participants' decryptions of the same sum (plus the flooding)
 DECRYPTORS = 2     # contributors asked to decrypt each round's sum (they check each other)
 COMMIT = "sum_committed"  # the ledger entry that fixes a round's sum before anyone decrypts it
+STATE_FILE = "pom3-state.json"  # in the participant's state_dir: roster, holder, what it encrypted and decrypted
+KEY_FILE = "pom3-key.bin"       # in the participant's state_dir: the task's CKKS key, encrypted (``_at_rest``)
+AT_REST = b"werkbund-pom3-key-at-rest"
 
 
 def decryptions_bound(definition: dict, roster) -> int:
@@ -64,7 +72,28 @@ class HomomorphicAggregation(PrivateSumAggregation):
     privacy_mode = 3
     context = None
 
+    def checkpoint_state(self) -> dict:
+        """The context without keys and the roster it was made for: a resumed aggregator keeps the task's key
+        (the participants keep theirs), so updates encrypted before the crash still add up with the rest."""
+        state = self.inner.checkpoint_state()
+        if self.context is not None:
+            state["pom3"] = {"context": base64.b64encode(he.public_context_bytes(self.context)).decode("ascii"),
+                             "roster": list(self._roster)}
+        return state
+
+    def restore_checkpoint(self, state: dict) -> None:
+        self.inner.restore_checkpoint(state)
+        kept = state.get("pom3")
+        if isinstance(kept, dict):
+            self.context = he.load_context(base64.b64decode(kept["context"]), secret=False)
+            self._roster = [str(p) for p in kept["roster"]]
+
     def setup(self) -> None:
+        if self.context is not None:  # resumed: the task's key stays the one the participants hold
+            super().setup()
+            self.agg.progress.message(f"POM 3: kept the task's CKKS context (no keys) from the checkpoint; the "
+                                      f"participants keep the key {min(self._roster)} made")
+            return
         super().setup()
         roster = sorted(self.agg.active)
         if len(roster) < 2:
@@ -188,8 +217,55 @@ class HomomorphicParticipant(PrivateSumParticipant):
         self._decrypted: set[int] = set()
         self._commits: dict[int, dict] = {}           # round -> the first sum_committed entry's payload
         self._ledger_read = 0
+        self._restored = False
+
+    # -- what survives a restart: state_dir/STATE_FILE and KEY_FILE (0600, replaced atomically)
+    def _folder(self) -> Path | None:
+        folder = getattr(self.part, "state_dir", None)
+        if folder is None or getattr(self.channel, "restartable", True) is False:
+            return None
+        return Path(folder)
+
+    def _at_rest(self) -> tuple[bytes, bytes]:
+        """The AES-256-GCM key (and associated data) the CKKS key is kept under on disk: derived from this
+        user's identity key (an Ed25519 signature is deterministic), so the file alone opens nothing."""
+        label = AT_REST + b"\0" + self.channel.task.encode() + b"\0" + self.channel.name.encode()
+        return hkdf(own_identity(self.channel).sign(label), AT_REST), label
+
+    def _save(self, key: bool = False) -> None:
+        folder = self._folder()
+        if folder is None:
+            return
+        if key:
+            secret, aad = self._at_rest()
+            write_private(folder / KEY_FILE, aead_encrypt(secret, he.secret_context_bytes(self.context), aad))
+        write_json(folder / STATE_FILE, {
+            "format": 1, "task": self.channel.task, "roster": self.roster, "holder": self.holder,
+            "length": self._length, "sent": {str(r): list(v) for r, v in self._sent.items()},
+            "decrypted": sorted(self._decrypted)})
+
+    def _restore(self) -> None:
+        """Once, before the first message: what an earlier run of this participant kept (a restart)."""
+        if self._restored:
+            return
+        self._restored = True
+        folder = self._folder()
+        kept = read_json(folder / STATE_FILE) if folder is not None else None
+        if not kept or kept.get("task") != self.channel.task:
+            return
+        self.roster, self.holder = list(kept["roster"]), kept["holder"]
+        self._length = kept.get("length")
+        self._sent = {int(r): (str(v[0]), int(v[1])) for r, v in (kept.get("sent") or {}).items()}
+        self._decrypted = {int(r) for r in kept.get("decrypted") or []}
+        if (folder / KEY_FILE).exists():
+            secret, aad = self._at_rest()
+            self.context = he.load_context(aead_decrypt(secret, (folder / KEY_FILE).read_bytes(), aad), secret=True)
+        self.part.progress.message(
+            f"task {self.channel.task}: kept the task's CKKS key from before the restart, with the record of the "
+            f"rounds it encrypted an update for ({sorted(self._sent)}) and decrypted ({sorted(self._decrypted)})")
 
     def handle(self, message) -> None:
+        self._restore()
         task, me = self.channel.task, self.channel.name
         if message.kind == "pom3_setup":
             self.roster, self.holder = list(message.get("roster") or []), message.get("holder")
@@ -206,6 +282,7 @@ class HomomorphicParticipant(PrivateSumParticipant):
                 raise PomError("a CKKS key arrived before the key announcements")
             secret = he.unwrap_secret(message.payload, self._x_sk, self._holder["x_pk"], task, self.holder, me)
             self.context = he.load_context(secret, secret=True)
+            self._save(key=True)
         elif message.kind == "pom3_confirm":
             if self.context is None:
                 raise PomError(f"no CKKS key arrived from the key holder {self.holder!r}")
@@ -228,6 +305,7 @@ class HomomorphicParticipant(PrivateSumParticipant):
             self.channel.send("pom3_context", round=-1)
             return
         self.context = he.new_secret_context()
+        self._save(key=True)  # kept before anyone else gets it
         secret = he.secret_context_bytes(self.context)
         others = sorted(p for p in anns if p != me)
         blobs = [he.public_context_bytes(self.context)]
@@ -235,6 +313,7 @@ class HomomorphicParticipant(PrivateSumParticipant):
         self.channel.send("pom3_context", pack_blobs(blobs), round=-1, recipients=others)
 
     def encode(self, message, update, header) -> tuple[bytes, dict]:
+        self._restore()
         if self.context is None:
             raise PomError("this participant holds no CKKS key for the task")
         number = message.get("round")
@@ -243,11 +322,17 @@ class HomomorphicParticipant(PrivateSumParticipant):
         if self._decrypted and number <= max(self._decrypted):
             raise PomError(f"round {number}: this participant already decrypted the sum of round "
                            f"{max(self._decrypted)}; it sends no update for that round or an earlier one")
+        if number in self._sent:  # (only after a restart: else the engine sends the same bytes again)
+            raise PomError(f"round {number}: this participant encrypted an update for that round before it was "
+                           "restarted; it encrypts no other update for the round")
         started = time.perf_counter()
         change, n = self._change(message, update, header)
         self._length = int(change.size)
         body = pack_blobs(he.encrypt(self.context, change * float(n), n_summands=len(self.roster)))
         self._sent[number] = (hashlib.sha256(body).hexdigest(), n)
+        for old in sorted(self._sent)[:-8]:  # a decryption is asked for the round under way: a few suffice
+            self._sent.pop(old)
+        self._save()  # before the bytes leave (the engine keeps, publishes and sends them after this)
         self.stats = {"protect_s": time.perf_counter() - started, "bytes": len(body)}
         return body, header
 
@@ -277,7 +362,8 @@ class HomomorphicParticipant(PrivateSumParticipant):
             self.channel.send("pom3_plain", round=number)  # another contributor decrypts this round
             return
         contributors, total, blobs = self._check_request(message, number, me)
-        self._decrypted.add(number)  # one try per round, whatever happens next
+        self._decrypted.add(number)  # one try per round, whatever happens next, and a restart too
+        self._save()
         started = time.perf_counter()
         summed = he.decrypt_sum(self.context, [unpack_blobs(blob) for blob in blobs], self._length,
                                 decryptions_bound(self.part.definition, self.roster))

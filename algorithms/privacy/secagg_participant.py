@@ -70,6 +70,11 @@ class SecAggParticipant:
         self._held_b: dict[str, bytes] = {}        # shares this participant holds, by owner
         self._held_s: dict[str, bytes] = {}
 
+    @property
+    def commitment(self) -> bytes:
+        """The commitment to this round's self-mask seed that ``advertise_keys`` announces."""
+        return self._commitment
+
     def _advance(self, expected: int, name: str) -> None:
         if self._stage != expected:
             raise SecAggError(f"{self.id}: {name} called out of order or twice")

@@ -146,6 +146,10 @@ class SecAggServer:
                 for v in u2}
 
     # -- stage 3: masked input collection -----------------------------------------------------
+    def commitment(self, sender: str) -> bytes | None:
+        """The self-mask commitment ``sender`` announced for this round (None: it announced none)."""
+        return (self._keys.get(sender) or {}).get("b_commitment")
+
     def receive_masked_input(self, msg: dict) -> None:
         self._in_stage(3, "receive_masked_input")
         cfg = self.config

@@ -17,25 +17,36 @@ the inner layer gets: ``private_sum.py``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 
 from werkbund.algorithms.engine.errors import TaskFailure
+from werkbund.algorithms.engine.state_files import read_json, write_json
 from werkbund.algorithms.privacy.pom_wire import (
     PomError, from_header, own_identity, registered_identity_keys, to_header, vector_bytes, vector_from,
 )
 from werkbund.algorithms.privacy.private_sum import PrivateSumAggregation, PrivateSumParticipant, own_field, rejecting
 from werkbund.algorithms.privacy.secagg_config import SecAggConfig, min_threshold
-from werkbund.algorithms.privacy.secagg_errors import SecAggError, SecAggRosterError
+from werkbund.algorithms.privacy.secagg_errors import SecAggConsistencyError, SecAggError, SecAggRosterError
 from werkbund.algorithms.privacy.secagg_participant import SecAggParticipant
 from werkbund.algorithms.privacy.secagg_server import SecAggServer
 
 log = logging.getLogger("werkbund.pom")
 
 DELIVERIES_WITH_BROADCAST = 256 * 1024  # JSON bytes of all shares up to which they ride on the round broadcast
+SIGNED_FILE = "secagg-signed.json"  # in the participant's state_dir: the survivors it signed, by round
+POM2_FIELDS = ("weight", "clipped", "masked_with", "secagg_next_keys")  # what encoding adds to an update's header
+
+
+def masked_with(commitment: bytes) -> str:
+    """Names the keys an update was masked under (from the announced self-mask commitment), so that bytes
+    masked in an earlier attempt at a round are told apart from the round's own."""
+    return hashlib.sha256(bytes(commitment)).hexdigest()[:32]
 
 
 def task_threshold(options: dict, members: list[str]) -> int:
@@ -170,6 +181,10 @@ class SecureAggregation(PrivateSumAggregation):
     def _take(self, update) -> None:
         self._take_next(update, "secagg_next_keys", lambda nxt, value: nxt.receive_announcement(value))
         weight = self._n_samples(update)
+        commitment = self.server.commitment(update.sender)
+        if commitment is not None and update.get("masked_with") != masked_with(commitment):
+            raise PomError(f"{update.sender}'s update was masked under other keys than the ones it announced for "
+                           "this round (an earlier attempt at the round), so this round's shares cannot unmask it")
         clipped = update.get("clipped", 0)
         if isinstance(clipped, bool) or not isinstance(clipped, int) or not 0 <= clipped <= self._n:
             raise PomError(f"the update's count of clipped entries {clipped!r} is not an integer in [0, {self._n}]")
@@ -242,6 +257,43 @@ class SecureAggregationParticipant(PrivateSumParticipant):
         self.deliveries: dict[int, dict] = {}
         self._keys_s = 0.0
         self._members: list[str] | None = None  # who joined, from the ledger (read once: joining ends at the start)
+        self._change_kept: tuple | None = None  # (round, change, n): the update made for the round under way
+        self._masked_by: tuple | None = None    # (round, the SecAggParticipant that masked it)
+        self._signed: dict[str, list[str]] | None = None  # round -> the survivors signed (state_dir/SIGNED_FILE)
+
+    def _signed_views(self) -> dict[str, list[str]]:
+        """The survivors this participant signed in each round, kept in its state_dir across restarts."""
+        if self._signed is None:
+            path = self._signed_path()
+            kept = read_json(path) if path is not None else None
+            self._signed = dict((kept or {}).get("signed") or {})
+        return self._signed
+
+    def _signed_path(self) -> Path | None:
+        folder = getattr(self.part, "state_dir", None)
+        if folder is None or getattr(self.channel, "restartable", True) is False:
+            return None
+        return Path(folder) / SIGNED_FILE
+
+    def _sign_view(self, number: int, state: SecAggParticipant, request: dict) -> dict:
+        """The consistency signature, once per round and survivor set: a round run again (a resumed
+        aggregator) gets a signature only on the survivors signed before, so two sums of one round are
+        never over different participants (their difference would be someone's update)."""
+        survivors = sorted(request.get("survivors") or []) if isinstance(request, dict) else []
+        signed = self._signed_views()
+        before = signed.get(str(number))
+        if before is not None and before != survivors:
+            raise SecAggConsistencyError(f"round {number}: this participant already signed that round's view with "
+                                         f"survivors {before}; it signs no other survivors ({survivors}) for it")
+        signature = state.check_consistency(request)
+        if before is None:
+            signed[str(number)] = survivors
+            for old in sorted(signed, key=int)[:-8]:  # a redo is of the round under way: a few rounds suffice
+                signed.pop(old)
+            path = self._signed_path()
+            if path is not None:
+                write_json(path, {"format": 1, "task": self.channel.task, "signed": signed})
+        return signature
 
     def handle(self, message) -> None:
         started = time.perf_counter()
@@ -287,7 +339,7 @@ class SecureAggregationParticipant(PrivateSumParticipant):
         elif message.kind == "secagg_delivery":
             self.deliveries[number] = from_header(message.get("delivery"))
         elif message.kind == "secagg_check":  # the consistency check: sign the view of the round shown
-            signature = state.check_consistency(from_header(message.get("request")))
+            signature = self._sign_view(number, state, from_header(message.get("request")))
             self.channel.send("secagg_signed", round=number, signature=to_header(signature))
         elif message.kind == "secagg_unmask":
             shares = state.unmask(from_header(message.get("request")))
@@ -323,21 +375,57 @@ class SecureAggregationParticipant(PrivateSumParticipant):
             self.states.pop(number, None)
             return {}
 
-    def encode(self, message, update, header) -> tuple[bytes, dict]:
-        number = message.get("round")
+    def _round_keys(self, number, message) -> tuple[SecAggParticipant, dict]:
         state, delivery = self.states.get(number), self.deliveries.get(number)
         if delivery is None and isinstance(message.get("secagg_deliveries"), dict):
             delivery = message.get("secagg_deliveries").get(self.channel.name)
             delivery = from_header(delivery) if delivery is not None else None
         if state is None or delivery is None:
+            if getattr(self.part, "restarted", False):
+                raise PomError(f"round {number}: this participant was restarted and lost its secure-aggregation "
+                               f"keys of round {number} (they live in memory only, never on disk); it takes part "
+                               "again from the next round")
             raise PomError(f"round {number}: no secure-aggregation keys were shared with this participant")
-        started = time.perf_counter()
+        return state, delivery
+
+    def encode(self, message, update, header) -> tuple[bytes, dict]:
+        number = message.get("round")
+        if str(number) in self._signed_views():
+            raise PomError(f"round {number}: this participant signed that round's sum before it was restarted and "
+                           "no longer has the update it masked then; it masks no other update for the round")
+        state, delivery = self._round_keys(number, message)
         change, n = self._change(message, update, header)
+        self._change_kept = (number, change, n)
+        return self._mask(message, number, state, delivery, change, n, header)
+
+    def encode_again(self, message, payload, header):
+        """The round asked again: the bytes sent stand if the keys that masked them are the round's; if the
+        aggregator ran the round again under new keys (it resumed), the same update is masked under them,
+        never a newly trained one (the old bytes cannot be unmasked: every participant dropped the old keys
+        and shares when the new set-up came)."""
+        number = message.get("round")
+        state = self.states.get(number)
+        if state is None or (self._masked_by is not None and self._masked_by == (number, state)):
+            return None
+        if self._change_kept is None or self._change_kept[0] != number:
+            raise PomError(f"round {number}: the aggregator runs this round again under new keys, and this "
+                           "participant no longer has the update it masked for it (it was restarted); it masks "
+                           "no other update for the round")
+        _, delivery = self._round_keys(number, message)
+        base = {k: v for k, v in header.items() if k not in POM2_FIELDS}
+        fresh = self._mask(message, number, state, delivery, self._change_kept[1], self._change_kept[2], base)
+        self.part.progress.message(f"round {number}: the aggregator ran this round again; the update made for it "
+                                   "is masked again under the round's new keys (not trained again)")
+        return fresh
+
+    def _mask(self, message, number, state, delivery, change, n, header) -> tuple[bytes, dict]:
+        started = time.perf_counter()
         clipped = self._report_clipping(number, change)
         masked = state.masked_input(delivery, change, n)
+        self._masked_by = (number, state)
         body = vector_bytes(masked["masked"], masked["masked"].dtype)
         protect_s = time.perf_counter() - started
-        header = dict(header, weight=n, clipped=clipped)
+        header = dict(header, weight=n, clipped=clipped, masked_with=masked_with(state.commitment))
         if message.get("secagg_next") is not None:  # announce the next round's keys with this update
             started = time.perf_counter()
             header.update(self._early(number + 1, lambda: {"secagg_next_keys": to_header(

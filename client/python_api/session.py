@@ -231,6 +231,19 @@ class Session:
         """Close the connection (the cached session token stays valid)."""
         self._user.close()
 
+    def logout(self) -> None:
+        """End the session on the platform (its token, and on the cloud its broker account, open
+        nothing afterwards), forget the cached token, and close the connection."""
+        from werkbund.client import state
+
+        try:
+            if hasattr(self._user.transport, "logout"):
+                self._user.transport.logout()
+        finally:
+            if self.platform != "inproc":
+                state.forget_token(self.url, self.name)
+            self.close()
+
     def __enter__(self) -> "Session":
         return self
 
