@@ -39,7 +39,8 @@ from werkbund.platform.login_guard import CLIENT_ADDRESS
 from werkbund.platform.mailboxes import Mailboxes
 from werkbund.platform.request_replies import HEADER as REQUEST_ID_HEADER
 from werkbund.platform.request_replies import request_id
-from werkbund.platform.service import MAX_MODEL_BYTES, PlatformService
+from werkbund.platform.model_store import MAX_MODEL_BYTES
+from werkbund.platform.service import PlatformService
 
 log = logging.getLogger("werkbund.local_platform")
 

@@ -17,7 +17,8 @@ from werkbund.local_platform.app import DEFAULT_MAX_MESSAGE_BYTES, create_app
 from werkbund.platform.db import sqlite_url
 from werkbund.platform.errors import InvalidInput
 from werkbund.platform.mailboxes import MAX_PENDING_BYTES, DiskMailboxes, Mailboxes
-from werkbund.platform.service import MAX_MODEL_BYTES, PlatformService
+from werkbund.platform.model_store import MAX_MODEL_BYTES
+from werkbund.platform.service import PlatformService
 from werkbund.platform.tls import server_context
 
 log = logging.getLogger("werkbund.local_platform")

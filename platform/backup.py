@@ -36,7 +36,7 @@ from werkbund.platform import schema
 from werkbund.platform.errors import InvalidInput, InvalidState
 from werkbund.platform.file_store import SHA256
 from werkbund.platform.ledger.store import default_key_path, load_or_create_key
-from werkbund.platform.service import default_model_dir
+from werkbund.platform.model_store import default_model_dir
 
 FORMAT = "werkbund-platform-backup/1"
 MANIFEST = "manifest.json"

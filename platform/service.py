@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
-import threading
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -25,18 +21,16 @@ from werkbund.platform.errors import (
     AuthenticationFailed,
     InvalidInput,
     InvalidState,
-    ModelNotFound,
     PermissionDenied,
     TaskExists,
     TaskFull,
     TaskNotFound,
-    Unavailable,
     UserExists,
 )
-from werkbund.platform.file_store import ContentFiles
 from werkbund.platform.join_schema import check_join_schema, merged_schema
 from werkbund.platform.ledger.service import LedgerService
 from werkbund.platform.login_guard import LoginGuard
+from werkbund.platform.model_store import ModelStore
 from werkbund.platform.models import Membership, RoundRecord, SessionToken, StoredModel, Task, User, utcnow
 
 log = logging.getLogger("werkbund.platform")
@@ -45,8 +39,6 @@ STATUSES = ("CREATED", "STARTED", "COMPLETE", "FAILED")
 AGGREGATOR_INBOX = "@aggregator"
 SESSION_LIFETIME = timedelta(hours=12)
 TRANSFER_TOKEN_LIFETIME = timedelta(minutes=30)
-MAX_MODEL_BYTES = 16 * 1024**3
-MODEL_DIR_ENV = "WERKBUND_MODEL_DIR"
 # schema fields that every participant of a task must report identically
 
 
@@ -57,42 +49,18 @@ def _sha(obj) -> str:
     return hashlib.sha256(rfc8785.dumps(obj)).hexdigest()
 
 
-def default_model_dir(db_url) -> Path | None:
-    """Where the final models are kept: $WERKBUND_MODEL_DIR, beside a SQLite file (``<file>.models``), or
-    (other databases) under WERKBUND_HOME named after the database URL, as the ledger key is; None for an
-    in-memory database (a temporary folder, as ephemeral as the data)."""
-    from sqlalchemy.engine import make_url
-
-    if os.environ.get(MODEL_DIR_ENV):
-        return Path(os.environ[MODEL_DIR_ENV]).expanduser()
-    url = make_url(db_url)
-    if url.get_backend_name() == "sqlite":
-        if url.database in (None, "", ":memory:") or url.database.startswith("file::memory:"):
-            return None
-        return Path(url.database).expanduser().with_name(Path(url.database).name + ".models")
-    home = Path(os.environ.get("WERKBUND_HOME", "~/.werkbund")).expanduser()
-    tag = hashlib.sha256(url.render_as_string(hide_password=True).encode()).hexdigest()[:16]
-    return home / "platform" / f"models-{tag}"
-
-
 def _iso(value):
     return value.isoformat(timespec="seconds") + "Z" if value is not None else None
 
 
-class PlatformService:
-    """Users, tasks, memberships, round records and final models over one database."""
+class PlatformService(ModelStore):
+    """Users, tasks, memberships, round records and final models (``model_store.py``) over one database."""
 
     def __init__(self, db: Database | str, ledger_key=None, model_dir=None):
         self.db = db if isinstance(db, Database) else Database(db)
         self.ledger = LedgerService(self, ledger_key)  # ledger_key: path of the signing key
         self.logins = LoginGuard()
-        model_dir = model_dir or default_model_dir(self.db.engine.url)
-        if model_dir is None:  # an in-memory database: its models go with this object
-            self._model_tmp = tempfile.TemporaryDirectory(prefix="werkbund-models-")
-            model_dir = self._model_tmp.name
-        self.models = ContentFiles(model_dir)
-        self._model_lock = threading.RLock()
-        self._move_models_to_files()
+        self._open_model_store(model_dir)
 
     # ----------------------------------------------------------------- users
     def register(self, user: str, password: str, org: str) -> dict:
@@ -341,113 +309,6 @@ class PlatformService:
             self.ledger.platform_append_in(s, task, "task_failed", {"reason": str(reason)[:2000]})
         log.warning("task %s failed: %s", task, reason)
         return info
-
-    # ---------------------------------------------------------------- models
-    # A final model is a file named by its sha256 in ``model_dir`` (``platform/file_store.py``); its row
-    # holds the hash, size and metadata. Rows from before schema revision 0004 hold the bytes in ``data``:
-    # they are moved to files when the service starts (``_move_models_to_files``).
-    def put_model(self, caller: str, task: str, data: bytes, meta: dict | None = None) -> dict:
-        import io
-
-        return self.put_model_stream(caller, task, io.BytesIO(bytes(data)), meta, size=len(data))
-
-    def put_model_stream(self, caller: str, task: str, stream, meta: dict | None = None,
-                         size: int | None = None) -> dict:
-        """Store the final model from a binary stream (``read``), ``size`` bytes if given; never more than
-        a piece of it in memory. The caller's right is checked before a byte is read."""
-        if meta is not None and not isinstance(meta, dict):
-            raise InvalidInput("model metadata must be a JSON object")
-        self._check_model_upload(caller, task)
-        temp, sha, written = self.models.stage(stream, size, MAX_MODEL_BYTES)
-        try:
-            with self._model_lock:  # the file and its row together: no unused-file sweep runs between
-                self.models.commit(temp, sha)
-                with self.db.session() as s:
-                    row = self._check_model_upload(caller, task, s)
-                    model = (s.scalar(select(StoredModel).where(StoredModel.task_id == row.id))
-                             or StoredModel(task_id=row.id))
-                    replaced = model.sha256 if model.id is not None else None
-                    model.sha256, model.size, model.meta, model.data = sha, written, dict(meta or {}), None
-                    s.add(model)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            self._drop_model_file_if_unused(sha)
-            raise
-        if replaced and replaced != sha:
-            self._drop_model_file_if_unused(replaced)
-        log.info("%s stored the model of task %s (%d bytes, sha256 %s)", caller, task, written, sha)
-        return {"task": task, "sha256": sha, "size": written}
-
-    def put_model_file(self, caller: str, task: str, path, meta: dict | None = None) -> dict:
-        with open(path, "rb") as handle:
-            return self.put_model_stream(caller, task, handle, meta, size=os.fstat(handle.fileno()).st_size)
-
-    def get_model(self, caller: str, task: str) -> tuple[bytes, dict]:
-        """The final model's bytes and info, for small models; large ones: ``open_model``."""
-        handle, info = self.open_model(caller, task)
-        with handle:
-            data = handle.read()
-        if len(data) != info["size"] or hashlib.sha256(data).hexdigest() != info["sha256"]:
-            raise Unavailable(f"the model of task {task!r} is damaged on the platform's disk")
-        return data, info
-
-    def open_model(self, caller: str, task: str):
-        """(binary file handle, info) of the final model, to be streamed; the caller closes the handle."""
-        with self.db.session() as s:
-            row = self._task(s, task)
-            self._require_member_or_creator(row, caller, "download the model of")
-            model = s.scalar(select(StoredModel).where(StoredModel.task_id == row.id))
-            if model is None or row.status != "COMPLETE":
-                raise ModelNotFound(f"task {task!r} has no final model yet (status {row.status})")
-            info = {"task": task, "sha256": model.sha256, "size": model.size, "meta": model.meta}
-        with self._model_lock:
-            try:
-                return self.models.open(info["sha256"]), info
-            except FileNotFoundError:
-                pass
-        self._move_models_to_files()  # a row from before revision 0004 that came in meanwhile (a restore)
-        try:
-            return self.models.open(info["sha256"]), info
-        except FileNotFoundError:
-            raise Unavailable(f"the model file of task {task!r} ({info['sha256']}) is missing from the "
-                              f"platform's model folder {self.models.root}; restore it from a backup") from None
-
-    def _check_model_upload(self, caller: str, task: str, s=None) -> Task:
-        if s is None:
-            with self.db.session() as s:
-                return self._check_model_upload(caller, task, s)
-        row = self._task(s, task)
-        self._require_creator(row, caller, "store the model of")
-        if row.status != "STARTED":
-            raise InvalidState(f"task {task!r} is {row.status}; the final model is stored while it runs")
-        return row
-
-    def _drop_model_file_if_unused(self, sha: str) -> None:
-        with self._model_lock, self.db.session() as s:
-            if s.scalar(select(StoredModel.id).where(StoredModel.sha256 == sha).limit(1)) is None:
-                self.models.remove(sha)
-
-    def _move_models_to_files(self) -> int:
-        """Write the bytes of rows from before revision 0004 (``data`` set) to model files, one row at a
-        time, and clear the column; how many were moved."""
-        moved = 0
-        with self._model_lock:
-            with self.db.session() as s:
-                ids = s.scalars(select(StoredModel.id).where(StoredModel.data.is_not(None))).all()
-            for model_id in ids:
-                with self.db.session() as s:
-                    model = s.get(StoredModel, model_id)
-                    if model is None or model.data is None:
-                        continue
-                    sha, size = self.models.put_bytes(bytes(model.data))
-                    if sha != model.sha256:
-                        log.warning("the stored model %d hashes to %s, its row says %s; kept under its hash",
-                                    model_id, sha, model.sha256)
-                    model.sha256, model.size, model.data = sha, size, None
-                    moved += 1
-        if moved:
-            log.info("moved %d stored model(s) from the database to %s", moved, self.models.root)
-        return moved
 
     # ------------------------------------------------- large data transfers
     def transfer_token(self, caller: str, task: str) -> dict:
