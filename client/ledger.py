@@ -13,7 +13,7 @@ import logging
 import random
 import time
 
-from werkbund.platform.errors import Conflict, LedgerHeadMoved, WerkbundError
+from werkbund.platform.errors import Conflict, WerkbundError
 from werkbund.platform.ledger import entries as E
 from werkbund.platform.ledger import merkle
 
@@ -30,65 +30,69 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(bytes(data)).hexdigest()
 
 
-def publish(transport, task: str, author: str, key, type: str, payload: dict) -> dict:
-    """Sign and append one entry at the current head. When another append won, the refusal says
-    where the log now ends and the entry is signed again there at once: every retry follows an entry
-    that did land, so members appending together all get through, without sleeping. Only a refusal
-    that names no new head (an older platform, a race inside its database) waits before asking again."""
-    head, stalled = transport.call("ledger_head", task=task), 0
-    while stalled < 40:
-        entry = E.make_entry(task, type, author, head["size"], head["prev"], payload)
-        signature = E.encode_signature(E.sign_entry(entry, key))
-        try:
-            result = transport.call("ledger_append", task=task, entry=entry, signature=signature)
-        except LedgerHeadMoved as exc:
-            if exc.head is not None and exc.head["size"] > head["size"]:
-                head = exc.head  # the log grew: sign again where it ends now
-                continue
-            stalled += 1
-            time.sleep(random.uniform(0.01, 0.05) * stalled)
-            head = transport.call("ledger_head", task=task)
-            continue
-        except Conflict:
-            stalled += 1
-            time.sleep(random.uniform(0.01, 0.05) * stalled)
-            head = transport.call("ledger_head", task=task)
-            continue
-        if result["leaf_hash"] != E.entry_leaf_hash(entry).hex():
-            raise LedgerError(f"the platform stored entry {result['seq']} with another leaf hash")
-        return {**result, "entry": entry}
-    raise LedgerError(f"could not append to the ledger of {task!r}: the head kept moving")
+def publish(transport, task: str, author: str, key, type: str, payload: dict,
+            platform_key: str | None = None) -> dict:
+    """Sign a statement (entry format v2) and append it in one request: the log gives it its seq
+    and prev and answers with a promise signed by the platform key, so there is no head to read
+    first and nothing to sign again when others append at the same moment. The answer is checked
+    (:func:`check_promise`) before it is believed."""
+    statement = E.make_statement(task, type, author, payload)
+    signature = E.encode_signature(E.sign_statement(statement, key))
+    result = transport.call("ledger_append", task=task, statement=statement, signature=signature)
+    check_promise(result, statement, platform_key)
+    return result
 
 
-def check_checkpoint(transport, task: str, platform_key: str, own, seen: dict | None) -> dict:
-    """Fetch the latest checkpoint; check its signature, that each of ``own`` (seq -> leaf
-    hash, as a dict or a list of pairs) is included, and that it is consistent with ``seen`` (an earlier checkpoint)."""
-    latest = transport.call("ledger_checkpoint", task=task)
-    cp = latest["checkpoint"]
-    if latest["platform_key"] != platform_key:
+def check_promise(result: dict, statement: dict, platform_key: str | None = None) -> None:
+    """The platform's answer to an append: a promise, signed with its key (``platform_key`` when
+    pinned), that the returned entry (this very statement, at the promised seq) is leaf ``seq`` of
+    every tree head it signs from now on. :meth:`LedgerChannel.audit_ledger` holds it to that."""
+    promise = result.get("promise") or {}
+    if platform_key is not None and result.get("platform_key") != platform_key:
         raise LedgerError("the platform's ledger key changed since you first saw it")
-    if not E.verify_checkpoint_signature(cp, latest["signature"], platform_key):
-        raise LedgerError(f"checkpoint of size {cp['size']} is not signed by the platform key")
+    try:
+        signed = E.verify_promise_signature(promise, result.get("promise_signature"), result.get("platform_key"))
+        entry = result["entry"]
+        leaf = E.entry_leaf_hash(entry).hex()
+    except (E.EntryError, KeyError, TypeError, ValueError) as exc:
+        raise LedgerError(f"the platform's answer to an append is malformed: {exc}") from None
+    if not signed:
+        raise LedgerError("the promise for your entry is not signed by the platform key")
+    if (E.statement_of(entry) != statement or entry["seq"] != promise["seq"] or leaf != promise["leaf_hash"]
+            or promise["log"] != statement["task"] or (result["seq"], result["leaf_hash"]) != (entry["seq"], leaf)):
+        raise LedgerError(f"the platform's promise (entry {promise.get('seq')}) is not your statement at that seq")
+
+
+def check_audit(answer: dict, task: str, platform_key: str, own, seen: dict | None) -> dict:
+    """Check a ``ledger_audit`` answer: the checkpoint's signature, that each of ``own`` ((seq, leaf
+    hash) pairs, promised by the platform) is included in it, and that it is consistent with
+    ``seen`` (the checkpoint verified before). Returns the checkpoint; raises :class:`LedgerError`."""
+    cp = answer["checkpoint"]
+    if answer["platform_key"] != platform_key:
+        raise LedgerError("the platform's ledger key changed since you first saw it")
+    if cp.get("log") != task or not E.verify_checkpoint_signature(cp, answer["signature"], platform_key):
+        raise LedgerError(f"checkpoint of size {cp.get('size')} is not signed by the platform key for {task!r}")
     root = bytes.fromhex(cp["root"])
-    for seq, leaf in sorted(own.items() if isinstance(own, dict) else own):
-        proof = transport.call("ledger_inclusion", task=task, seq=seq, size=cp["size"])
+    for (seq, leaf), proof in zip(own, answer["inclusion"], strict=True):
+        if proof is None or seq >= cp["size"]:
+            raise LedgerError(f"the platform promised your entry {seq}, but checkpoint {cp['size']} does not "
+                              "include it (a broken promise: the entry was dropped or the log rolled back)")
         try:
-            merkle.verify_inclusion(bytes.fromhex(leaf), seq, cp["size"],
-                                    [bytes.fromhex(p) for p in proof["proof"]], root)
+            merkle.verify_inclusion(bytes.fromhex(leaf), seq, cp["size"], [bytes.fromhex(p) for p in proof], root)
         except merkle.ProofError as exc:
-            raise LedgerError(f"your entry {seq} is not included in checkpoint {cp['size']}: {exc}") from None
+            raise LedgerError(f"your entry {seq} is not included in checkpoint {cp['size']} where the platform "
+                              f"promised it: {exc}") from None
     if seen is not None:
-        if cp["size"] < seen["size"]:
+        if cp["size"] < seen["size"] or answer["consistency"] is None:
             raise LedgerError(f"checkpoint {cp['size']} is not consistent with checkpoint {seen['size']} seen "
                               "before: the log shrank (entries were dropped or rolled back)")
-        proof = transport.call("ledger_consistency", task=task, old_size=seen["size"], new_size=cp["size"])
         try:
             merkle.verify_consistency(seen["size"], cp["size"], bytes.fromhex(seen["root"]), root,
-                                      [bytes.fromhex(p) for p in proof["proof"]])
+                                      [bytes.fromhex(p) for p in answer["consistency"]])
         except merkle.ProofError as exc:
             raise LedgerError(f"checkpoint {cp['size']} is not consistent with checkpoint {seen['size']} "
                               f"seen before (the log was rewritten or forked): {exc}") from None
-    return latest
+    return cp
 
 
 def _signed_key_change(transport, command: str, kind: str, user: str, old_key, payload: dict,
@@ -168,18 +172,25 @@ class LedgerChannel:
 
     def _ledger_state(self) -> dict:
         if not hasattr(self, "_ledger"):
-            # own: (seq, leaf hash) of every entry this handle appended; proven: how many of them the
-            # checkpoint ``seen`` was shown to include (a later checkpoint consistent with ``seen``
-            # includes them too, so an audit proves only the entries appended since)
-            self._ledger = {"own": [], "proven": 0, "seen": None, "entries": [], "platform_key": None}
+            # own: (seq, leaf hash) of every entry this handle appended, as the platform promised;
+            # proven: how many of them the checkpoint ``seen`` was shown to include (a later
+            # checkpoint consistent with ``seen`` includes them too, so an audit proves only the
+            # entries appended since); cosign: this member's cosignature of ``seen``, sent with the
+            # next audit
+            self._ledger = {"own": [], "proven": 0, "seen": None, "entries": [], "platform_key": None,
+                            "cosign": None}
         return self._ledger
 
     def publish_entry(self, type: str, payload: dict) -> dict:
-        """Sign ``payload`` as an entry of ``type`` with the user's key and append it."""
+        """Sign ``payload`` as a statement of ``type`` with the user's key and append it (one
+        request); the platform's promise is checked, pinning its key at first sight."""
         if not self.ledger_enabled:
             raise LedgerError("no identity key: register with `werkbund register` to sign ledger entries")
-        result = publish(self.transport, self.task, self.name, self.user.identity, type, payload)
-        self._ledger_state()["own"].append((result["seq"], result["leaf_hash"]))
+        state = self._ledger_state()
+        result = publish(self.transport, self.task, self.name, self.user.identity, type, payload,
+                         state["platform_key"])
+        state["platform_key"] = result["platform_key"]
+        state["own"].append((result["seq"], result["leaf_hash"]))
         return result
 
     def ledger_identity_keys(self) -> dict[str, str]:
@@ -221,19 +232,26 @@ class LedgerChannel:
         return None
 
     def audit_ledger(self) -> dict:
-        """Check that the own entries appended since the last audit are included in the latest
-        checkpoint and that it is consistent with the one seen last time (which included the earlier
-        ones, so they still are: the cost of an audit does not grow with the task); cosign."""
+        """One request: the latest checkpoint, proofs that the own entries appended since the last
+        audit are in it where the platform promised them, and that it is consistent with the one
+        verified last time (which included the earlier ones, so they still are: the cost of an
+        audit does not grow with the task). The cosignature of the checkpoint verified last time
+        rides on this request; the one verified now rides on the next."""
         state = self._ledger_state()
-        if state["platform_key"] is None:
-            state["platform_key"] = self.transport.call("ledger_checkpoint", task=self.task)["platform_key"]
         start = state["proven"] if state["seen"] is not None else 0
-        fresh = state["own"][start:]
-        latest = check_checkpoint(self.transport, self.task, state["platform_key"], fresh, state["seen"])
-        cp = latest["checkpoint"]
+        fresh, seen = state["own"][start:], state["seen"]
+        answer = self.transport.call("ledger_audit", task=self.task, seqs=[seq for seq, _ in fresh],
+                                     old_size=None if seen is None else seen["size"], cosign=state["cosign"])
+        if state["platform_key"] is None:
+            state["platform_key"] = answer["platform_key"]
+        try:
+            cp = check_audit(answer, self.task, state["platform_key"], fresh, seen)
+        except (KeyError, TypeError, ValueError, E.EntryError) as exc:  # not a LedgerError: a malformed answer
+            raise LedgerError(f"the platform's answer to the ledger audit is malformed: {exc!r}") from None
         state["seen"], state["proven"] = cp, start + len(fresh)
-        signature = E.encode_signature(E.cosign_checkpoint(cp, self.user.identity))
-        self.transport.call("ledger_cosign", task=self.task, size=cp["size"], signature=signature)
+        sent = state["cosign"]  # stored by the platform now: nothing to send again for the same head
+        state["cosign"] = None if sent is not None and sent["size"] == cp["size"] else {
+            "size": cp["size"], "signature": E.encode_signature(E.cosign_checkpoint(cp, self.user.identity))}
         return {"size": cp["size"], "root": cp["root"], "own_entries": len(state["own"])}
 
 

@@ -102,7 +102,9 @@ class UserParams(Params):
 
 
 class LedgerAppendParams(TaskParams):
-    entry: JsonObject
+    statement: JsonObject | None = Field(
+        None, description="a v2 statement (an entry without seq and prev): the log sequences it")
+    entry: JsonObject | None = Field(None, description="a v1 entry, signed with the seq and prev of the head")
     signature: Signature
 
 
@@ -128,6 +130,18 @@ class LedgerConsistencyParams(TaskParams):
 class LedgerCosignParams(TaskParams):
     size: Count
     signature: Signature
+
+
+class Cosignature(Params):
+    size: Count
+    signature: Signature
+
+
+class LedgerAuditParams(TaskParams):
+    seqs: Annotated[list[Count], Field(max_length=MAX_LIST_ITEMS, strict=False,
+                                       description="your entries to prove included")] = Field(default_factory=list)
+    old_size: Count | None = Field(None, description="the size of the checkpoint you verified last")
+    cosign: Cosignature | None = Field(None, description="your cosignature of that checkpoint")
 
 
 class SignedEntry(Params):
@@ -191,6 +205,7 @@ PARAMS: dict[str, type[Params]] = {
     "ledger_inclusion": LedgerInclusionParams,
     "ledger_consistency": LedgerConsistencyParams,
     "ledger_cosign": LedgerCosignParams,
+    "ledger_audit": LedgerAuditParams,
     "ledger_keys": TaskParams,
     "ledger_bundle": TaskParams,
     "ledger_key_logs": NoParams,

@@ -349,3 +349,23 @@ def test_a_rotation_takes_every_log_or_none(site):
         report_text = _verify_with_extra(site, items, entry)
         assert f"entry {entry['seq']}: " in report_text and "a key changes only by key_rotated" in report_text
         assert "VERIFICATION FAILED" in report_text
+
+
+def test_platform_processes_starting_together_all_sign_with_one_ledger_key(tmp_path):
+    """Replicas of the platform started at the same moment on one key file: each finds no key or a
+    whole one (never a half-written file) and all end up with the same key."""
+    import subprocess
+    import sys
+
+    from werkbund.platform.ledger.entries import encode_public_key
+
+    path = tmp_path / "keys" / "ledger-key.pem"
+    code = ("import sys; from werkbund.platform.ledger.store import load_or_create_key as k; "
+            "from werkbund.platform.ledger.entries import encode_public_key as e; "
+            "print(e(k(sys.argv[1])))")
+    starts = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+              for _ in range(6)]
+    keys = {p.communicate(timeout=120)[0].strip() for p in starts}
+    assert [p.returncode for p in starts] == [0] * 6
+    assert keys == {encode_public_key(load_or_create_key(path))}
+    assert [f.name for f in path.parent.iterdir()] == ["ledger-key.pem"]  # no temporary file left

@@ -181,8 +181,9 @@ def test_the_participant_audit_catches_a_rewritten_log(site):
 
 
 def test_members_appending_at_once_all_land_without_sleeping(site, monkeypatch):
-    """A refused append names the new head, so the author signs again there at once: 24 entries from
-    two members in six threads all land, in one gap-free log, and no thread ever sleeps."""
+    """The log sequences each signed statement, so nothing is refused and nothing signed again: 24
+    entries from two members in six threads all land, in one gap-free log, and no thread ever sleeps
+    (test_ledger_sequenced.py counts the requests)."""
     import threading
 
     import werkbund.client.ledger as client_ledger
@@ -216,22 +217,25 @@ def test_members_appending_at_once_all_land_without_sleeping(site, monkeypatch):
 
 
 def test_an_audit_proves_only_the_entries_since_the_last_one_and_still_catches_an_old_one_dropped(site):
-    """The cost of a round's audit does not grow with the task: an entry proven included once stays
-    covered by the consistency proof from that checkpoint on. Dropping it later is still caught."""
+    """The cost of a round's audit does not grow with the task: one request, asking an inclusion proof
+    for the entry appended since the last audit only (an entry proven included once stays covered by
+    the consistency proof from that checkpoint on). Dropping it later is still caught."""
     handle = site.users["bob"].participant("weld")
     asked = []
     call = handle.transport.call
 
     def counting(command, **params):
-        asked.append(command)
+        asked.append((command, params))
         return call(command, **params)
 
     handle.transport.call = counting
     for number in range(1, 5):
-        handle.publish_entry("update_submitted", {"round": number, "sha256": f"{number:02x}" * 32})
+        published = handle.publish_entry("update_submitted", {"round": number, "sha256": f"{number:02x}" * 32})
         asked.clear()
         handle.audit_ledger()
-        assert asked.count("ledger_inclusion") == 1 and asked.count("ledger_consistency") == (number > 1)
+        assert [command for command, _ in asked] == ["ledger_audit"]
+        assert asked[0][1]["seqs"] == [published["seq"]]
+        assert (asked[0][1]["old_size"] is None) == (number == 1) and (asked[0][1]["cosign"] is None) == (number == 1)
     site.sql("DELETE FROM ledger_entries WHERE seq >= 8")  # the platform drops bob's first entries ...
     site.sql("DELETE FROM ledger_checkpoints WHERE size >= 9")
     handle.publish_entry("update_submitted", {"round": 5, "sha256": "ab" * 32})  # ... and goes on

@@ -1,6 +1,7 @@
 """Ledger entries and checkpoints: canonical JSON (RFC 8785) signed with Ed25519.
 
-An entry is a JSON object with exactly the fields of :data:`ENTRY_FIELDS`::
+An entry is a JSON object with exactly the fields of :data:`ENTRY_FIELDS` (and, in format v2
+below, ``"v": 2``)::
 
     {"task": "turbines", "type": "joined", "author": "alice", "seq": 3,
      "prev": "<64 hex: sha256 of entry 2's canonical bytes, 64 zeros for entry 0>",
@@ -10,6 +11,15 @@ Its canonical bytes are its RFC 8785 serialisation; ``entry_hash`` is the hex
 SHA-256 of them (what the next entry's ``prev`` holds) and the Merkle leaf is
 ``merkle.leaf_hash(canonical_bytes(entry))``. The author signs
 ``ENTRY_PREFIX + canonical bytes``.
+
+Entry format v2 (``"v": 2``, issue 15): the log, not the author, sequences an entry. The
+author signs a *statement*, the entry without ``seq`` and ``prev`` (fields
+:data:`STATEMENT_FIELDS`), as ``ENTRY_V2_PREFIX + canonical bytes``; the platform appends it
+at the head, fills in ``seq`` and ``prev`` and answers with a *promise*
+``{"log", "seq", "leaf_hash", "timestamp"}`` signed ``PROMISE_PREFIX + canonical bytes`` with
+its key. The Merkle leaf and ``prev`` stay those of the full sequenced entry, so sequence, chain
+and tree checks are the same for both formats; an entry without ``v`` is v1 (signed whole,
+``seq`` and ``prev`` included: platform entries, key changes and logs written before v2).
 
 A checkpoint (signed tree head) is ``{"log", "size", "root", "timestamp"}`` with
 the root in lowercase hex; the platform signs ``CHECKPOINT_PREFIX + canonical
@@ -37,6 +47,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from . import merkle
 
 ENTRY_PREFIX = b"werkbund-ledger-entry-v1\x00"
+ENTRY_V2_PREFIX = b"werkbund-ledger-entry-v2\x00"
+PROMISE_PREFIX = b"werkbund-ledger-promise-v1\x00"
 CHECKPOINT_PREFIX = b"werkbund-ledger-checkpoint-v1\x00"
 COSIGN_PREFIX = b"werkbund-ledger-cosign-v1\x00"
 KEY_STATEMENT_PREFIX = b"werkbund-key-statement-v1\x00"
@@ -47,6 +59,9 @@ ENTRY_TYPES = frozenset({
     "key_rotated", "key_revoked", "key_registered", "key_reset",
 })
 ENTRY_FIELDS = ("task", "type", "author", "seq", "prev", "timestamp", "payload")
+VERSION_FIELD = "v"  # present (and 2) only in a v2 entry and its statement
+STATEMENT_FIELDS = (VERSION_FIELD, "task", "type", "author", "timestamp", "payload")
+PROMISE_FIELDS = ("log", "seq", "leaf_hash", "timestamp")
 CHECKPOINT_FIELDS = ("log", "size", "root", "timestamp")
 GENESIS_PREV = "0" * 64
 PLATFORM_AUTHOR = "platform"
@@ -104,19 +119,27 @@ def validate_entry(entry: dict) -> None:
     seq = entry.get("seq")
     where = f"entry {seq}" if isinstance(seq, int) and not isinstance(seq, bool) else "entry"
     missing = [f for f in ENTRY_FIELDS if f not in entry]
-    extra = sorted(set(entry) - set(ENTRY_FIELDS))
+    extra = sorted(set(entry) - set(ENTRY_FIELDS) - {VERSION_FIELD})
     if missing or extra:
         raise EntryError(f"{where}: missing fields {missing}, unexpected fields {extra}")
-    _check_name(entry["task"], "task", where)
-    _check_name(entry["author"], "author", where)
-    if entry["type"] not in ENTRY_TYPES:
-        raise EntryError(f"{where}: unknown entry type {entry['type']!r}")
+    _check_common(entry, where)
     _check_int(seq, "seq", where)
     prev = entry["prev"]
     if not isinstance(prev, str) or not _HEX64.fullmatch(prev):
         raise EntryError(f"{where}: prev must be 64 lowercase hex digits, got {prev!r}")
     if seq == 0 and prev != GENESIS_PREV:
         raise EntryError(f"{where}: the first entry's prev must be 64 zeros")
+
+
+def _check_common(entry: dict, where: str) -> None:
+    """The fields an entry and its statement share (version, names, type, timestamp, payload)."""
+    if VERSION_FIELD in entry and (isinstance(entry[VERSION_FIELD], bool) or entry[VERSION_FIELD] != 2):
+        raise EntryError(f"{where}: the only entry version with a {VERSION_FIELD!r} field is 2, "
+                         f"got {entry[VERSION_FIELD]!r}")
+    _check_name(entry["task"], "task", where)
+    _check_name(entry["author"], "author", where)
+    if entry["type"] not in ENTRY_TYPES:
+        raise EntryError(f"{where}: unknown entry type {entry['type']!r}")
     _check_timestamp(entry["timestamp"], where)
     if not isinstance(entry["payload"], dict):
         raise EntryError(f"{where}: payload must be a JSON object")
@@ -148,8 +171,101 @@ def entry_leaf_hash(entry: dict) -> bytes:
 
 
 def sign_entry(entry: dict, private_key: Ed25519PrivateKey) -> bytes:
-    """The author's 64-byte Ed25519 signature over ENTRY_PREFIX + canonical bytes."""
-    return private_key.sign(ENTRY_PREFIX + canonical_bytes(entry))
+    """The author's 64-byte Ed25519 signature: over ENTRY_PREFIX + the canonical bytes of a v1
+    entry, over ENTRY_V2_PREFIX + those of its statement for a v2 entry."""
+    return private_key.sign(_signed_bytes(entry))
+
+
+def _signed_bytes(entry: dict) -> bytes:
+    """What the author of ``entry`` signs; the version field (or its absence) says which."""
+    if is_v2(entry):
+        validate_entry(entry)
+        return ENTRY_V2_PREFIX + statement_bytes(statement_of(entry))
+    return ENTRY_PREFIX + canonical_bytes(entry)
+
+
+# -- v2: statements the log sequences, and the platform's promise -----------------
+
+
+def is_v2(entry) -> bool:
+    return isinstance(entry, dict) and VERSION_FIELD in entry
+
+
+def validate_statement(statement: dict) -> None:
+    """Raise :class:`EntryError` unless ``statement`` is a well-formed v2 statement."""
+    if not isinstance(statement, dict):
+        raise EntryError(f"a statement must be a JSON object, got {type(statement).__name__}")
+    missing = [f for f in STATEMENT_FIELDS if f not in statement]
+    extra = sorted(set(statement) - set(STATEMENT_FIELDS))
+    if missing or extra:
+        raise EntryError(f"statement: missing fields {missing}, unexpected fields {extra}")
+    _check_common(statement, "statement")
+
+
+def make_statement(task: str, type: str, author: str, payload: dict, timestamp: str | None = None) -> dict:
+    """A v2 statement (an entry before the log gives it ``seq`` and ``prev``); ``timestamp``
+    defaults to now (it also keeps two equal payloads of one author apart)."""
+    statement = {VERSION_FIELD: 2, "task": task, "type": type, "author": author,
+                 "timestamp": timestamp or utc_timestamp(), "payload": payload}
+    statement_bytes(statement)
+    return statement
+
+
+def statement_bytes(statement: dict) -> bytes:
+    validate_statement(statement)
+    return _canonical(statement, "statement")
+
+
+def statement_of(entry: dict) -> dict:
+    """A v2 entry's statement: the entry without what the log filled in."""
+    return {k: v for k, v in entry.items() if k not in ("seq", "prev")}
+
+
+def statement_hash(entry: dict) -> str:
+    """Hex SHA-256 of a v2 entry's statement: the same for a statement appended twice."""
+    return hashlib.sha256(statement_bytes(statement_of(entry))).hexdigest()
+
+
+def sequence(statement: dict, seq: int, prev: str) -> dict:
+    """The v2 entry the log makes of ``statement`` at ``seq`` after the entry hashed ``prev``."""
+    entry = {**statement, "seq": seq, "prev": prev}
+    canonical_bytes(entry)
+    return entry
+
+
+def sign_statement(statement: dict, private_key: Ed25519PrivateKey) -> bytes:
+    """The author's signature over ENTRY_V2_PREFIX + the statement's canonical bytes (valid for
+    the entry the log makes of it at whatever seq)."""
+    return private_key.sign(ENTRY_V2_PREFIX + statement_bytes(statement))
+
+
+def verify_statement_signature(statement: dict, signature, public_key) -> bool:
+    return _verify(ENTRY_V2_PREFIX, statement_bytes(statement), signature, public_key)
+
+
+def make_promise(log: str, seq: int, leaf_hash: str, timestamp: str | None = None) -> dict:
+    """What the platform promises on an append: ``leaf_hash`` is entry ``seq`` of ``log`` in every
+    tree head it signs from now on."""
+    return {"log": log, "seq": seq, "leaf_hash": leaf_hash, "timestamp": timestamp or utc_timestamp()}
+
+
+def promise_bytes(promise: dict) -> bytes:
+    if not isinstance(promise, dict) or set(promise) != set(PROMISE_FIELDS):
+        raise EntryError(f"promise fields must be {list(PROMISE_FIELDS)}")
+    _check_name(promise["log"], "log", "promise")
+    _check_int(promise["seq"], "seq", "promise")
+    if not isinstance(promise["leaf_hash"], str) or not _HEX64.fullmatch(promise["leaf_hash"]):
+        raise EntryError("promise: leaf_hash must be 64 lowercase hex digits")
+    _check_timestamp(promise["timestamp"], "promise")
+    return _canonical(promise, "promise")
+
+
+def sign_promise(promise: dict, private_key: Ed25519PrivateKey) -> bytes:
+    return private_key.sign(PROMISE_PREFIX + promise_bytes(promise))
+
+
+def verify_promise_signature(promise: dict, signature, public_key) -> bool:
+    return _verify(PROMISE_PREFIX, promise_bytes(promise), signature, public_key)
 
 
 def _verify(prefix: bytes, message: bytes, signature, public_key) -> bool:
@@ -172,7 +288,7 @@ def verify_entry_signature(entry: dict, signature, public_key) -> bool:
     ``Ed25519PublicKey``, raw 32 bytes or base64. A malformed entry raises
     :class:`EntryError`; a bad key or signature encoding gives False.
     """
-    return _verify(ENTRY_PREFIX, canonical_bytes(entry), signature, public_key)
+    return _verify(b"", _signed_bytes(entry), signature, public_key)
 
 
 # -- checkpoints ---------------------------------------------------------

@@ -167,6 +167,7 @@ class IdentityKeys:
             if not E.verify_entry_signature(entry, signature, held):
                 raise PermissionDenied(f"the {kind} entry for task {task!r} is not signed by "
                                        "your current identity key")
+            self.core._task(s, task, lock=True)  # appends to a log take turns (service._append_statement)
             self._check_head(s, task, entry)
             self._insert(s, task, entry, signature, data)
         return tasks

@@ -6,8 +6,17 @@ them. Lifecycle entries (task created, joined, left, finished, failed) are
 authored and signed by the platform itself, which enforces those transitions;
 statements only a member can make (its update's hash, the global model's hash,
 a maintenance record) are signed by that member's own key and checked here
-against the key it registered, with ``seq`` and ``prev`` against the log head.
-After every append the platform signs the new tree head (a checkpoint).
+against the key it registered. A v2 statement (``entries.make_statement``) is
+sequenced here: the platform gives it ``seq`` and ``prev`` at the head and answers
+with a signed promise, so members appending at once never conflict; a v1 entry
+(signed with its ``seq`` and ``prev``) must name the head.
+
+Tree heads are signed lazily (batch integration): not per append but when a
+checkpoint is asked for and the log grew since the last one, so the entries of a
+round go into one signed tree head; a promise binds the platform meanwhile. One
+``ledger_audit`` request gives a member the latest checkpoint, the inclusion proofs of
+its new entries and the consistency proof from the checkpoint it saw last, and takes
+its cosignature of that earlier checkpoint.
 
 A lifecycle entry is written in the same transaction as the state change it records
 (:meth:`LedgerService.writing` and :meth:`LedgerService.platform_append_in`), so neither
@@ -89,32 +98,83 @@ class LedgerService(IdentityKeys):
                                    "or write the ledger of it")
 
     # ------------------------------------------------------------------ append
-    def append(self, caller: str, task: str, entry: dict, signature: str) -> dict:
-        """Append a member's signed entry; refuse a bad signature, seq, prev, author or type."""
+    def append(self, caller: str, task: str, entry: dict | None = None, signature: str = "",
+               statement: dict | None = None) -> dict:
+        """Append a member's signed ``statement`` (v2: the log sequences it and promises where it
+        is) or ``entry`` (v1: it must name the head); refuse a bad signature, author or type."""
+        if (entry is None) == (statement is None):
+            raise InvalidInput("ledger_append takes a statement (or an entry of the old format), one of them")
+        if statement is not None:
+            return self._append_statement(caller, task, statement, signature)
         try:
             data = E.canonical_bytes(entry)
         except E.EntryError as exc:
             raise InvalidInput(f"malformed ledger entry: {exc}") from None
-        if entry["task"] != task or entry["author"] != caller:
-            raise PermissionDenied("an entry must name this task and be authored by you")
-        self._check_clock(entry)
+        if E.is_v2(entry):
+            raise InvalidInput("a v2 entry is sequenced by the log: send its statement (without seq and prev)")
+        self._check_author(entry, caller, task)
         with self.writing() as s:
-            row = self._member(s, caller, task, lock=True)
-            creator = row.creator.name == caller
-            allowed = CREATOR_TYPES if creator else PARTICIPANT_TYPES
-            if entry["type"] not in allowed:
-                role = "the creator" if creator else "a participant"
-                raise PermissionDenied(f"{role} may not author {entry['type']} entries")
-            key = self._key_of(s, caller)
-            if key is None:
-                revoked = s.scalar(select(IdentityKeyEvent.id).where(IdentityKeyEvent.user == caller,
-                                                                     IdentityKeyEvent.kind == "revoked"))
-                raise PermissionDenied(f"{caller}'s identity key was revoked; register a new one" if revoked
-                                       else f"{caller} has no registered identity key")
+            key = self._author_key(s, caller, task, entry["type"])
             if not E.verify_entry_signature(entry, signature, key):
                 raise PermissionDenied("the entry's signature does not verify with your registered key")
             self._check_head(s, task, entry)
             return self._insert(s, task, entry, E.encode_signature(E.decode_signature(signature)), data)
+
+    def _append_statement(self, caller: str, task: str, statement: dict, signature: str) -> dict:
+        """Sequence a signed statement at the head. Every append locks the task row first, so
+        appends to one log take turns, in this process and in the others on the same PostgreSQL;
+        the head read under that lock is the head, and no member ever signs again or retries (on
+        SQLite, one writer at a time: this process's lock). The same statement sent again (a retry
+        whose answer was lost) gets the promise of where it already is, not a second entry."""
+        try:
+            E.validate_statement(statement)
+        except E.EntryError as exc:
+            raise InvalidInput(f"malformed ledger statement: {exc}") from None
+        self._check_author(statement, caller, task)
+        try:
+            signature = E.encode_signature(E.decode_signature(signature))
+        except E.EntryError as exc:
+            raise InvalidInput(str(exc)) from None
+        with self.writing() as s:
+            key = self._author_key(s, caller, task, statement["type"])
+            if not E.verify_statement_signature(statement, signature, key):
+                raise PermissionDenied("the statement's signature does not verify with your registered key")
+            done = s.scalar(select(LedgerEntry).where(LedgerEntry.task == task, LedgerEntry.author == caller,
+                                                      LedgerEntry.signature == signature))
+            if done is not None and E.statement_of(_loads(done.entry)) == statement:
+                return self._promise(task, _loads(done.entry), done.leaf_hash)
+            entry = E.sequence(statement, *self._head(s, task))
+            result = self._insert(s, task, entry, signature, E.canonical_bytes(entry))
+            return self._promise(task, entry, result["leaf_hash"])
+
+    def _promise(self, task: str, entry: dict, leaf_hash: str) -> dict:
+        promise = E.make_promise(task, entry["seq"], leaf_hash)
+        return {"seq": entry["seq"], "leaf_hash": leaf_hash, "entry": entry, "promise": promise,
+                "promise_signature": E.encode_signature(E.sign_promise(promise, self.key)),
+                "platform_key": self.public_key}
+
+    @classmethod
+    def _check_author(cls, entry: dict, caller: str, task: str) -> None:
+        if entry["task"] != task or entry["author"] != caller:
+            raise PermissionDenied("an entry must name this task and be authored by you")
+        cls._check_clock(entry)
+
+    def _author_key(self, s, caller: str, task: str, type: str) -> str:
+        """The caller's registered key, once the caller may author a ``type`` entry on ``task``
+        (the task row is locked for the append)."""
+        row = self._member(s, caller, task, lock=True)
+        creator = row.creator.name == caller
+        allowed = CREATOR_TYPES if creator else PARTICIPANT_TYPES
+        if type not in allowed:
+            role = "the creator" if creator else "a participant"
+            raise PermissionDenied(f"{role} may not author {type} entries")
+        key = self._key_of(s, caller)
+        if key is None:
+            revoked = s.scalar(select(IdentityKeyEvent.id).where(IdentityKeyEvent.user == caller,
+                                                                 IdentityKeyEvent.kind == "revoked"))
+            raise PermissionDenied(f"{caller}'s identity key was revoked; register a new one" if revoked
+                                   else f"{caller} has no registered identity key")
+        return key
 
     @staticmethod
     def _check_clock(entry: dict) -> None:
@@ -135,7 +195,9 @@ class LedgerService(IdentityKeys):
 
     def platform_append_in(self, s, task: str, type: str, payload: dict) -> dict:
         """Append a platform entry inside the caller's transaction (opened by :meth:`writing`);
-        a failure raises and the caller's whole transaction rolls back."""
+        a failure raises and the caller's whole transaction rolls back. The task row is locked
+        first, as for a member's append, so the two never take the same seq."""
+        self.core._task(s, task, lock=True)
         size, prev = self._head(s, task)
         entry = E.make_entry(task, type, E.PLATFORM_AUTHOR, size, prev, payload)
         sig = E.encode_signature(E.sign_entry(entry, self.key))
@@ -165,16 +227,9 @@ class LedgerService(IdentityKeys):
         if size != entry["seq"] + 1:
             raise InvalidState(f"the stored ledger of {task!r} has gaps (it was tampered with); "
                                "it cannot be extended")
-        checkpoint = E.make_checkpoint(task, size, tree.root(size))
-        cp_sig = E.encode_signature(E.sign_checkpoint(checkpoint, self.key))
-        s.add(LedgerCheckpoint(task=task, size=size, checkpoint=E.checkpoint_bytes(checkpoint).decode(),
-                               signature=cp_sig))
-        try:
-            s.flush()
-        except IntegrityError:
-            raise Conflict("the ledger head moved; fetch it and sign again") from None
-        return {"seq": entry["seq"], "leaf_hash": leaf.hex(), "checkpoint": checkpoint,
-                "checkpoint_signature": cp_sig}
+        if not E.is_v2(entry):  # (rare: platform entries, key changes, old clients) a head per append as before
+            self._sign_head(s, task, tree, size)
+        return {"seq": entry["seq"], "leaf_hash": leaf.hex()}
 
     # ------------------------------------------------------------------- reads
     def head(self, caller: str, task: str) -> dict:
@@ -193,20 +248,50 @@ class LedgerService(IdentityKeys):
             return [{"entry": _loads(r.entry), "signature": r.signature} for r in rows]
 
     def checkpoint(self, caller: str, task: str, size: int | None = None) -> dict:
+        """The signed tree head of ``size`` entries (default: of the whole log), signed now if
+        none of that size was signed before: heads are signed when asked for, not per append."""
         with self.core.db.session() as s:
             self._reader(s, caller, task)
-            query = select(LedgerCheckpoint).where(LedgerCheckpoint.task == task)
-            query = (query.where(LedgerCheckpoint.size == size) if size is not None
-                     else query.order_by(LedgerCheckpoint.size.desc()).limit(1))
-            row = s.scalar(query)
-            if row is None:
-                raise InvalidInput(f"no checkpoint of size {size} for task {task!r}" if size
-                                   else f"task {task!r} has no ledger entries yet")
+            row, _, _ = self._signed_head(s, task, size)
             cosigs = s.scalars(select(LedgerCosignature).where(LedgerCosignature.task == task,
                                                                LedgerCosignature.size == row.size)).all()
             return {"checkpoint": _loads(row.checkpoint), "signature": row.signature,
                     "platform_key": self.public_key,
                     "cosignatures": {c.member: c.signature for c in cosigs}}
+
+    def _signed_head(self, s, task: str, size: int | None = None) -> tuple[LedgerCheckpoint, merkle.MerkleTree, int]:
+        """The checkpoint row of ``size`` (default: the log's size), signing it first when the log
+        holds that many entries and no head of that size was signed yet (a row another process
+        signed at the same moment is taken instead: the (task, size) constraint keeps one); the
+        task's tree, and how many entries are stored."""
+        tree, stored = self.trees.tree(s, task)
+        query = select(LedgerCheckpoint).where(LedgerCheckpoint.task == task)
+        if size is None:  # the latest head; one larger than the log (shrunk behind the platform's back) shows it
+            row = s.scalar(query.order_by(LedgerCheckpoint.size.desc()).limit(1))
+            if row is not None and row.size >= stored:
+                return row, tree, stored
+        else:
+            row = s.scalar(query.where(LedgerCheckpoint.size == size))
+            if row is not None:
+                return row, tree, stored
+        want = stored if size is None else size
+        if not 0 < want <= stored:
+            raise InvalidInput(f"no checkpoint of size {size} for task {task!r}" if size
+                               else f"task {task!r} has no ledger entries yet")
+        self._sign_head(s, task, tree, want)
+        return s.scalar(query.where(LedgerCheckpoint.size == want)), tree, stored
+
+    def _sign_head(self, s, task: str, tree, size: int) -> None:
+        """Sign and store the tree head of ``size`` (in a savepoint: when another process stored
+        that head first, the unique (task, size) constraint keeps its row and this one is dropped)."""
+        checkpoint = E.make_checkpoint(task, size, tree.root(size))
+        signature = E.encode_signature(E.sign_checkpoint(checkpoint, self.key))
+        try:
+            with s.begin_nested():
+                s.add(LedgerCheckpoint(task=task, size=size, checkpoint=E.checkpoint_bytes(checkpoint).decode(),
+                                       signature=signature))
+        except IntegrityError:
+            pass
 
     def inclusion_proof(self, caller: str, task: str, seq: int, size: int | None = None) -> dict:
         with self.core.db.session() as s:
@@ -237,22 +322,51 @@ class LedgerService(IdentityKeys):
             raise InvalidInput(f"no consistency proof: {exc}") from None
         return {"old_size": old_size, "new_size": new_size, "proof": [p.hex() for p in proof]}
 
+    def audit(self, caller: str, task: str, seqs: list = (), old_size: int | None = None,
+              cosign: dict | None = None) -> dict:
+        """A member's round audit in one request: the latest signed checkpoint (signed now if the
+        log grew), the inclusion proof of each of ``seqs`` in it (None where it cannot be
+        included: the member then holds a broken promise) and the consistency proof from
+        ``old_size`` (the checkpoint it verified last; None where the log shrank). ``cosign``
+        ({"size", "signature"}) is its cosignature of that earlier checkpoint, stored first."""
+        with self.core.db.session() as s:
+            self._reader(s, caller, task)
+            if cosign is not None:  # (of a head no longer stored: not kept; the member's own checks catch that)
+                self._store_cosignature(s, caller, task, cosign["size"], cosign["signature"], missing_ok=True)
+            row, tree, stored = self._signed_head(s, task)
+        checkpoint = _loads(row.checkpoint)
+        size = checkpoint["size"]
+        provable = size <= stored  # (not for a head beyond a log shrunk behind the platform's back)
+        inclusion = [[p.hex() for p in tree.inclusion_proof(seq, size)] if provable and seq < size else None
+                     for seq in seqs]
+        consistency = None
+        if old_size is not None and provable and old_size <= size:
+            consistency = [p.hex() for p in tree.consistency_proof(old_size, size)]
+        return {"checkpoint": checkpoint, "signature": row.signature, "platform_key": self.public_key,
+                "inclusion": inclusion, "consistency": consistency}
+
     def cosign(self, caller: str, task: str, size: int, signature: str) -> dict:
         """Store a member's cosignature of the checkpoint of ``size`` after checking it."""
         with self.core.db.session() as s:
             self._reader(s, caller, task)
-            row = s.scalar(select(LedgerCheckpoint).where(LedgerCheckpoint.task == task,
-                                                          LedgerCheckpoint.size == size))
-            key = self._key_of(s, caller)
-            if row is None:
-                raise InvalidInput(f"task {task!r} has no checkpoint of size {size}")
-            if key is None or not E.verify_cosignature(_loads(row.checkpoint), signature, key):
-                raise PermissionDenied("the cosignature does not verify with your registered key")
-            if s.scalar(select(LedgerCosignature.id).where(
-                    LedgerCosignature.task == task, LedgerCosignature.size == size,
-                    LedgerCosignature.member == caller)) is None:
-                s.add(LedgerCosignature(task=task, size=size, member=caller, signature=signature))
+            self._store_cosignature(s, caller, task, size, signature)
         return {"task": task, "size": size, "member": caller}
+
+    def _store_cosignature(self, s, caller: str, task: str, size: int, signature: str,
+                           missing_ok: bool = False) -> None:
+        row = s.scalar(select(LedgerCheckpoint).where(LedgerCheckpoint.task == task,
+                                                      LedgerCheckpoint.size == size))
+        if row is None and missing_ok:
+            return
+        key = self._key_of(s, caller)
+        if row is None:
+            raise InvalidInput(f"task {task!r} has no checkpoint of size {size}")
+        if key is None or not E.verify_cosignature(_loads(row.checkpoint), signature, key):
+            raise PermissionDenied("the cosignature does not verify with your registered key")
+        if s.scalar(select(LedgerCosignature.id).where(
+                LedgerCosignature.task == task, LedgerCosignature.size == size,
+                LedgerCosignature.member == caller)) is None:
+            s.add(LedgerCosignature(task=task, size=size, member=caller, signature=signature))
 
     def keys(self, caller: str, task: str) -> dict:
         """Public keys of every author in the log, and the platform's."""

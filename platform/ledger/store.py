@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 from datetime import datetime
 from pathlib import Path
 
@@ -117,12 +118,20 @@ def load_or_create_key(path: Path | None) -> Ed25519PrivateKey:
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
+        # written whole to a private temporary file, then linked into place: a replica that starts
+        # at the same moment either finds no key or a whole one, never a half-written file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(pem)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, path)
+        except FileExistsError:  # another process made it first: use that one
             return load_or_create_key(path)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
+        finally:
+            tmp.unlink(missing_ok=True)
         log.info("made the platform's ledger key %s", path)
         return key
     mode = path.stat().st_mode & 0o077

@@ -2,9 +2,11 @@
 
 ``verify_log`` needs only data: the (entry, signature) pairs, the authors' keys as
 at entry 0, the checkpoint, its signature and the platform key. It checks every
-signature, that seq runs 0, 1, 2, ... without gaps, every ``prev`` link, the
-Merkle root against the checkpoint and, optionally, an earlier checkpoint
-(consistency proof, and its root recomputed from the entries) and cosignatures.
+signature, that seq runs 0, 1, 2, ... without gaps, every ``prev`` link, that no v2
+statement (signed without its seq, :mod:`.entries`) appears twice, the Merkle root
+against the checkpoint and, optionally, an earlier checkpoint (consistency proof,
+and its root recomputed from the entries) and cosignatures. Entries of both formats
+verify, each against what its author signed.
 
 Keys follow the log: ``keys`` gives each author's key as at entry 0 (or at its first
 appearance); a ``task_created``/``joined`` entry signed by one of ``authorities``
@@ -31,7 +33,7 @@ from typing import Iterable, Mapping, Sequence
 
 from . import merkle
 from .entries import (GENESIS_PREV, PLATFORM_AUTHOR, EntryError, canonical_bytes, decode_public_key,
-                      encode_public_key, validate_checkpoint, verify_checkpoint_signature,
+                      encode_public_key, is_v2, statement_hash, validate_checkpoint, verify_checkpoint_signature,
                       verify_cosignature, verify_entry_signature)
 
 OK, FAILED, SKIPPED, WARNING = "ok", "failed", "skipped", "warning"
@@ -309,6 +311,20 @@ def _check_chain(good, hashes: list[str], check: Check) -> None:
         check.detail = "every entry links to the one before"
 
 
+def _check_statements(good, check: Check) -> None:
+    """A v2 statement is signed without a seq, so the log could show it twice (a replay that would
+    count one update or vote twice); the platform never appends one again, so a repeat is flagged."""
+    first: dict[str, int] = {}
+    for entry, _ in good:
+        if is_v2(entry):
+            seen = first.setdefault(statement_hash(entry), entry["seq"])
+            if seen != entry["seq"]:
+                check.fail(f"entry {entry['seq']} repeats the statement of entry {seen} (a replayed statement)",
+                           entry["seq"])
+    if check.ok:
+        check.detail = f"{len(first)} statement(s) sequenced by the log, none twice"
+
+
 def verify_log(entries: Sequence[tuple[dict, bytes | str]], keys: Mapping[str, object],
                checkpoint: dict, checkpoint_signature: bytes | str, platform_key, *,
                previous_checkpoint: dict | None = None,
@@ -345,6 +361,7 @@ def verify_log(entries: Sequence[tuple[dict, bytes | str]], keys: Mapping[str, o
 
     _check_sequence(good, report.new("sequence numbers"))
     _check_chain(good, hashes, report.new("hash chain"))
+    _check_statements(good, report.new("statements unique"))
 
     sigs = report.new("signatures")
     final_keys, resets = {}, []
