@@ -188,7 +188,7 @@ def setup_logging(verbose: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("urllib3", "werkzeug", "waitress", "absl", "tensorflow", "pika", "matplotlib", "h5py"):
+    for noisy in ("urllib3", "werkzeug", "uvicorn", "absl", "tensorflow", "pika", "matplotlib", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -1,6 +1,6 @@
 """`werkbund demo`: a federated task end to end on built-in data, on a real local platform.
 
-The platform runs in this process (waitress on a free port, SQLite in the
+The platform runs in this process (uvicorn on a free port, SQLite in the
 output folder); each participant is a separate process that talks to it over
 HTTP, like the aggregator in this process does.
 """

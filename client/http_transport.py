@@ -8,7 +8,7 @@ message carries an id of its own (``X-Werkbund-Message-Id``), so a message sent 
 reply was lost is stored once; every control call likewise (``X-Werkbund-Request-Id``, the same on each
 retry), so a command the platform did before it crashed is answered, not done again. A platform never
 reached (a wrong URL, not started, plain HTTP to an HTTPS port) fails at once: that is a user's mistake
-to fix, not a restart to wait for.
+to fix, not a restart to wait for. A login the platform answers "busy" is asked again the same way.
 """
 from __future__ import annotations
 
@@ -80,8 +80,7 @@ class HttpTransport(Transport):
                     raise Unavailable(str(exc)) from None
                 if attempt == 0:
                     log.warning("platform unreachable; retrying for up to %.0f s (%s)", self.reconnect_seconds, exc)
-                delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.5, 1.0)
-                time.sleep(max(0.0, min(delay, give_up - now)))
+                time.sleep(max(0.0, min(_backoff(attempt), give_up - now)))
                 attempt += 1
                 if attempt > 1 and attempt % 10 == 1:
                     log.info("platform still unreachable after %d tries", attempt)
@@ -126,7 +125,22 @@ class HttpTransport(Transport):
                                         json_body={"user": user, "password": password, "org": org}))
 
     def login(self, user, password):
-        data = self._json(self._request("POST", "/login", auth=False, json_body={"user": user, "password": password}))
+        """Log in. A platform that answers it is busy (503 ``unavailable``: it checks two passwords at a time,
+        so when many participants start at once the rest queue, and past 10 s are told to come back) is
+        asked again with backoff for as long as an unreachable one would be."""
+        give_up = time.monotonic() + self.reconnect_seconds
+        attempt = 0
+        while True:
+            try:
+                data = self._json(self._request("POST", "/login", auth=False,
+                                                json_body={"user": user, "password": password}))
+                break
+            except Unavailable:
+                now = time.monotonic()
+                if not self.reached or now >= give_up:
+                    raise
+                time.sleep(max(0.0, min(_backoff(attempt), give_up - now)))
+                attempt += 1
         self.token, self.user = data["token"], data["user"]
         return data
 
@@ -228,6 +242,11 @@ def _upload_body(body):
             yield handle
     else:
         yield body
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before try ``attempt + 2``: capped exponential, with jitter so that many clients spread out."""
+    return min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.5, 1.0)
 
 
 class _Unreachable(Exception):

@@ -6,7 +6,7 @@ platform like any other client (HTTP for the local platform); the creator runs t
 aggregator in the calling thread. Nothing but the platform connects them: the sites' rows
 stay in their threads, and the aggregator sees only what the messages carry.
 
-``platform="local"`` (the default) starts a local platform server (waitress, SQLite in
+``platform="local"`` (the default) starts a local platform server (uvicorn, SQLite in
 ``workdir``) on a free port; ``platform="inproc"`` uses the in-process platform core with the
 same mailboxes, without HTTP (for fast tests).
 """

@@ -31,6 +31,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
+from werkbund.local_platform.long_poll import SCOPE_KEY as LONG_POLL
 from werkbund.local_platform.openapi import openapi_spec
 from werkbund.platform.command_schemas import check_json, parse_json
 from werkbund.platform.commands import dispatch, dispatch_public
@@ -124,7 +125,9 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
         if not 0 <= timeout < float("inf"):  # NaN too
             raise InvalidInput("timeout must be a number of seconds, 0 or more")
         timeout = min(timeout, MAX_POLL_SECONDS)
-        message = boxes.get(task, inbox, timeout)
+        poll = request.environ.get("asgi.scope", {}).get(LONG_POLL)
+        # under the ASGI front (front.py) the wait is the front's, on its event loop, not this thread's
+        message = boxes.get(task, inbox, timeout) if poll is None else poll.take(boxes, task, inbox, timeout)
         if message is None:
             return Response(status=204)
         handle = message.open()
@@ -166,11 +169,11 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
 
 def _body_size(limit: int, what: str) -> int:
     """The request body's announced size, refused (413) beyond ``limit`` before a byte is read; the route
-    then reads ``request.stream`` in pieces, never the whole body at once. (waitress gives a chunked body
-    its Content-Length; no header and no chunked stream: an empty body.)"""
+    then reads ``request.stream`` in pieces, never the whole body at once, so it needs the size first (the
+    ASGI front gives a chunked body its Content-Length; no header and no chunked stream: an empty body)."""
     size = request.content_length
     if size is None:
-        if request.environ.get("wsgi.input_terminated"):
+        if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
             raise InvalidInput(f"{what} needs a Content-Length")
         size = 0
     if size > limit:
@@ -196,7 +199,7 @@ class _ClosingFile:
 
 
 def _file_response(handle, size: int, headers: dict) -> Response:
-    """A reply that streams an open file in 1 MiB pieces (the WSGI server's file wrapper), never read whole."""
+    """A reply that streams an open file in 1 MiB pieces, never read whole."""
     response = Response(wrap_file(request.environ, handle, buffer_size=1 << 20), mimetype="application/octet-stream",
                         headers=headers, direct_passthrough=True)
     response.content_length = size

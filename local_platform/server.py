@@ -1,19 +1,21 @@
-"""Run the local platform: the Flask app served by waitress over a SQLite file.
+"""Run the local platform: the Flask app behind an ASGI front (``front.py``) served by uvicorn over a SQLite file.
 
-Given a certificate and its key, it serves HTTPS instead: waitress speaks no TLS, so then the
-app runs behind werkzeug's threaded server with an ``ssl`` context (as the dashboard does).
+uvicorn runs one asyncio loop: a participant waiting in a long poll holds no thread (the front awaits its
+inbox), so a task with many more participants than route threads still gets every send answered.
+Given a certificate and its key, the same server speaks HTTPS.
 """
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from pathlib import Path
 
+import uvicorn
 from sqlalchemy.engine import make_url
-from waitress.server import create_server
-from werkzeug.serving import make_server
 
 from werkbund.local_platform.app import DEFAULT_MAX_MESSAGE_BYTES, create_app
+from werkbund.local_platform.front import PlatformFront
 from werkbund.platform.db import sqlite_url
 from werkbund.platform.errors import InvalidInput
 from werkbund.platform.mailboxes import MAX_PENDING_BYTES, DiskMailboxes, Mailboxes
@@ -38,7 +40,8 @@ def default_mailbox_dir(db_url: str) -> str | None:
 
 
 class LocalPlatformServer:
-    """A waitress server around the Flask app; ``serve_forever`` or ``start`` in a thread."""
+    """The platform on ``host:port`` (listening once made, so ``url`` is known); ``serve_forever`` or ``start``
+    in a thread. ``threads`` run the Flask routes; waiting long polls take none of them."""
 
     def __init__(self, db_url: str, host: str = "127.0.0.1", port: int = 0, threads: int = 32,
                  tls_certificate: str | None = None, tls_key: str | None = None, mailbox_dir: str | None = None,
@@ -53,18 +56,20 @@ class LocalPlatformServer:
                  else Mailboxes(max_pending_bytes=max_pending_bytes))
         self.app = create_app(self.service, mailboxes=boxes, max_message_bytes=max_message_bytes,
                               max_model_bytes=max_model_bytes)
-        self.tls = context is not None
-        if self.tls:
-            self._server = make_server(host, port, self.app, threaded=True, ssl_context=context)
-            self.port = self._server.server_port
-        else:
-            # waitress reads a request body into a temporary file (past 512 KiB) before the app streams it
-            # from there; it may be as large as a model may be (the routes check their own bounds)
-            self._server = create_server(self.app, host=host, port=port, threads=threads,
-                                         channel_timeout=300, ident="werkbund",
-                                         max_request_body_size=max(max_message_bytes, max_model_bytes) + (1 << 20))
-            self.port = self._server.effective_port
-        self.host = host
+        # a body larger than any route takes is refused at its headers; the routes check their own bounds
+        self.front = PlatformFront(self.app, threads, max(max_message_bytes, max_model_bytes) + (1 << 20))
+        self._socket = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                            backlog=2048)
+        self.port = self._socket.getsockname()[1]
+        self.host, self.tls = host, context is not None
+        # no X-Forwarded-For trusted (the login guard counts failures per client address); an idle
+        # keep-alive connection is kept 300 s (a participant polls again within its 25 s)
+        config = uvicorn.Config(self.front, http="h11", ws="none", lifespan="off", log_config=None,
+                                access_log=False, server_header=False, proxy_headers=False,
+                                timeout_keep_alive=300, timeout_graceful_shutdown=5)
+        config.load()
+        config.ssl = context  # the platform's own TLS settings (platform/tls.py), not uvicorn's defaults
+        self._server = _Server(config, self.front)
         self._thread: threading.Thread | None = None
 
     @property
@@ -72,10 +77,8 @@ class LocalPlatformServer:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def serve_forever(self) -> None:
-        if self.tls:
-            self._server.serve_forever()
-        else:
-            self._server.run()
+        """Serve until ``stop`` (or, in the main thread, SIGINT/SIGTERM: uvicorn stops, then raises it again)."""
+        self._server.run(sockets=[self._socket])
 
     def start(self) -> "LocalPlatformServer":
         self._thread = threading.Thread(target=self.serve_forever, name="werkbund-local-platform", daemon=True)
@@ -83,28 +86,24 @@ class LocalPlatformServer:
         return self
 
     def stop(self) -> None:
-        """Close the listening socket and every connection from inside the serving loop, then wait for it."""
-        if self.tls:
-            if self._thread is not None and self._thread.is_alive():
-                self._server.shutdown()
-                self._thread.join(timeout=10)
-            self._server.server_close()
-            self.service.db.dispose()
-            return
-        if self._thread is not None and self._thread.is_alive():
-            def close_all():
-                for channel in list(self._server._map.values()):
-                    if channel is not self._server.trigger:
-                        channel.close()
-                self._server.trigger.close()
-
-            try:
-                self._server.trigger.pull_trigger(close_all)
-            except OSError:  # the loop is already closing its trigger: close what is left from here
-                self._server.close()
-            self._thread.join(timeout=10)
-        else:
-            self._server.close()
-        self._server.task_dispatcher.shutdown(timeout=5)
+        """Stop listening, answer the waiting long polls, give the requests in flight up to 5 s, close every
+        connection and wait for the serving thread."""
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        self._socket.close()
+        self.front.shutdown()
         self.service.db.dispose()
 
+
+class _Server(uvicorn.Server):
+    """uvicorn's server that answers the waiting long polls first when it shuts down (they would hold it up
+    to their timeout: uvicorn waits for the replies in flight)."""
+
+    def __init__(self, config: uvicorn.Config, front: PlatformFront):
+        super().__init__(config)
+        self._front = front
+
+    async def shutdown(self, sockets=None) -> None:
+        self._front.close()
+        await super().shutdown(sockets)

@@ -96,6 +96,7 @@ class Mailboxes:
         self._count: Counter = Counter()  # (task, inbox, sender) -> messages waiting
         self._bytes: Counter = Counter()  # (task, inbox, sender) -> bytes waiting
         self._ids: OrderedDict = OrderedDict()  # (task, sender, message id) accepted lately
+        self._wakes: dict[tuple[str, str], list[Callable[[], None]]] = {}  # (task, inbox) -> take's wakes
 
     # ---------------------------------------------------------- storage (the in-memory kind)
     def _store(self, task: str, inboxes: list[str], sender: str, body: bytes, message_id: str | None) -> list:
@@ -179,6 +180,8 @@ class Mailboxes:
             for inbox, item in zip(inboxes, items):
                 self._boxes.setdefault((task, inbox), deque()).append(item)
             self._cond.notify_all()
+            wakes = [wake for inbox in inboxes for wake in self._wakes.pop((task, inbox), ())]
+        _call_all(wakes)
         return True
 
     def _remember(self, known: tuple) -> None:
@@ -193,22 +196,47 @@ class Mailboxes:
         if self._count[key] <= 0:
             del self._count[key], self._bytes[key]
 
+    def _pop(self, task: str, inbox: str):
+        """The oldest item of the inbox, its sender's share released; None if it is empty (under the lock)."""
+        box = self._boxes.get((task, inbox))
+        if not box:
+            return None
+        item = box.popleft()
+        self._release(task, inbox, self._sender_of(item), self._size_of(item))
+        return item
+
     def get(self, task: str, inbox: str, timeout: float) -> Message | None:
-        """The oldest message in the inbox, waiting up to ``timeout`` seconds for one."""
+        """The oldest message in the inbox, waiting up to ``timeout`` seconds for one (holding this thread)."""
         deadline = time.monotonic() + max(0.0, timeout)
-        key = (task, inbox)
         with self._cond:
-            while True:
-                box = self._boxes.get(key)
-                if box:
-                    item = box.popleft()
-                    self._release(task, inbox, self._sender_of(item), self._size_of(item))
-                    break
+            while (item := self._pop(task, inbox)) is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
         return self._unstore(task, inbox, item)
+
+    def take(self, task: str, inbox: str, wake: Callable[[], None] | None = None) -> Message | None:
+        """The oldest message in the inbox, or None at once. Then ``wake`` (if given) is called once, from the
+        sender's thread, when a message arrives in this inbox or the task is dropped: an asynchronous server
+        awaits that and asks again, instead of holding a thread in ``get`` per waiting reader. Checking and
+        watching are one step under the lock, so a message that comes in between is never missed."""
+        with self._cond:
+            item = self._pop(task, inbox)
+            if item is None:
+                if wake is not None:
+                    self._wakes.setdefault((task, inbox), []).append(wake)
+                return None
+        return self._unstore(task, inbox, item)
+
+    def unwatch(self, task: str, inbox: str, wake: Callable[[], None]) -> None:
+        """Forget a ``wake`` given to ``take`` that is no longer wanted (its reader stopped waiting)."""
+        with self._cond:
+            wakes = self._wakes.get((task, inbox), [])
+            if wake in wakes:
+                wakes.remove(wake)
+            if not wakes:
+                self._wakes.pop((task, inbox), None)
 
     def drop_task(self, task: str) -> None:
         with self._cond:
@@ -220,6 +248,17 @@ class Mailboxes:
                 del self._ids[key]
             self._forget_task(task)
             self._cond.notify_all()
+            wakes = [wake for key in [k for k in self._wakes if k[0] == task] for wake in self._wakes.pop(key)]
+        _call_all(wakes)
+
+
+def _call_all(wakes: list[Callable[[], None]]) -> None:
+    """Call the wakes of ``take``, outside the lock (one that fails does not keep the others from their turn)."""
+    for wake in wakes:
+        try:
+            wake()
+        except Exception:  # noqa: BLE001 - a waiter's own failure is not the sender's
+            log.exception("waking a reader failed")
 
 
 def _pieces_exactly(stream, size: int):

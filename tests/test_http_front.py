@@ -134,3 +134,30 @@ def test_logout_revokes_the_token_on_the_platform(server, users, tmp_path, monke
     assert result.exit_code == 0 and "revoked on the platform" in result.output
     assert requests.post(f"{api}/call/whoami", json={}, headers=auth).status_code == 401
     assert state.load_token(server.url, "bob") is None
+
+
+def test_logins_told_the_platform_is_busy_are_tried_again(server, users, monkeypatch):
+    """Many participants starting at once: the platform checks two passwords at a time and tells the rest,
+    past the queue's wait, that it is busy (503); each client logs in all the same, a little later."""
+    from werkbund.client.http_transport import HttpTransport
+    from werkbund.platform import login_guard
+
+    monkeypatch.setattr(login_guard, "QUEUE_SECONDS", 0.01)
+    slots, refused = server.service.logins._checks, []
+    acquire = slots.acquire
+
+    def observed_acquire(*args, **kwargs):
+        got = acquire(*args, **kwargs)
+        if not got:
+            refused.append("busy")
+        return got
+
+    monkeypatch.setattr(slots, "acquire", observed_acquire)
+    clients = [HttpTransport(server.url) for _ in range(8)]
+    logins = [threading.Thread(target=client.login, args=("bob", "bob-password")) for client in clients]
+    for login in logins:
+        login.start()
+    for login in logins:
+        login.join()
+    assert refused, "no login was told the platform is busy: the case is not tested"
+    assert all(client.token and client.user == "bob" for client in clients)

@@ -1,0 +1,167 @@
+"""The ASGI front of the local platform: the Flask app runs in a pool of threads, waiting long polls in none.
+
+uvicorn serves this (one asyncio loop, HTTPS too). Each request runs the Flask app through a2wsgi, which
+calls it in a thread pool and streams bodies in pieces both ways, so the routes stay plain Flask. A long
+poll must not hold one of those threads while it waits (with more waiting participants than threads,
+every other request would queue behind their polls): the route only looks (``LongPoll.take``) and answers
+204 when the inbox is empty; the front holds that 204 back, awaits the mailbox's wake and runs the route
+again, so authentication, the task's checks and the reply are the route's own every time. The 204 goes
+out when the deadline passes or the server stops; a client that left gets nothing.
+
+A chunked request body (no Content-Length) is first copied into a temporary file, as waitress did before:
+the routes need a body's size before they read it.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tempfile
+
+from a2wsgi import WSGIMiddleware
+
+from werkbund.local_platform.long_poll import SCOPE_KEY, LongPoll
+from werkbund.platform.errors import PayloadTooLarge
+from werkbund.platform.file_store import PIECE
+
+
+class PlatformFront:
+    """The ASGI app around the Flask app ``app``: ``threads`` run routes; bodies over ``max_body_bytes`` are
+    refused from their Content-Length (413) before a byte is read, as the routes' own bounds are lower."""
+
+    def __init__(self, app, threads: int, max_body_bytes: int):
+        self._wsgi = WSGIMiddleware(app, workers=threads)
+        self._max_body_bytes = max_body_bytes
+        self._polls: set[LongPoll] = set()
+        self._closing = False
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":  # uvicorn runs without lifespan events; no websockets here
+            return
+        size = _content_length(scope)
+        if size is not None and size > self._max_body_bytes:
+            return await _json_reply(send, PayloadTooLarge(
+                f"a request body may have at most {self._max_body_bytes} bytes; this one has {size}"))
+        with contextlib.ExitStack() as spool:
+            if size is None and _chunked(scope):
+                try:
+                    scope, receive = await _spooled(scope, receive, self._max_body_bytes, spool)
+                except PayloadTooLarge as error:
+                    return await _json_reply(send, error)
+                except _ClientGone:
+                    return
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope, receive, send) -> None:
+        """Run the route; while it parks a long poll, wait for the wake and run it again."""
+        poll = LongPoll(asyncio.get_running_loop())
+        self._polls.add(poll)
+        scope = {**scope, SCOPE_KEY: poll}
+        client_gone = None
+        try:
+            while True:
+                reply = _Reply(send, poll)
+                await self._wsgi(scope, receive, reply.send)
+                if reply.held is None:
+                    return
+                client_gone = client_gone or asyncio.ensure_future(_disconnect(receive))
+                if self._closing or not await poll.wait(client_gone):
+                    return await reply.release()
+        finally:
+            poll.stop_watching()
+            self._polls.discard(poll)
+            if client_gone is not None:
+                client_gone.cancel()
+
+    def close(self) -> None:
+        """Answer every waiting long poll now (204), so that a stopping server does not wait out their
+        timeouts; on the event loop (the server's shutdown)."""
+        self._closing = True
+        for poll in self._polls:
+            poll.wake()
+
+    def shutdown(self) -> None:
+        """Let the route threads go once the server has stopped."""
+        self._wsgi.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _Reply:
+    """The ASGI ``send`` of one run of the route: a 204 while the poll watches its inbox is held back (the
+    front waits, then runs the route again or releases it); every other reply goes out as it comes."""
+
+    def __init__(self, send, poll: LongPoll):
+        self._send, self._poll = send, poll
+        self.held: list[dict] | None = None
+
+    async def send(self, message: dict) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 204 and self._poll.watching:
+            self.held = [message]
+        elif self.held is not None:
+            self.held.append(message)
+        else:
+            await self._send(message)
+
+    async def release(self) -> None:
+        for message in self.held:
+            await self._send(message)
+
+
+async def _disconnect(receive) -> None:
+    """Returns when the client has closed its connection (a GET's own body, if any, is passed over)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class _ClientGone(Exception):
+    """The client closed its connection before its body was all there."""
+
+
+async def _spooled(scope, receive, limit: int, stack: contextlib.ExitStack):
+    """A chunked body (no Content-Length) copied into a temporary file, then (scope with its Content-Length,
+    receive that reads it back in pieces): the routes reserve room from a body's size before they read it,
+    so they need the size first. Memory stays bounded; PayloadTooLarge past ``limit`` bytes."""
+    spool = stack.enter_context(tempfile.TemporaryFile())
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone()
+        piece, more = message.get("body", b""), message.get("more_body", False)
+        size += len(piece)
+        if size > limit:
+            raise PayloadTooLarge(f"a request body may have at most {limit} bytes; this one has more")
+        await asyncio.to_thread(spool.write, piece)
+    spool.seek(0)
+    headers = [(name, value) for name, value in scope["headers"] if name != b"transfer-encoding"]
+    left = size
+
+    async def replay():
+        nonlocal left
+        if not left:
+            return await receive()  # the body is over: what comes now is the client leaving
+        piece = await asyncio.to_thread(spool.read, min(PIECE, left))
+        left -= len(piece)
+        return {"type": "http.request", "body": piece, "more_body": left > 0}
+
+    return {**scope, "headers": [*headers, (b"content-length", str(size).encode())]}, replay
+
+
+def _chunked(scope) -> bool:
+    return any(name == b"transfer-encoding" and b"chunked" in value.lower() for name, value in scope["headers"])
+
+
+def _content_length(scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the HTTP parser refuses a malformed one before the app sees it
+    return None
+
+
+async def _json_reply(send, error) -> None:
+    body = json.dumps({"error": error.to_dict()}).encode()
+    await send({"type": "http.response.start", "status": error.http_status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
