@@ -323,6 +323,7 @@ class AmqpTransport(Transport):
                 blob_id = blobs.announce(task, len(body))
             except Unavailable as exc:
                 log.warning("%s; sending the message through the broker instead", exc)
+                self._blob_grants.pop(task, None)  # the next one asks again (another replica may answer)
             else:  # the reference first: the receiver streams the blob while it is uploaded
                 headers = {"wb-blob": blob_id, "wb-size": len(body), "wb-blob-readers": "all" if to == "all" else "one"}
                 properties = pika.BasicProperties(user_id=self.broker_account,
@@ -436,6 +437,16 @@ class AmqpTransport(Transport):
         self._blob_grants[task] = (client, time.monotonic() + BLOB_GRANT_SECONDS)
         return client
 
+    def _fresh_blob_client(self, task: str) -> BlobClient | None:
+        """Forget the grant of ``task`` and ask the platform for a new one: the blob store that gave it
+        may be a replica that went away, and the platform names one that answers."""
+        self._blob_grants.pop(task, None)
+        try:
+            return self.blob_client(task)
+        except WerkbundError as exc:
+            log.info("no new blob grant (%s)", exc)
+            return None
+
     def _fetch_blob(self, task: str, sender: str, headers: dict) -> CheckedFrame:
         """The message a blob reference stands for, read and checked on the way (``read_message``)."""
         try:
@@ -454,6 +465,7 @@ class AmqpTransport(Transport):
                     raise
                 log.warning("%s; trying again", exc)
                 time.sleep(2.0)
+                blobs = self._fresh_blob_client(task) or blobs
         if headers.get("wb-blob-readers") == "one":  # read once: deleted when the message is handled
             self._pending_blob[task] = (blobs, blob_id)
         return whole

@@ -53,13 +53,17 @@ def platform_group():
 @click.option("--upgrade", is_flag=True,
               help="Bring an older database to this werkbund's schema first, as `werkbund platform upgrade` does "
                    "(default: refuse to start on one).")
+@click.option("--new-ledger-key", is_flag=True,
+              help="Start with a ledger key that did not sign the ledger in the database, after the old one was "
+                   "retired (docs/operations.md); default: refuse, as every replica must sign with the same key.")
 @handle_errors
 def serve(broker, broker_ca, db, management, workers, queue_type, queue_max_messages, queue_max_bytes, blob_port,
-          blob_host, blob_url, blob_dir, blob_tls_cert, blob_tls_key, no_blobs, upgrade):
+          blob_host, blob_url, blob_dir, blob_tls_cert, blob_tls_key, no_blobs, upgrade, new_ledger_key):
     """Answer control requests from the broker until interrupted."""
     from werkbund.client import state
     from werkbund.client.cli_platform_admin import upgrade_before_start
     from werkbund.platform.amqp_server import AmqpPlatformServer
+    from werkbund.platform.replicas import check_ledger_key
 
     if upgrade:
         upgrade_before_start(db)
@@ -70,6 +74,8 @@ def serve(broker, broker_ca, db, management, workers, queue_type, queue_max_mess
                                 blob_certificate=blob_tls_cert, blob_key=blob_tls_key, broker_ca=broker_ca,
                                 queue_type=queue_type, queue_max_messages=queue_max_messages,
                                 queue_max_bytes=queue_max_bytes)
+    if not new_ledger_key:
+        check_ledger_key(server.service)  # replicas: all sign with one key
     server.setup()
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     p = server.parameters

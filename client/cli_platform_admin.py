@@ -69,7 +69,7 @@ def upgrade(db, check):
         if check:
             state = schema.describe(engine)
             current = state["current"] or "none (an empty database)"
-            due = state["current"] is not None and state["current"] != state["head"]
+            due = _upgrade_due(state)
             click.echo(f"the database {_shown(db)} has schema revision {current}; this werkbund's is {state['head']}"
                        + ("; run `werkbund platform upgrade`" if due else ""))
             sys.exit(1 if due else 0)
@@ -139,12 +139,18 @@ def restore(source, db, ledger_key, blob_dir, force):
 def upgrade_before_start(db: str) -> None:
     """`serve --upgrade`, `local-platform --upgrade`: upgrade an older database and say so, before the service opens it."""
     from werkbund.platform import schema
+    from werkbund.platform.db import SCHEMA_LOCK, advisory_lock
 
     engine = _engine(db)
     try:
-        state = schema.describe(engine)
-        if state["current"] is not None and state["current"] != state["head"]:
-            before, after = schema.upgrade(engine)
-            click.echo(f"upgraded the database {_shown(db)} from schema revision {before} to {after}")
+        if _upgrade_due(schema.describe(engine)):  # an unreachable database is reported here
+            with advisory_lock(engine, SCHEMA_LOCK):  # replicas started with --upgrade: one upgrades
+                if _upgrade_due(schema.describe(engine)):
+                    before, after = schema.upgrade(engine)
+                    click.echo(f"upgraded the database {_shown(db)} from schema revision {before} to {after}")
     finally:
         engine.dispose()
+
+
+def _upgrade_due(state: dict) -> bool:
+    return state["current"] is not None and state["current"] != state["head"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 
 from werkbund.platform import amqp_names as names
@@ -25,6 +26,7 @@ from werkbund.platform.broker_admin import BrokerAdmin
 from werkbund.platform.broker_sessions import BrokerSessions
 from werkbund.platform.command_schemas import NoParams, check_json, parse_json, validate_params
 from werkbund.platform.commands import dispatch, dispatch_public
+from werkbund.platform.db import advisory_lock, lock_key
 from werkbund.platform.errors import AuthenticationFailed, InvalidInput, PermissionDenied, Unavailable, WerkbundError
 from werkbund.platform.service import PlatformService
 
@@ -71,6 +73,7 @@ class AmqpFront:
         self.admin = admin
         self.sessions = BrokerSessions(service, admin, own_account)  # a broker account per login session
         self.blobs, self.blob_url = blobs, blob_url  # the blob store (platform/blob_store.py), if served
+        self._sync_locks = [threading.Lock() for _ in range(64)]  # sync_user's writers here, striped by user
 
     def handle(self, caller: str | None, command: str | None, body: bytes, headers: dict,
                topology: Topology, later: list | None = None) -> tuple[dict, bytes]:
@@ -192,10 +195,16 @@ class AmqpFront:
         return result
 
     def sync_user(self, user: str, accounts: list[str] | None = None) -> None:
-        """Write ``user``'s permissions on each of its session accounts (``accounts``: only these)."""
-        tasks = self.service.list_tasks(user)
-        self.admin.grant(user, created=[t["name"] for t in tasks if t["role"] == "creator"],
-                         joined=[t["name"] for t in tasks if t["role"] == "participant"], accounts=accounts)
+        """Write ``user``'s permissions on each of its session accounts (``accounts``: only these).
+
+        One writer at a time per user, in this process and (PostgreSQL) across replicas: each reads the
+        user's tasks after its own change was committed, so the last to write knows every change; two
+        memberships changed at once could otherwise each write a list without the other's task."""
+        key = lock_key("permissions", user)
+        with self._sync_locks[key % len(self._sync_locks)], advisory_lock(self.service.db.engine, key):
+            tasks = self.service.list_tasks(user)
+            self.admin.grant(user, created=[t["name"] for t in tasks if t["role"] == "creator"],
+                             joined=[t["name"] for t in tasks if t["role"] == "participant"], accounts=accounts)
 
 
 def run_all(actions: list) -> None:

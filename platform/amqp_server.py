@@ -3,7 +3,8 @@
 A client that lost its connection repeats its request under the same ``message_id``. A state-changing
 control command records its reply in the database, in the command's own transaction, keyed by (user,
 message id) (``request_replies.py``): a repetition, also after this server was killed and started
-again, answers the recorded reply and does nothing twice. ``RecentReplies`` keeps the replies of the
+again, or taken by another replica of it (several may consume the one request queue; docs/operations.md),
+answers the recorded reply and does nothing twice. ``RecentReplies`` keeps the replies of the
 last requests in memory too, so that a repetition arriving while the first is still being answered
 waits for it (and repeatable requests such as ``put_model`` are answered once per process).
 """

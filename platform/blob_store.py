@@ -9,6 +9,9 @@ over the broker, where RabbitMQ vouches for the user; it opens that task's blobs
 and every request is checked by the
 core's rule (``PlatformService.check_blob_access``); this front only translates.
 
+Replicas of the platform share the blob folder (docs/operations.md): an announcement is a file there,
+so an upload and its readers may go through different replicas (``SharedUpload``).
+
 Why the standard library's HTTP server and not waitress: waitress reads a whole request body (to
 a temporary file) before the application sees it, which would write every upload to disk twice.
 """
@@ -39,12 +42,13 @@ STALL_SECONDS = 60.0  # an upload with no new byte for this long has failed
 
 
 class Upload:
-    """A blob on its way in: readers stream what has arrived and wait for the rest."""
+    """A blob on its way in through this process (announced by ``BlobStore.open``): readers here stream
+    what has arrived and wait for the rest."""
 
     def __init__(self, target: Path, size: int, uploader: str):
         self.target, self.size, self.uploader = target, size, uploader
         self.partial = target.with_name(target.name + ".part")
-        self.partial.write_bytes(b"")
+        self.announced = _announced(target)
         self.written, self.state, self.meta = 0, "open", None
         self.cond = threading.Condition()
 
@@ -58,11 +62,13 @@ class Upload:
             os.replace(self.partial, self.target)
             self.state, self.meta = "done", meta
             self.cond.notify_all()
+        self.announced.unlink(missing_ok=True)
 
     def fail(self) -> None:
         with self.cond:
             self.state = "failed"
             self.partial.unlink(missing_ok=True)
+            self.announced.unlink(missing_ok=True)
             self.cond.notify_all()
 
     def open_reader(self):
@@ -91,6 +97,56 @@ class Upload:
                 raise Unavailable(f"the upload of {self.target.name} failed")
 
 
+class SharedUpload:
+    """A blob announced and not yet complete, as the blob folder shows it: uploaded through another
+    replica of the platform that shares the folder, or not at all yet. A reader follows the growing
+    ``.part`` file, polled (no signal crosses processes), until the blob is renamed into place. Behind
+    one load-balanced ``--blob-url`` the announcement, the upload and each read may reach three replicas."""
+
+    POLL_S = 0.05
+
+    def __init__(self, target: Path, size: int, uploader: str, local=lambda: None):
+        self.target, self.size, self.uploader = target, size, uploader
+        self.partial = target.with_name(target.name + ".part")
+        self.local = local  # the Upload once its bytes come through this process after all
+
+    def arrived(self) -> int:
+        """Bytes in the folder so far (Unavailable once the upload failed)."""
+        if self.target.exists():
+            return self.size
+        try:
+            return self.partial.stat().st_size
+        except FileNotFoundError:
+            if self.target.exists():  # renamed in between
+                return self.size
+            raise Unavailable(f"the upload of {self.target.name} failed") from None
+
+    def open_reader(self):
+        """A file handle on the blob as it grows, or None when it is complete already."""
+        try:
+            return None if self.target.exists() else open(self.partial, "rb")
+        except FileNotFoundError:
+            return None
+
+    def wait_beyond(self, offset: int, stall_s: float) -> int:
+        deadline = time.monotonic() + stall_s
+        while (arrived := self.arrived()) <= offset and not self.target.exists():
+            if (here := self.local()) is not None:  # woken by the writer, not the clock
+                return here.wait_beyond(offset, stall_s)
+            if time.monotonic() > deadline:
+                raise Unavailable(f"the upload of {self.target.name} stalled")
+            time.sleep(self.POLL_S)
+        return arrived
+
+    def wait_done(self, stall_s: float) -> None:
+        while not self.target.exists():
+            self.wait_beyond(self.arrived(), stall_s)
+
+
+def _announced(target: Path) -> Path:
+    return target.with_name(target.name + ".announced")
+
+
 class BlobStore:
     """Blob files under ``root/<task>/<id>`` with a JSON sidecar (uploader, size, sha256)."""
 
@@ -107,29 +163,48 @@ class BlobStore:
             raise InvalidInput("a blob id is 32 lowercase hex digits")
         return self.root / task / blob_id
 
-    def open(self, task: str, blob_id: str, size: int, uploader: str) -> "Upload":
-        """Announce an upload: readers may start streaming the blob before (and while) it arrives."""
+    def open(self, task: str, blob_id: str, size: int, uploader: str) -> None:
+        """Announce an upload, in the folder (so every replica sharing it knows): readers may start
+        streaming the blob before (and while) it arrives."""
         if not isinstance(size, int) or not 0 <= size <= MAX_BLOB_BYTES:
             raise PayloadTooLarge(f"a blob has at most {MAX_BLOB_BYTES} bytes")
         target = self.path(task, blob_id)
         with self.lock:
-            if target.exists() or (task, blob_id) in self.uploads:
+            if target.exists() or (task, blob_id) in self.uploads or _announced(target).exists():
                 raise InvalidInput(f"blob {blob_id} exists already; blobs are written once")
             target.parent.mkdir(exist_ok=True)
-            upload = self.uploads[(task, blob_id)] = Upload(target, size, uploader)
-        return upload
+            target.with_name(target.name + ".part").write_bytes(b"")
+            _announced(target).write_text(json.dumps({"size": size, "uploader": uploader}))
 
-    def upload_of(self, task: str, blob_id: str) -> "Upload | None":
+    def upload_of(self, task: str, blob_id: str) -> "Upload | SharedUpload | None":
+        """The blob's upload under way, here or in another replica; None when there is none."""
+        upload = self._local(task, blob_id)
+        if upload is not None:
+            return upload
+        target = self.path(task, blob_id)
+        try:
+            announced = json.loads(_announced(target).read_text())
+        except (FileNotFoundError, ValueError):  # none, or its announcement half written
+            return None
+        return SharedUpload(target, announced["size"], announced["uploader"], lambda: self._local(task, blob_id))
+
+    def _local(self, task: str, blob_id: str) -> "Upload | None":
         with self.lock:
             return self.uploads.get((task, blob_id))
 
     def put(self, task: str, blob_id: str, stream, size: int, uploader: str) -> dict:
         """Copy ``size`` bytes from ``stream`` into the blob, hashing on the way; returns its metadata."""
-        upload = self.upload_of(task, blob_id)
-        if upload is None or upload.written or upload.state != "open":
-            upload = self.open(task, blob_id, size, uploader)
-        elif (upload.uploader, upload.size) != (uploader, size):
+        announced = self.upload_of(task, blob_id)  # by a POST through this replica or another
+        if announced is None:
+            self.open(task, blob_id, size, uploader)
+        elif not isinstance(announced, SharedUpload) or announced.arrived():
+            raise InvalidInput(f"blob {blob_id} is being uploaded already")
+        elif (announced.uploader, announced.size) != (uploader, size):
             raise InvalidInput("the upload does not match the announced blob (uploader, size)")
+        with self.lock:
+            if (task, blob_id) in self.uploads:
+                raise InvalidInput(f"blob {blob_id} is being uploaded already")
+            upload = self.uploads[(task, blob_id)] = Upload(self.path(task, blob_id), size, uploader)
         digest, left = hashlib.sha256(), size
         # hashed beside the socket reads: a piece waits in the queue (4) or is hashed (1) before the
         # ring of 6 buffers comes back to it, and reused buffers spare the page faults of fresh ones
@@ -207,13 +282,15 @@ class BlobStore:
         shutil.rmtree(self.root / task, ignore_errors=True)
 
     def sweep(self) -> int:
-        """Remove blobs older than ``max_age_s`` (broadcasts nobody deletes); returns how many."""
+        """Remove blobs older than ``max_age_s`` (broadcasts nobody deletes), and uploads that a replica
+        killed mid-way left announced; returns how many."""
         cutoff, removed = time.time() - self.max_age_s, 0
-        for path in self.root.glob("*/*.json"):
+        for path in [*self.root.glob("*/*.json"), *self.root.glob("*/*.announced")]:
             try:
                 if path.stat().st_mtime < cutoff:
-                    path.with_suffix("").unlink(missing_ok=True)
-                    path.unlink(missing_ok=True)
+                    blob = path.with_suffix("")
+                    for leftover in (blob, blob.with_name(blob.name + ".part"), path):
+                        leftover.unlink(missing_ok=True)
                     removed += 1
             except OSError:
                 pass

@@ -88,9 +88,14 @@ class BrokerSessions:
 
     def sweep(self) -> list[str]:
         """Delete the broker accounts of sessions that expired or were revoked, and the accounts of
-        the old form that carried a user's password. Returns the users whose session accounts remain."""
+        the old form that carried a user's password. Returns the users whose session accounts remain.
+
+        The accounts are listed before the live sessions are read: a login commits its session before
+        it makes the account, so an account listed here has its session in ``live`` if it is live, also
+        when the login ran meanwhile in another thread or another replica of the platform."""
+        accounts = self.admin.accounts()
         live, remaining = self._live(), set()
-        for account in self.admin.accounts():
+        for account in accounts:
             name, parsed = account["name"], names.parse_account(account["name"], self.admin.vhost)
             if name == self.own_account or TAG not in account["tags"] or parsed is None:
                 continue

@@ -1,6 +1,7 @@
 """Database engine and session factory for the platform core (SQLAlchemy 2.x)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from contextlib import contextmanager, nullcontext
@@ -57,7 +58,8 @@ class Database:
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:  # a new database is made at the newest schema; an older one is refused or upgraded
-            self.schema_action = schema.prepare(self.engine, upgrade=upgrade)
+            with advisory_lock(self.engine, SCHEMA_LOCK):
+                self.schema_action = schema.prepare(self.engine, upgrade=upgrade)
         except OperationalError as exc:
             shown = parsed.render_as_string(hide_password=True)
             reason = str(exc.orig).strip().splitlines()[-1] if exc.orig else str(exc)
@@ -83,6 +85,37 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def lock_key(*parts: str) -> int:
+    """The PostgreSQL advisory lock (a signed 64-bit number) named by ``parts``."""
+    digest = hashlib.sha256("\0".join(("werkbund", *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+# the lock one platform process at a time holds while it makes or upgrades the schema
+SCHEMA_LOCK = lock_key("schema")
+
+
+@contextmanager
+def advisory_lock(engine, key: int):
+    """One holder of ``key`` at a time among the processes on this PostgreSQL database (replicas of the
+    platform: the second to make the schema finds it made, instead of failing on a half-made one). A
+    session-level advisory lock on a connection of its own, so it spans the caller's transactions; the
+    end of a killed process's connection frees it. Nothing on SQLite, which has one writer at a time."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    from sqlalchemy import text
+
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
 
 
 def _private_file(path: Path) -> None:

@@ -10,6 +10,9 @@ or neither. The exception is ``delete_task`` (``RECORDED_AFTER``), recorded righ
 commit: a crash between the two leaves it done without a record, and its retry answers
 ``task_not_found``. A repetition of a recorded (user, request id) answers the recorded reply and runs
 nothing; one for another command is refused (``Conflict``).
+Across processes (replicas of the platform on one PostgreSQL database) an advisory lock on the
+(user, request id) makes a retry that reaches another replica wait for the first attempt's
+transaction, and the unique key on the table decides between two that never met.
 
 Only successes are recorded: a command that fails changed nothing (its transaction rolled back),
 so its retry runs it again and answers what is true then. Read-only commands and
@@ -29,10 +32,10 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.exc import IntegrityError
 
-from werkbund.platform.db import SHARED_SESSION
+from werkbund.platform.db import SHARED_SESSION, advisory_lock, lock_key
 from werkbund.platform.errors import Conflict, InvalidInput
 from werkbund.platform.models import RequestReply, utcnow
 
@@ -96,15 +99,17 @@ def run_once(service, caller: str, command: str, request: str, run):
     found = None
     try:
         if command in RECORDED_AFTER:  # the command commits on its own, then its record
-            found = recorded(service, caller, request)
-            if found is None:
-                data = run()
-                with service.db.session() as s:
-                    _record(s, caller, request, command, data)
+            with advisory_lock(service.db.engine, lock_key("request", caller, request)):  # across its two transactions
+                found = recorded(service, caller, request)
+                if found is None:
+                    data = run()
+                    with service.db.session() as s:
+                        _record(s, caller, request, command, data)
         else:
             with service.ledger.writing() as s:  # the ledger's writer lock, then one session for everything
                 token = SHARED_SESSION.set((service.db, s))
                 try:
+                    _lock(s, caller, request)
                     found = _lookup(s, caller, request)
                     if found is None:
                         _prune(s)
@@ -123,6 +128,16 @@ def run_once(service, caller: str, command: str, request: str, run):
                        f"send a new request id with each call")
     log.info("%s repeats request %s (%s); answering the recorded reply", caller, request, command)
     return found["data"]
+
+
+def _lock(s, user: str, request: str) -> None:
+    """Hold the (user, request id) until the transaction ends (PostgreSQL). Replicas of the platform
+    answer one queue, so a retry can reach another replica while the first attempt still runs there
+    (or while its killed process's transaction is rolled back): it waits here and then finds the
+    recorded reply, instead of running the command a second time and answering, say, already_joined.
+    In one process the ledger's writer lock already serialises them; SQLite has one writer at a time."""
+    if s.bind.dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key("request", user, request)})
 
 
 def _record(s, user: str, request: str, command: str, data) -> None:

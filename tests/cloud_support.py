@@ -78,13 +78,16 @@ def database(kind: str, tmp: Path):
 
 
 def start_cloud_platform(tmp: Path, db_url: str, vhost: str, port: int = BROKER_PORT,
-                         management: str = MANAGEMENT, scheme: str = "amqp", extra: tuple = ()):
-    """Start `werkbund platform serve` (``extra``: more of its options); return (process, the URL clients use)."""
+                         management: str = MANAGEMENT, scheme: str = "amqp", extra: tuple = (),
+                         env: dict | None = None):
+    """Start `werkbund platform serve` (``extra``: more of its options, ``env``: of its environment); return
+    (process, the URL clients use). Its log is ``tmp/cloud-platform.log``."""
     log = tmp / "cloud-platform.log"
     proc = subprocess.Popen([WERKBUND, "platform", "serve", "--broker",
                              f"{scheme}://guest:guest@{BROKER_HOST}:{port}/{vhost}", "--db", db_url,
                              "--management", management, *extra],
-                            env=quiet_env(WERKBUND_HOME=str(tmp / "platform-home")), stdout=subprocess.PIPE,
+                            env=quiet_env(WERKBUND_HOME=str(tmp / "platform-home"), **(env or {})),
+                            stdout=subprocess.PIPE,
                             stderr=open(log, "w"), text=True, stdin=subprocess.DEVNULL)
     deadline, line = time.monotonic() + 60, ""
     while time.monotonic() < deadline:
