@@ -176,6 +176,10 @@ class AmqpSession:
                 future.wb_connection = connection  # a later reconnect means this work never ran
                 break
             except ConnectionWrongStateError:  # lost a moment ago; the I/O thread is reconnecting
+                if self.closing:  # it gave up (the session's account was deleted at logout, or expired)
+                    _settle(future, error=getattr(self, "_broken", None)
+                            or Unavailable("the broker connection is closed"))
+                    break
                 time.sleep(0.1)
                 self.ready.wait(self.reconnect_seconds)
         return future
