@@ -1,8 +1,10 @@
-"""werkbund against Flower on the same overhead job, in one run, with the ratio (issue 15, part a and c).
+"""werkbund against Flower on the same overhead job, in one run, with the ratio (issue 15, part a and c;
+part b, the large model, is bench/vs_flower_big.py behind ``--part b``).
 
     bash bench/flower_env.sh                       # once: Flower in .venv-flower (its pins fight ours)
     .venv/bin/python bench/vs_flower.py            # 10 participants, 1,000 floats, 30 rounds, local and cloud
     .venv/bin/python bench/vs_flower.py --participants 2 10 50 100 --platforms local   # how cost grows
+    .venv/bin/python bench/vs_flower.py --part b   # part b: a 256 MiB and a 1 GiB model (bench/vs_flower_big.py)
 
 The job: N participant processes, a model of about 1,000 float weights, R rounds, work that is
 nothing next to the framework's own cost, so the figure is each framework's per-round overhead.
@@ -196,14 +198,27 @@ def run_flower(python: str, participants: int, rounds: int) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--participants", type=int, nargs="+", default=[10])
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--platforms", nargs="+", choices=("local", "cloud"), default=["local", "cloud"])
+    parser.add_argument("--part", choices=("a", "b"), default="a",
+                        help="a (and c, its --participants sweep): the overhead job; b: the large-model round")
+    parser.add_argument("--participants", type=int, nargs="+", help="default: 10 (part a), 2 (part b)")
+    parser.add_argument("--rounds", type=int, help="default: 30 (part a), 3 (part b)")
+    parser.add_argument("--platforms", nargs="*", choices=("local", "cloud"), default=["local", "cloud"])
     parser.add_argument("--flower-python", default=str(ROOT / ".venv-flower" / "bin" / "python"))
     parser.add_argument("--no-ledger", action="store_true",
                         help="werkbund without identity keys after joining (no entry signed): what the ledger costs")
     parser.add_argument("--json", help="also write every figure to this file")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024],
+                        help="part b: model sizes in MiB, smallest first (a size runs only if the one before finished)")
+    parser.add_argument("--flower", nargs="*", choices=("legacy", "deployment"), default=["legacy", "deployment"],
+                        help="part b: Flower runtimes to run (none: werkbund only)")
+    parser.add_argument("--memory-limit-gib", type=float, default=16.0,
+                        help="part b: stop the run's processes once the machine's used memory passes this")
     args = parser.parse_args()
+    if args.part == "b":
+        import vs_flower_big
+
+        return vs_flower_big.main(args)
+    args.participants, args.rounds = args.participants or [10], args.rounds or 30
     rows = []
     for n in args.participants:
         flower = run_flower(args.flower_python, n, args.rounds)
