@@ -26,7 +26,7 @@ import numpy as np
 from werkbund.algorithms.arrays import UpdateRejected, check_weights, signature
 from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
 from werkbund.algorithms.engine.participant import RoundParticipant
-from werkbund.algorithms.privacy import dp_rounds
+from werkbund.algorithms.privacy.dp import rounds as dp_rounds
 from werkbund.algorithms.metrics import CLASSIFICATION, KINDS, REGRESSION, classification_metrics, regression_metrics
 from werkbund.algorithms.fields import MODEL, STRATEGY, TRAINING
 from werkbund.algorithms.labels import label_indices

@@ -87,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from werkbund.algorithms.data.builtin import load_mnist
-    from werkbund.client.usecase_federation import run_federated
+    from werkbund.usecases.federation import run_federated
 
     started = time.monotonic()
     train = first_rows(load_mnist(args.mnist_dir, "train"), args.rows)

@@ -9,7 +9,7 @@
 One run, one task per mode, each on a fresh platform: by default a local platform (Flask over HTTP,
 SQLite) with every participant a process of its own, as in a deployment, where a participant's
 masking or encryption does not wait for the others'; with ``--threads`` the in-process platform
-(``client/inproc_transport.py``: the real platform core and mailboxes, no HTTP) with one thread per
+(``client/transports/inproc.py``: the real platform core and mailboxes, no HTTP) with one thread per
 participant, where TenSEAL's encryption, which holds the interpreter lock, runs one participant
 after the other. On 2 cores both share the machine among 10 participants. The job:
 the ``neural_network`` algorithm with a 64-256-320-10 MLP (102,090 weights, plus the
@@ -108,7 +108,7 @@ def run_mode(pom: int, participants: int, rounds: int, epochs: int, model: dict,
     from werkbund.algorithms.arrays import encode_weights
     from werkbund.algorithms.neural_network import NeuralNetworkAggregator
     from werkbund.client.api import register
-    from werkbund.client.inproc_transport import InProcPlatform
+    from werkbund.client.transports.inproc import InProcPlatform
     from werkbund.local_platform.server import LocalPlatformServer
     from werkbund.platform.db import sqlite_url
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/privacy_dp.py --data-dir /path/to/datasets      # or set WERKBUND_DATA_DIR
     .venv/bin/python bench/privacy_dp.py --data-dir "$WERKBUND_DATA_DIR" --epsilon 1 --epsilon 3 --rounds 5 --epochs 2
 
-The three sites are the product quality types L, M and H of AI4I (``algorithms/usecase_data.py``:
+The three sites are the product quality types L, M and H of AI4I (``usecases/data.py``:
 the five numeric features, target ``Machine failure``, a stratified 80/20 split per site). Each
 setting runs the real task (``neural_network``: an MLP with one hidden layer of 16 by default,
 ``--hidden 64,32`` is the platform's default network; federated standardization, FedAvg) through
@@ -49,8 +49,8 @@ def run(data_dir: str | Path, epsilons=(1.0, 3.0), delta: float = 1e-5, rounds: 
     """Train non-privately and at each epsilon, ``repeats`` times each (the DP noise is drawn fresh
     every time); return the settings, the mean scores (and each run's) and the gaps in points."""
     from werkbund.algorithms import keras_models as km
-    from werkbund.algorithms.usecase_data import load_ai4i
-    from werkbund.client.usecase_federation import run_federated
+    from werkbund.usecases.data import load_ai4i
+    from werkbund.usecases.federation import run_federated
 
     scenario = load_ai4i(data_dir, rows=rows, seed=seed)
     test = scenario.pooled(1)

@@ -114,7 +114,7 @@ def child(args) -> None:
 
     logging.getLogger("werkbund").setLevel(logging.WARNING)
     import werkbund
-    from werkbund.algorithms.usecase_data import AI4I_FEATURES
+    from werkbund.usecases.data import AI4I_FEATURES
 
     rounds = args.mlp_rounds if args.child == "neural_network" else args.rounds
     result = werkbund.simulate(definition(args, args.child, rounds), ai4i_path(args), target=AI4I_TARGET,
@@ -156,7 +156,7 @@ def write_flower_parts(args, n: int, folder: Path) -> None:
     """The partitions and train/test splits werkbund.simulate makes, standardized: one .npz per client."""
     import numpy as np
 
-    from werkbund.algorithms.usecase_data import AI4I_FEATURES
+    from werkbund.usecases.data import AI4I_FEATURES
     from werkbund.simulation import data as sim_data
     from werkbund.simulation.partition import parse_partition
     from werkbund.simulation.runner import rows_of

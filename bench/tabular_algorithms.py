@@ -1,5 +1,5 @@
 """Federated k-means, logistic and linear regression and statistics against the same methods on the
-pooled data (scikit-learn / NumPy), on the use-case data (sites as in ``algorithms/usecase_data.py``).
+pooled data (scikit-learn / NumPy), on the use-case data (sites as in ``usecases/data.py``).
 
     .venv/bin/python bench/tabular_algorithms.py --data-dir "$WERKBUND_DATA_DIR" [--rows 3000] [--rounds 20]
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the in
 from inproc_federation import run_federation  # noqa: E402
 
 from werkbund.algorithms.data.dataset import Dataset  # noqa: E402
-from werkbund.algorithms.usecase_data import load_scenario  # noqa: E402
+from werkbund.usecases.data import load_scenario  # noqa: E402
 
 
 def pooled(scenario, part):

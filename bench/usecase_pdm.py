@@ -4,7 +4,7 @@
     .venv/bin/python bench/usecase_pdm.py --data-dir "$WERKBUND_DATA_DIR" --scenario ai4i --rounds 10 --epochs 2
     .venv/bin/python bench/usecase_pdm.py --scenario welding --rows 3000             # generated (SYNTHETIC) data only
 
-The same runs as ``werkbund usecase pdm`` (``client/usecase_pdm.py``): for every scenario the
+The same runs as ``werkbund usecase pdm`` (``usecases/pdm.py``): for every scenario the
 platform's default MLP is trained locally at each site, centrally on the pooled rows and
 federated through a local platform server, with the same budget. Prints the D3.3-style table of
 every scenario, the federated-minus-central gap on the combined test rows (issue 4, benchmark c:
@@ -39,10 +39,10 @@ def main() -> None:
 
     from rich.console import Console
 
-    from werkbund.algorithms.usecase_data import load_scenario
-    from werkbund.client.cli_common import setup_logging
-    from werkbund.client.usecase_pdm import Budget, run_scenario
-    from werkbund.client.usecase_report import console_table, gap, metrics_of, table_rows, write_report
+    from werkbund.usecases.data import load_scenario
+    from werkbund.client.cli.common import setup_logging
+    from werkbund.usecases.pdm import Budget, run_scenario
+    from werkbund.usecases.report import console_table, gap, metrics_of, table_rows, write_report
 
     setup_logging()
     import logging

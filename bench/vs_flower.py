@@ -86,7 +86,7 @@ def local_platform(home: Path):
 
 @contextmanager
 def cloud_platform(home: Path):
-    from werkbund.platform.broker_admin import BrokerAdmin
+    from werkbund.platform.amqp.broker_admin import BrokerAdmin
 
     vhost = f"wb-bench-{uuid.uuid4().hex[:8]}"
     management = "http://guest:guest@127.0.0.1:15672"

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from werkbund.platform import amqp_names as names
+from werkbund.platform.amqp import names
 from werkbund.platform.errors import InvalidInput, NotFound, Unavailable, WerkbundError
 from werkbund.platform.tls import peer_certificate
 
@@ -154,7 +154,7 @@ def _queue_permissions(transport, user: str, tasks: list[dict]) -> list[Row]:
 def _blob_store(transport, tasks: list[dict]) -> Row:
     """With a transfer token for one of the user's tasks, ask the blob store for a blob that does not
     exist: a 'not found' shows that it is reachable, its TLS certificate valid and the token accepted."""
-    from werkbund.client.amqp_blobs import BlobClient
+    from werkbund.client.transports.amqp.blobs import BlobClient
 
     if not tasks:
         return Row("blob store reachable", SKIP, "no tasks of yours yet: a blob store token is per task")

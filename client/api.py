@@ -14,7 +14,7 @@ from pathlib import Path
 
 from werkbund.client.ledger import LedgerChannel
 from werkbund.client.messages import MalformedMessage, TaskMessage, decode_message
-from werkbund.client.transport import Transport
+from werkbund.client.transports.base import Transport
 from werkbund.platform.errors import InvalidInput, InvalidState
 
 log = logging.getLogger("werkbund.client")
@@ -23,20 +23,20 @@ log = logging.getLogger("werkbund.client")
 def make_transport(platform: str = "local", url: str | None = None, inproc=None, **options) -> Transport:
     """A transport for ``platform`` ('local', 'cloud' or 'inproc')."""
     if platform == "local":
-        from werkbund.client.http_transport import HttpTransport
+        from werkbund.client.transports.http import HttpTransport
 
         if not url:
             raise InvalidInput("the local platform needs a URL (--url or WERKBUND_URL), e.g. http://127.0.0.1:5000")
         return HttpTransport(url, ca_certificate=options.get("ca_certificate"))
     if platform == "inproc":
-        from werkbund.client.inproc_transport import InProcTransport
+        from werkbund.client.transports.inproc import InProcTransport
 
         if inproc is None:
             raise InvalidInput("the in-process platform needs an InProcPlatform object")
         return InProcTransport(inproc)
     if platform == "cloud":
         try:
-            from werkbund.client.amqp_transport import AmqpTransport
+            from werkbund.client.transports.amqp.transport import AmqpTransport
         except ImportError as exc:  # pika, a dependency of werkbund, is missing or broken in this environment
             raise InvalidInput(f"the cloud platform transport cannot be loaded ({exc}); reinstall werkbund, "
                                "which brings its dependency pika") from None

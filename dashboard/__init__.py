@@ -15,7 +15,7 @@ See docs/dashboard.md.
 Imports go one way: ``server`` → ``app`` → ``api`` and the ``views_*`` (each has a
 ``register(app)`` that ``create_app`` calls) → ``forms``, ``live``, ``datasets``, ``sessions``.
 No module imports ``app`` but ``server``, and none imports through this package (it only
-re-exports), so the package has no import cycle (tests/test_import_graph.py).
+re-exports), so the package has no import cycle (tests/unit/test_import_graph.py).
 """
 from werkbund.dashboard.app import DashboardSettings, create_app
 from werkbund.dashboard.server import DashboardServer

@@ -1,7 +1,7 @@
 """SQLAlchemy tables of the platform: users, sessions, tasks, memberships, rounds, models.
 
 The schema is versioned (``schema.py``, ``migrations/``): a change here needs a new revision under
-``migrations/versions/``; ``tests/test_migrations.py`` compares the two."""
+``migrations/versions/``; ``tests/e2e/test_migrations.py`` compares the two."""
 from __future__ import annotations
 
 from datetime import datetime, timezone

@@ -14,7 +14,7 @@
 Alembic runs programmatically over the caller's connection: no ``alembic.ini`` at run time.
 To change the schema: edit ``models.py`` (or ``ledger/store.py``), then add a revision under
 ``migrations/versions/`` (``alembic -c platform/migrations/alembic.ini revision -m "..."`` writes the
-skeleton); ``tests/test_migrations.py`` fails while the models and the head revision differ.
+skeleton); ``tests/e2e/test_migrations.py`` fails while the models and the head revision differ.
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ import threading
 
 from sqlalchemy import select
 
-from werkbund.client.inproc_transport import InProcPlatform, InProcTransport
+from werkbund.client.transports.inproc import InProcPlatform, InProcTransport
 from werkbund.platform.commands import dispatch
 from werkbund.platform.definition import check_name
 from werkbund.platform.errors import (AlreadyJoined, InvalidInput, InvalidState, PermissionDenied, TaskFull,

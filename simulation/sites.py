@@ -18,7 +18,7 @@ from collections import deque
 from werkbund.algorithms.engine.participant import TaskEnded
 from werkbund.algorithms.engine.progress import Progress
 from werkbund.client.api import ParticipantHandle, User
-from werkbund.client.transport import Transport
+from werkbund.client.transports.base import Transport
 from werkbund.platform.errors import InvalidState, PermissionDenied
 
 log = logging.getLogger("werkbund.simulation")

@@ -88,7 +88,7 @@ def running_platform(kind: str, tmp):
             proc.terminate()
             proc.wait(timeout=20)
         return
-    from cloud_support import cloud_platform
+    from support.cloud_support import cloud_platform
 
     with cloud_platform(tmp, kind.split("-")[1]) as url:
         yield "cloud", url
@@ -112,7 +112,7 @@ def cli(platform_under_test, tmp_path_factory):
 # What a test may need from this machine, and the markers that must say so (pyproject.toml declares
 # them; `-m "not broker and not postgres"` then runs without a broker or PostgreSQL). The one place of
 # the rule; checked when the suite is collected (pytest_collection_modifyitems below). Keys:
-#   NAME        a fixture of the test, or a helper of the support modules (tests/cloud_support.py,
+#   NAME        a fixture of the test, or a helper of the support modules (tests/support/cloud_support.py,
 #               broker_node.py, tls_support.py, platform_data_support.py) that the test function, a
 #               fixture of its module or a function or class of its module that they use names;
 #   [VALUE]     a parameter (of a fixture or of parametrize) with this value;

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from werkbund.algorithms.engine.update_aggregation import (AlgorithmUpdates, PlainEncoding, UpdateAggregation,
                                                            UpdateEncoding)
-from werkbund.algorithms.privacy.dp_accounting_aggregation import DPAccounting
-from werkbund.algorithms.privacy.homomorphic_aggregation import HomomorphicAggregation, HomomorphicParticipant
-from werkbund.algorithms.privacy.secure_aggregation import SecureAggregation, SecureAggregationParticipant
+from werkbund.algorithms.privacy.dp.accounting_aggregation import DPAccounting
+from werkbund.algorithms.privacy.ckks.aggregation import HomomorphicAggregation, HomomorphicParticipant
+from werkbund.algorithms.privacy.secagg.aggregation import SecureAggregation, SecureAggregationParticipant
 
 PRIVACY_MODES = {2: (SecureAggregation, SecureAggregationParticipant),
                  3: (HomomorphicAggregation, HomomorphicParticipant)}

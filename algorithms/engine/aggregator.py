@@ -68,7 +68,7 @@ class RoundAggregator:
     """Template for the aggregator of a round-based federated algorithm."""
 
     weighted_mean_update = False  # True: the update is arrays and a sample count, combined from their mean
-    dp = None  # the DP budget (privacy/dp_budget.py) of a task with "dp", made by the algorithm's DP-SGD setup
+    dp = None  # the DP budget (privacy/dp/budget.py) of a task with "dp", made by the algorithm's DP-SGD setup
 
     def __init__(self, channel, holdout=None, progress: Progress | None = None,
                  quorum_timeout: float | None = None, checkpoint_dir=None):

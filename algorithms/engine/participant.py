@@ -55,7 +55,7 @@ class TaskEnded(RuntimeError):
 
 
 class RoundParticipant:
-    dp = None  # the participant's DP budget (privacy/dp_budget.py) in a task with "dp", from the setup
+    dp = None  # the participant's DP budget (privacy/dp/budget.py) in a task with "dp", from the setup
 
     def __init__(self, channel, train, test, progress: Progress | None = None, out_model=None,
                  idle_timeout: float | None = None, state_dir=None):

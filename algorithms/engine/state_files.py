@@ -3,8 +3,8 @@
 A crash at any moment leaves the old file or the new one whole, never half of one (written under a
 temporary name, flushed to disk, then renamed over the old one). JSON and raw bytes only; nothing is
 pickled. What is kept, and by whom: the engine's last update sent (``participant.py``), POM 3's key and
-its record of what it encrypted and decrypted (``privacy/homomorphic_aggregation.py``), POM 2's record
-of the views it signed (``privacy/secure_aggregation.py``), the DP account (``privacy/dp_budget.py``).
+its record of what it encrypted and decrypted (``privacy/ckks/aggregation.py``), POM 2's record
+of the views it signed (``privacy/secagg/aggregation.py``), the DP account (``privacy/dp/budget.py``).
 """
 from __future__ import annotations
 

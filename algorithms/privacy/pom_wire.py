@@ -15,8 +15,8 @@ import binascii
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from werkbund.algorithms.privacy.secagg_errors import SecAggError
-from werkbund.algorithms.privacy.secagg_messages import pack, unpack
+from werkbund.algorithms.privacy.secagg.errors import SecAggError
+from werkbund.algorithms.privacy.secagg.messages import pack, unpack
 
 _BYTES = "$b"
 MAX_BLOBS = 100_000
@@ -75,7 +75,7 @@ def vector_from(payload: bytes, dtype, length: int) -> np.ndarray:
 
 
 def pack_blobs(blobs: list[bytes]) -> bytes:
-    """A count, then each blob prefixed by its 4-byte length (``secagg_messages.pack``)."""
+    """A count, then each blob prefixed by its 4-byte length (``secagg.messages.pack``)."""
     return len(blobs).to_bytes(4, "big") + pack(*(bytes(b) for b in blobs))
 
 

@@ -18,7 +18,7 @@ from werkbund.algorithms.arrays import UpdateRejected
 from werkbund.algorithms.engine.errors import TaskFailure
 from werkbund.algorithms.engine.update_aggregation import AggregationWrapper, Update, UpdateEncoding, arrays_of
 from werkbund.algorithms.privacy.pom_wire import PomError, flatten, from_header, unflatten
-from werkbund.algorithms.privacy.secagg_errors import SecAggError
+from werkbund.algorithms.privacy.secagg.errors import SecAggError
 
 DEFAULT_CLIP_RANGE = 64.0          # |weight change| per round and entry; larger values are clipped
 DEFAULT_MAX_SAMPLES = 1 << 20      # largest sample count (the weight of an update) a participant may have

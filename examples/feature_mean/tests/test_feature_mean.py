@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from werkbund.algorithms.data.tables import dataset_from_arrays
 from werkbund.client.api import register
-from werkbund.client.inproc_transport import InProcPlatform
+from werkbund.client.transports.inproc import InProcPlatform
 from werkbund.platform.errors import InvalidInput
 
 from werkbund_feature_mean import ALGORITHM

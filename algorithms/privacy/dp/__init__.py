@@ -1,0 +1,1 @@
+"""Differential privacy: DP-SGD, its accounting and the task's privacy budget."""

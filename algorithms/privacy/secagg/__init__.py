@@ -1,0 +1,1 @@
+"""POM 2: secure aggregation (masked updates; the aggregator unmasks only the sum)."""

@@ -1,0 +1,270 @@
+"""HTTP transport to the local platform (requests, one keep-alive session).
+
+When a platform this transport has reached before cannot be reached (connection refused or cut, no
+answer, 502/503/504: it is being restarted), a request is tried again with capped exponential
+backoff and jitter for up to ``WERKBUND_RECONNECT_SECONDS`` (default 300; 0: give up at once), with
+one log line "platform unreachable; retrying for up to N s", before it fails with ``Unavailable``. Every task
+message carries an id of its own (``X-Werkbund-Message-Id``), so a message sent again because the
+reply was lost is stored once; every control call likewise (``X-Werkbund-Request-Id``, the same on each
+retry), so a command the platform did before it crashed is answered, not done again. A platform never
+reached (a wrong URL, not started, plain HTTP to an HTTPS port) fails at once: that is a user's mistake
+to fix, not a restart to wait for. A login the platform answers "busy" is asked again the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+from werkbund.client.transports.base import Transport
+from werkbund.platform.errors import (AuthenticationFailed, PayloadTooLarge, Unavailable, WerkbundError,
+                                      error_from_dict)
+from werkbund.platform.tls import client_context, explain
+
+POLL_SECONDS = 25.0
+RECONNECT_SECONDS = 300.0      # default patience with an unreachable platform (WERKBUND_RECONNECT_SECONDS)
+BACKOFF_FIRST, BACKOFF_CAP = 0.2, 5.0
+RETRY_STATUSES = frozenset({502, 503, 504})
+DOWNLOAD_PIECE = 1 << 20
+
+log = logging.getLogger("werkbund.transport")
+
+
+def reconnect_seconds() -> float:
+    """How long a client keeps trying an unreachable platform: WERKBUND_RECONNECT_SECONDS, else 300."""
+    text = os.environ.get("WERKBUND_RECONNECT_SECONDS", "").strip()
+    try:
+        value = float(text) if text else RECONNECT_SECONDS
+    except ValueError:
+        value = RECONNECT_SECONDS
+    return value if 0 <= value < float("inf") else RECONNECT_SECONDS
+
+
+class HttpTransport(Transport):
+    def __init__(self, url: str, token: str | None = None, user: str | None = None,
+                 ca_certificate: str | None = None):
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        self.ca_certificate = ca_certificate
+        if ca_certificate:  # an https:// platform whose certificate this CA signed
+            client_context(ca_certificate)  # a missing or broken file: one clear error now
+        # given with every request: a session's own verify loses to REQUESTS_CA_BUNDLE (requests #3829)
+        self.verify = ca_certificate or True
+        self.token = token
+        self.user = user
+        self.reconnect_seconds = reconnect_seconds()
+        self.reached = False  # the platform answered once: from then on an unreachable one is waited for
+
+    # ------------------------------------------------------------ plumbing
+    def _request(self, method: str, path: str, *, json_body=None, data=None, params=None,
+                 headers=None, timeout: float = 60.0, auth: bool = True, stream: bool = False) -> requests.Response:
+        """One request, tried again with backoff while the platform is unreachable (module docstring)."""
+        give_up = time.monotonic() + self.reconnect_seconds
+        attempt = 0
+        while True:
+            try:
+                return self._request_once(method, path, json_body=json_body, data=data, params=params,
+                                          headers=headers, timeout=timeout, auth=auth, stream=stream)
+            except _Unreachable as exc:
+                now = time.monotonic()
+                if now >= give_up or not self.reached:
+                    raise Unavailable(str(exc)) from None
+                if attempt == 0:
+                    log.warning("platform unreachable; retrying for up to %.0f s (%s)", self.reconnect_seconds, exc)
+                time.sleep(max(0.0, min(_backoff(attempt), give_up - now)))
+                attempt += 1
+                if attempt > 1 and attempt % 10 == 1:
+                    log.info("platform still unreachable after %d tries", attempt)
+
+    def _request_once(self, method: str, path: str, *, json_body=None, data=None, params=None,
+                      headers=None, timeout: float = 60.0, auth: bool = True, stream: bool = False) -> requests.Response:
+        all_headers = dict(headers or {})
+        if auth:
+            if not self.token:
+                raise AuthenticationFailed("not logged in")
+            all_headers["Authorization"] = f"Bearer {self.token}"
+        if hasattr(data, "seek"):  # a file body (streamed by requests): every try sends it from the start
+            data.seek(0)
+        try:
+            response = self.session.request(method, f"{self.url}/api/v1{path}", json=json_body, data=data,
+                                            params=params, headers=all_headers, timeout=timeout,
+                                            verify=self.verify, stream=stream)
+        except requests.exceptions.SSLError as exc:
+            raise Unavailable(explain(exc, "local platform", self.url, self.ca_certificate)
+                              or f"TLS with the local platform at {self.url} failed: {exc}") from None
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):  # refused, or cut mid-reply
+            raise _Unreachable(f"cannot reach the local platform at {self.url}; is `werkbund local-platform` "
+                               "running?") from None
+        except requests.Timeout:
+            raise _Unreachable(f"the local platform at {self.url} did not answer in {timeout:.0f} s") from None
+        self.reached = True
+        if response.status_code in RETRY_STATUSES and not _is_werkbund_error(response):
+            raise _Unreachable(f"the local platform at {self.url} answered HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise _error_of(response)
+        return response
+
+    def _json(self, response: requests.Response):
+        try:
+            return response.json()["data"]
+        except (ValueError, KeyError):
+            raise WerkbundError(f"unexpected reply from {self.url}: {response.text[:200]!r}") from None
+
+    # ------------------------------------------------------------ control
+    def register(self, user, password, org):
+        return self._json(self._request("POST", "/register", auth=False,
+                                        json_body={"user": user, "password": password, "org": org}))
+
+    def login(self, user, password):
+        """Log in. A platform that answers it is busy (503 ``unavailable``: it checks two passwords at a time,
+        so when many participants start at once the rest queue, and past 10 s are told to come back) is
+        asked again with backoff for as long as an unreachable one would be."""
+        give_up = time.monotonic() + self.reconnect_seconds
+        attempt = 0
+        while True:
+            try:
+                data = self._json(self._request("POST", "/login", auth=False,
+                                                json_body={"user": user, "password": password}))
+                break
+            except Unavailable:
+                now = time.monotonic()
+                if not self.reached or now >= give_up:
+                    raise
+                time.sleep(max(0.0, min(_backoff(attempt), give_up - now)))
+                attempt += 1
+        self.token, self.user = data["token"], data["user"]
+        return data
+
+    def call(self, command, **params):
+        headers = {"X-Werkbund-Request-Id": uuid.uuid4().hex}  # one per call, the same on every retry
+        return self._json(self._request("POST", f"/call/{command}", json_body=params, headers=headers))
+
+    def logout(self):
+        """Revoke the session token on the platform (it no longer opens anything) and forget it."""
+        if self.token:
+            self._json(self._request("POST", "/logout"))
+        self.token = None
+
+    # ------------------------------------------------------------ messages
+    def send(self, task, to, body):
+        """Send a task message: bytes, or a file (a ``pathlib.Path`` or a binary file object) streamed from disk."""
+        headers = {"Content-Type": "application/octet-stream", "X-Werkbund-Message-Id": uuid.uuid4().hex}
+        with _upload_body(body) as data:
+            return self._json(self._request("POST", f"/tasks/{task}/messages", params={"to": to}, data=data,
+                                            headers=headers, timeout=600))
+
+    def receive(self, task, timeout):
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            wait = max(0.0, min(POLL_SECONDS, deadline - time.monotonic()))
+            response = self._request("GET", f"/tasks/{task}/messages", params={"timeout": f"{wait:.3f}"},
+                                     timeout=wait + 60)
+            if response.status_code == 200:
+                return response.headers.get("X-Werkbund-Sender", ""), response.content
+            if time.monotonic() >= deadline:
+                return None
+
+    # ------------------------------------------------------------ models
+    def put_model(self, task, data, meta):
+        """Store the final model: bytes, or a file (a ``pathlib.Path`` or a binary file object) streamed from disk."""
+        with _upload_body(data) as body:
+            return self._json(self._request("PUT", f"/tasks/{task}/model", data=body, timeout=600,
+                                            headers={"X-Werkbund-Meta": json.dumps(meta),
+                                                     "Content-Type": "application/octet-stream"}))
+
+    def get_model(self, task):
+        with tempfile.TemporaryFile() as spool:
+            meta = self._download_model(task, spool)
+            spool.seek(0)
+            return spool.read(), meta
+
+    def download_model(self, task, path) -> dict:
+        """Stream the final model into the file ``path`` (written beside it, then renamed), its sha256 checked;
+        its info. Memory stays bounded whatever the model's size."""
+        path = Path(path)
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
+        try:
+            with os.fdopen(fd, "w+b") as out:
+                meta = self._download_model(task, out)
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        return meta
+
+    def _download_model(self, task, out) -> dict:
+        """The model streamed into the open file ``out`` and checked against its sha256; tried again from the
+        start while the platform is unreachable, as every request is."""
+        give_up = time.monotonic() + self.reconnect_seconds
+        while True:
+            out.seek(0)
+            out.truncate()
+            response = self._request("GET", f"/tasks/{task}/model", timeout=600, stream=True)
+            meta = json.loads(response.headers.get("X-Werkbund-Meta", "{}"))
+            digest, size = hashlib.sha256(), 0
+            try:
+                with response:
+                    for piece in response.iter_content(DOWNLOAD_PIECE):
+                        digest.update(piece)
+                        out.write(piece)
+                        size += len(piece)
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.Timeout):
+                if time.monotonic() >= give_up:
+                    raise Unavailable(f"the download of task {task!r}'s model from {self.url} broke off") from None
+                time.sleep(BACKOFF_FIRST)
+                continue
+            if (size, digest.hexdigest()) != (meta.get("size"), meta.get("sha256")):
+                raise WerkbundError(f"the model of task {task!r} arrived with {size} bytes and sha256 "
+                                    f"{digest.hexdigest()}; the platform announced {meta.get('size')} and "
+                                    f"{meta.get('sha256')}")
+            out.flush()
+            return meta
+
+    def close(self):
+        self.session.close()
+
+
+@contextlib.contextmanager
+def _upload_body(body):
+    """What requests sends: bytes as they are; a path opened (and closed after); a file object as it is.
+    A file goes out in pieces with its Content-Length, never read whole."""
+    if isinstance(body, os.PathLike):
+        with open(body, "rb") as handle:
+            yield handle
+    else:
+        yield body
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before try ``attempt + 2``: capped exponential, with jitter so that many clients spread out."""
+    return min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.5, 1.0)
+
+
+class _Unreachable(Exception):
+    """The platform did not answer (or a proxy said it is down): worth trying again."""
+
+
+def _is_werkbund_error(response: requests.Response) -> bool:
+    """A typed error of the platform itself (e.g. its own 503 ``unavailable``): an answer, given to the caller."""
+    try:
+        return isinstance(response.json().get("error"), dict)
+    except (ValueError, AttributeError):
+        return False
+
+
+def _error_of(response: requests.Response) -> WerkbundError:
+    try:
+        return error_from_dict(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        if response.status_code == 413:  # the HTTP server's own refusal, before the platform saw the body
+            return PayloadTooLarge(f"the platform refused a body this large: {response.text[:200]}")
+        return WerkbundError(f"HTTP {response.status_code} from the platform: {response.text[:200]}")

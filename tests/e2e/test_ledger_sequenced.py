@@ -1,0 +1,202 @@
+"""Entry format v2 (issue 15): the log sequences signed statements and promises where each is, so an
+append is one request whatever the load and an audit is one request; a promise the platform breaks, a
+replayed statement and a forged answer are caught; logs of the old format still verify."""
+import threading
+from types import SimpleNamespace
+
+import pytest
+from support.cloud_support import database
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from werkbund.client.ledger import LedgerChannel, LedgerError, check_promise
+from werkbund.platform.commands import dispatch
+from werkbund.platform.db import Database
+from werkbund.platform.ledger import entries as E
+from werkbund.platform.ledger.store import LedgerEntry
+from werkbund.platform.ledger.verify import verify_log
+from werkbund.platform.service import PlatformService
+
+DEFINITION = {"algorithm": "neural_network", "quorum": 1, "max_participants": 10}
+MEMBERS = ("bob", "carol", "dave", "erin")
+
+
+class Direct:
+    """A member's requests, straight into one platform process's command table (what every front
+    calls, parameters checked as on the wire), each one counted."""
+
+    def __init__(self, service, user):
+        self.service, self.user, self.asked = service, user, []
+
+    def call(self, command, **params):
+        self.asked.append(command)
+        return dispatch(self.service, self.user, command, params)
+
+
+class Member(LedgerChannel):
+    """The ledger side of a task handle, as the round engine uses it."""
+
+    def __init__(self, service, name, key, task):
+        self.name, self.task, self.user = name, task, SimpleNamespace(identity=key)
+        self.transport = Direct(service, name)
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def platform(request, tmp_path_factory):
+    """alice and four members with identity keys, on a SQLite file and on the real PostgreSQL, where a
+    second platform process (another service on the same database, with the same key) serves too."""
+    tmp = tmp_path_factory.mktemp("ledger-v2")
+    with database(request.param, tmp) as url:
+        service = PlatformService(Database(url), ledger_key=tmp / "key.pem")
+        keys = {}
+        for name in ("alice", *MEMBERS):
+            service.register(name, f"{name}-password", name)
+            keys[name] = Ed25519PrivateKey.generate()
+            service.ledger.set_identity_key(name, E.encode_public_key(keys[name]))
+        services = [service]
+        if request.param == "postgresql":
+            other = PlatformService(Database(url), ledger_key=tmp / "other.pem")
+            other.ledger.key, other.ledger.public_key = service.ledger.key, service.ledger.public_key
+            services.append(other)
+        yield SimpleNamespace(services=services, keys=keys)
+        for s in services:
+            s.db.dispose()
+
+
+def _task(platform, name):
+    service = platform.services[0]
+    service.create_task("alice", name, DEFINITION)
+    for member in MEMBERS:
+        service.join_task(member, name)
+    return service
+
+
+def _member(platform, name, task, process=0):
+    return Member(platform.services[process % len(platform.services)], name, platform.keys[name], task)
+
+
+def _report(service, task):
+    bundle = service.ledger.bundle("alice", task)
+    latest = bundle["latest"]
+    return verify_log([(i["entry"], i["signature"]) for i in bundle["entries"]], bundle["keys"],
+                      latest["checkpoint"], latest["signature"], bundle["platform_key"],
+                      cosignatures=latest["cosignatures"] or None)
+
+
+def test_members_appending_at_once_each_land_with_one_request(platform):
+    """Ten handles (two per member, alternating between the platform processes) append five entries
+    each at the same moment: every append is one request (no head read, no conflict, no retry), the
+    log is gap-free and verifies, and each member's audit is one request proving its promises."""
+    service = _task(platform, "rush")
+    authors = [(name, n) for n, name in enumerate([*MEMBERS, *MEMBERS, "alice", "alice"])]
+    handles = [_member(platform, name, "rush", n) for name, n in authors]
+    errors, start, promised = [], threading.Barrier(len(handles)), []
+
+    def append(handle):
+        try:
+            start.wait()
+            for i in range(5):
+                kind = "round_started" if handle.name == "alice" else "update_submitted"
+                promised.append(handle.publish_entry(kind, {"round": i, "sha256": "ab" * 32})["seq"])
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=append, args=(h,)) for h in handles]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(h.transport.asked == ["ledger_append"] * 5 for h in handles)
+    first = 1 + len(MEMBERS)  # task_created and the joins
+    assert sorted(promised) == list(range(first, first + 50))
+    seqs = [item["entry"]["seq"] for item in service.ledger.entries("alice", "rush")]
+    assert seqs == list(range(first + 50))
+    for handle in handles:
+        handle.transport.asked.clear()
+        assert handle.audit_ledger()["size"] == first + 50
+        assert handle.transport.asked == ["ledger_audit"]
+    report = _report(service, "rush")
+    assert report.ok, str(report)
+    assert report.check("statements unique").detail.startswith("50 statement(s)")
+    # the cosignature of the checkpoint verified rides on the next audit
+    handles[0].publish_entry("update_submitted", {"round": 9, "sha256": "cd" * 32})
+    handles[0].audit_ledger()
+    assert "bob" in service.ledger.checkpoint("bob", "rush", first + 50)["cosignatures"]
+
+
+@pytest.mark.parametrize("how", ["dropped", "replaced"])
+def test_a_broken_promise_is_caught_by_the_audit(platform, how):
+    """The platform promised bob's entry at seq S, then its log goes on without it (dropped, or
+    another entry at S): bob's next audit, a single request, names the broken promise."""
+    task = f"broken-{how}"
+    service = _task(platform, task)
+    bob = _member(platform, "bob", task)
+    seq = bob.publish_entry("update_submitted", {"round": 0, "sha256": "ab" * 32})["seq"]
+    with service.db.session() as s:
+        s.query(LedgerEntry).filter_by(task=task, seq=seq).delete()
+    if how == "replaced":
+        assert _member(platform, "carol", task).publish_entry("update_submitted", {"round": 0})["seq"] == seq
+    with pytest.raises(LedgerError, match=f"promised (your entry {seq}|it)"):
+        bob.audit_ledger()
+
+
+def test_a_replayed_statement_is_flagged_by_verify_and_never_appended_twice(platform):
+    """A v2 signature does not cover the seq, so a statement shown twice would count twice: sent again
+    (an answer lost), the platform answers with the promise it already gave; a log showing it twice
+    (the platform replaying it) fails verification, naming both entries."""
+    service = _task(platform, "replay")
+    key = platform.keys["bob"]
+    statement = E.make_statement("replay", "update_submitted", "bob", {"round": 0, "sha256": "ab" * 32})
+    signature = E.encode_signature(E.sign_statement(statement, key))
+    bob = Direct(service, "bob")
+    first = bob.call("ledger_append", task="replay", statement=statement, signature=signature)
+    again = bob.call("ledger_append", task="replay", statement=statement, signature=signature)
+    assert again["seq"] == first["seq"] and again["leaf_hash"] == first["leaf_hash"]
+    assert [i["entry"]["seq"] for i in service.ledger.entries("bob", "replay")][-1] == first["seq"]
+    assert _report(service, "replay").ok
+    ledger = service.ledger
+    with ledger.writing() as s:  # the platform replays bob's statement itself
+        entry = E.sequence(statement, *ledger._head(s, "replay"))
+        ledger._insert(s, "replay", entry, signature, E.canonical_bytes(entry))
+    report = _report(service, "replay")
+    assert not report.ok and report.check("signatures").ok  # every signature is bob's own ...
+    assert report.bad_entries == [first["seq"] + 1]
+    assert (f"entry {first['seq'] + 1} repeats the statement of entry {first['seq']}"
+            in str(report.check("statements unique").problems[0]))
+
+
+def test_a_forged_answer_to_an_append_is_refused(platform):
+    """The member believes the answer only when the platform key signed a promise for its very
+    statement at the seq given."""
+    service = _task(platform, "forged")
+    key = platform.keys["bob"]
+    statement = E.make_statement("forged", "update_submitted", "bob", {"round": 0})
+    answer = Direct(service, "bob").call("ledger_append", task="forged", statement=statement,
+                                         signature=E.encode_signature(E.sign_statement(statement, key)))
+    check_promise(answer, statement, service.ledger.public_key)
+    other = E.make_statement("forged", "update_submitted", "bob", {"round": 1})
+    with pytest.raises(LedgerError, match="not your statement"):
+        check_promise(answer, other)
+    with pytest.raises(LedgerError, match="not signed by the platform key"):
+        check_promise({**answer, "promise": {**answer["promise"], "seq": answer["seq"] + 1}}, statement)
+    with pytest.raises(LedgerError, match="key changed"):
+        check_promise(answer, statement, E.encode_public_key(Ed25519PrivateKey.generate()))
+
+
+def test_logs_of_the_old_format_still_verify(platform):
+    """v1 entries (signed with their seq and prev, as before issue 15) are appended at the head and
+    verify, alone and beside v2 entries in one log; a v1 entry at a stale head is still refused."""
+    service = _task(platform, "old")
+    key, ledger = platform.keys["bob"], service.ledger
+    for i in range(3):
+        head = ledger.head("bob", "old")
+        entry = E.make_entry("old", "update_submitted", "bob", head["size"], head["prev"], {"round": i})
+        ledger.append("bob", "old", entry, E.encode_signature(E.sign_entry(entry, key)))
+    report = _report(service, "old")
+    assert report.ok, str(report)
+    assert not any(E.is_v2(i["entry"]) for i in ledger.entries("bob", "old"))
+    _member(platform, "bob", "old").publish_entry("update_submitted", {"round": 3})
+    report = _report(service, "old")
+    assert report.ok and E.is_v2(ledger.entries("bob", "old")[-1]["entry"]), str(report)
+    with pytest.raises(Exception, match="head moved"):
+        ledger.append("bob", "old", entry, E.encode_signature(E.sign_entry(entry, key)))
