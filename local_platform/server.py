@@ -58,8 +58,7 @@ class LocalPlatformServer:
                               max_model_bytes=max_model_bytes)
         # a body larger than any route takes is refused at its headers; the routes check their own bounds
         self.front = PlatformFront(self.app, threads, max(max_message_bytes, max_model_bytes) + (1 << 20))
-        self._socket = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                            backlog=2048)
+        self._socket = _listening_socket(host, port)
         self.port = self._socket.getsockname()[1]
         self.host, self.tls = host, context is not None
         # no X-Forwarded-For trusted (the login guard counts failures per client address); an idle
@@ -94,6 +93,22 @@ class LocalPlatformServer:
         self._socket.close()
         self.front.shutdown()
         self.service.db.dispose()
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, made with IPPROTO_TCP named: asyncio turns Nagle's algorithm off
+    (TCP_NODELAY) only on sockets whose proto says TCP, and ``socket.create_server`` leaves it 0. With
+    Nagle on, a reply's body waits for the client's delayed ACK of its headers: 40 ms per request."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class _Server(uvicorn.Server):
