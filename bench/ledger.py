@@ -28,9 +28,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from werkbund.platform.db import Database, sqlite_url
-from werkbund.platform.ledger import entries as E
-from werkbund.platform.ledger import merkle
-from werkbund.platform.ledger.verify import verify_log
+from werkbund.ledger import entries as E
+from werkbund.ledger import merkle
+from werkbund.ledger.verify import verify_log
 from werkbund.platform.ledger.store import LedgerEntry
 from werkbund.platform.ledger.tree_cache import TreeCache
 from werkbund.platform.service import PlatformService

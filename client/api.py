@@ -87,7 +87,7 @@ def register(user: str, password: str, org: str, platform: str = "local", url: s
     transport.register(user, password, org)
     transport.login(user, password)
     if identity is not None:
-        from werkbund.platform.ledger.entries import encode_public_key
+        from werkbund.ledger.entries import encode_public_key
 
         transport.call("set_identity_key", public_key=encode_public_key(identity))
     return User(transport, identity)

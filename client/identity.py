@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from werkbund.platform.errors import WerkbundError
-from werkbund.platform.ledger.entries import decode_public_key, encode_public_key
+from werkbund.ledger.entries import decode_public_key, encode_public_key
 
 
 class IdentityError(WerkbundError):

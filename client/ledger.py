@@ -14,8 +14,8 @@ import random
 import time
 
 from werkbund.platform.errors import Conflict, WerkbundError
-from werkbund.platform.ledger import entries as E
-from werkbund.platform.ledger import merkle
+from werkbund.ledger import entries as E
+from werkbund.ledger import merkle
 
 log = logging.getLogger("werkbund.ledger")
 
@@ -137,12 +137,12 @@ def verified_identity_keys(transport, task: str, platform_key: str | None = None
                            seen: dict | None = None) -> tuple[dict[str, str], str]:
     """The members' identity keys (base64) in force at the end of ``task``'s log, as the log
     itself says: entries fetched, then the platform-signed checkpoint of exactly that size,
-    verified with :func:`~werkbund.platform.ledger.verify.verify_log` (signatures along the key history,
+    verified with :func:`~werkbund.ledger.verify.verify_log` (signatures along the key history,
     seq, prev links, Merkle root) trusting no member key from the platform's tables. With
     ``platform_key`` the platform must still sign with it; with ``seen`` (an earlier checkpoint
     of this log) the log must extend it. Returns (keys, the platform key); raises
     :class:`LedgerError` when the log does not verify."""
-    from werkbund.platform.ledger.verify import verify_log
+    from werkbund.ledger.verify import verify_log
 
     pairs = [(i["entry"], i["signature"]) for i in transport.call("ledger_entries", task=task)]
     if not pairs:
@@ -273,7 +273,7 @@ def bundle_report(bundle: dict, view: dict | None = None, consistency: list | No
                   pinned_key: str | None = None):
     """Verify a ledger bundle: signatures, seq, prev links, Merkle root, the checkpoint; with
     ``view`` (what this member saw last time) also consistency and the entries seen before."""
-    from werkbund.platform.ledger.verify import verify_log
+    from werkbund.ledger.verify import verify_log
 
     latest = bundle["latest"]
     platform_key = pinned_key or bundle["platform_key"]

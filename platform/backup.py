@@ -405,7 +405,7 @@ def _private_copy(source: Path, copy: Path) -> None:
 
 
 def _public_key(path: Path) -> str:
-    from werkbund.platform.ledger.entries import encode_public_key
+    from werkbund.ledger.entries import encode_public_key
 
     try:
         return encode_public_key(load_or_create_key(path))

@@ -12,7 +12,7 @@ import json
 from sqlalchemy import select
 
 from werkbund.platform.errors import InvalidState
-from werkbund.platform.ledger import entries as E
+from werkbund.ledger import entries as E
 from werkbund.platform.ledger.store import KEY_ENV, LedgerCheckpoint
 
 

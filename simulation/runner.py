@@ -333,7 +333,7 @@ def identities(names: list[str], platform: SimPlatform) -> dict:
     through the core's ``set_identity_key`` as ``werkbund register`` does."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from werkbund.platform.ledger.entries import encode_public_key
+    from werkbund.ledger.entries import encode_public_key
 
     keys = {}
     for name in names:

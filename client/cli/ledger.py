@@ -20,9 +20,9 @@ from werkbund.client.cli.common import (
 from werkbund.client.identity import generate_identity, is_encrypted, load_identity
 from werkbund.client.ledger import LedgerError, bundle_report, publish, revoke_key, rotate_key, verify_task_ledger
 from werkbund.platform.errors import InvalidInput
-from werkbund.platform.ledger import entries as E
-from werkbund.platform.ledger import merkle
-from werkbund.platform.ledger.verify import keys_in_force
+from werkbund.ledger import entries as E
+from werkbund.ledger import merkle
+from werkbund.ledger.verify import keys_in_force
 
 
 @click.group()

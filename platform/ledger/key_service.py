@@ -21,7 +21,7 @@ the key in force changes it; a password alone never does:
   sees it in ``werkbund ledger verify`` as an operator reset.
 
 A user in no task has no log to sign on; the old key then signs a statement
-(:func:`~werkbund.platform.ledger.entries.key_statement`) instead. Joined and task_created
+(:func:`~werkbund.ledger.entries.key_statement`) instead. Joined and task_created
 entries name the member's key at that point, so the log holds the whole history a verifier
 needs (see :mod:`.verify`). A key once used by anyone is never accepted again.
 """
@@ -30,7 +30,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from werkbund.platform.errors import Conflict, InvalidInput, InvalidState, PermissionDenied
-from werkbund.platform.ledger import entries as E
+from werkbund.ledger import entries as E
 from werkbund.platform.ledger.store import IdentityKey, IdentityKeyEvent
 from werkbund.platform.models import Membership, Task, User
 

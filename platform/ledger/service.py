@@ -38,8 +38,8 @@ from sqlalchemy.exc import IntegrityError
 
 from werkbund.platform.errors import (Conflict, InvalidInput, InvalidState, LedgerHeadMoved, PermissionDenied,
                                       TaskNotFound)
-from werkbund.platform.ledger import entries as E
-from werkbund.platform.ledger import merkle
+from werkbund.ledger import entries as E
+from werkbund.ledger import merkle
 from werkbund.platform.ledger.key_service import IdentityKeys
 from werkbund.platform.ledger.store import (IdentityKey, IdentityKeyEvent, LedgerCheckpoint,
                                             LedgerCosignature, LedgerEntry, default_key_path,

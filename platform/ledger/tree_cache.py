@@ -1,6 +1,6 @@
 """In-memory Merkle trees of the task logs, so proofs and tree heads are not recomputed each time.
 
-A :class:`~werkbund.platform.ledger.merkle.MerkleTree` keeps the root of every complete
+A :class:`~werkbund.ledger.merkle.MerkleTree` keeps the root of every complete
 aligned subtree, so once a task's tree is in memory a root costs O(log n) hashes, a proof
 O(log^2 n) and an append O(1). :class:`TreeCache` keeps one tree per task (the most
 recently used ``capacity`` tasks) and checks it against the database before each use:
@@ -23,7 +23,7 @@ from collections import OrderedDict
 
 from sqlalchemy import func, select
 
-from werkbund.platform.ledger import merkle
+from werkbund.ledger import merkle
 from werkbund.platform.ledger.store import LedgerEntry
 
 

@@ -16,7 +16,7 @@ from werkbund.client.cli import ledger as cli_ledger
 from werkbund.client.cli import cli
 from werkbund.client.identity import (IdentityError, generate_identity, load_identity,
                                       public_key_b64, public_key_from_b64)
-from werkbund.platform.ledger.entries import (GENESIS_PREV, decode_public_key, make_entry, sign_entry,
+from werkbund.ledger.entries import (GENESIS_PREV, decode_public_key, make_entry, sign_entry,
                                       verify_entry_signature)
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")

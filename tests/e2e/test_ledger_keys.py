@@ -19,8 +19,8 @@ from werkbund.algorithms.privacy.pom_wire import PomError, registered_identity_k
 from werkbund.client.ledger import publish, revoke_key, rotate_key
 from werkbund.platform.db import sqlite_url
 from werkbund.platform.errors import Conflict, InvalidInput, InvalidState, PermissionDenied
-from werkbund.platform.ledger import entries as E
-from werkbund.platform.ledger import merkle
+from werkbund.ledger import entries as E
+from werkbund.ledger import merkle
 from werkbund.platform.ledger.store import load_or_create_key
 
 UPDATE = {"round": 0, "sha256": "ab" * 32}
@@ -291,7 +291,7 @@ def test_an_entry_signed_with_a_retired_key_is_named_online_and_offline(site, ho
 
 
 def _verify_with_extra(site, items, entry) -> str:
-    from werkbund.platform.ledger.verify import verify_log
+    from werkbund.ledger.verify import verify_log
 
     key = _platform_key(site)
     pairs = [(i["entry"], i["signature"]) for i in items] + [(entry, E.sign_entry(entry, key))]
@@ -357,11 +357,11 @@ def test_platform_processes_starting_together_all_sign_with_one_ledger_key(tmp_p
     import subprocess
     import sys
 
-    from werkbund.platform.ledger.entries import encode_public_key
+    from werkbund.ledger.entries import encode_public_key
 
     path = tmp_path / "keys" / "ledger-key.pem"
     code = ("import sys; from werkbund.platform.ledger.store import load_or_create_key as k; "
-            "from werkbund.platform.ledger.entries import encode_public_key as e; "
+            "from werkbund.ledger.entries import encode_public_key as e; "
             "print(e(k(sys.argv[1])))")
     starts = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
               for _ in range(6)]

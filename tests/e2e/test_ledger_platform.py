@@ -16,7 +16,7 @@ from werkbund.client.ledger import LedgerError, publish
 from werkbund.local_platform.server import LocalPlatformServer
 from werkbund.platform.db import sqlite_url
 from werkbund.platform.errors import Conflict, PermissionDenied
-from werkbund.platform.ledger import entries as E
+from werkbund.ledger import entries as E
 from werkbund.platform.ledger.store import load_or_create_key
 
 PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-22", "carol": "carol-secret-333"}
@@ -147,7 +147,7 @@ def test_a_forked_history_shown_to_a_member_is_caught(site):
     old = json.loads(_entry(site, 7))
     forged = dict(old, payload={"user": "dave"}, timestamp=E.utc_timestamp())
     data = E.canonical_bytes(forged)
-    from werkbund.platform.ledger import merkle
+    from werkbund.ledger import merkle
 
     site.sql("UPDATE ledger_entries SET entry = ?, signature = ?, leaf_hash = ? WHERE seq = 7",
              data.decode(), E.encode_signature(E.sign_entry(forged, key)), merkle.leaf_hash(data).hex())

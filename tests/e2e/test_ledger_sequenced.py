@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from werkbund.client.ledger import LedgerChannel, LedgerError, check_promise
 from werkbund.platform.commands import dispatch
 from werkbund.platform.db import Database
-from werkbund.platform.ledger import entries as E
+from werkbund.ledger import entries as E
 from werkbund.platform.ledger.store import LedgerEntry
-from werkbund.platform.ledger.verify import verify_log
+from werkbund.ledger.verify import verify_log
 from werkbund.platform.service import PlatformService
 
 DEFINITION = {"algorithm": "neural_network", "quorum": 1, "max_participants": 10}

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
 from werkbund.platform.errors import InvalidInput, TaskExists
-from werkbund.platform.ledger import entries as E
+from werkbund.ledger import entries as E
 
 DEFINITION = {"algorithm": "logistic_regression", "quorum": 1, "rounds": 1}
 HEADER = "X-Werkbund-Request-Id"

@@ -11,7 +11,7 @@ from werkbund.algorithms.neural_network import ALGORITHM
 from werkbund.algorithms.moments import feature_moments
 from werkbund.client.api import register
 from werkbund.client.transports.inproc import InProcPlatform
-from werkbund.platform.ledger.verify import verify_log
+from werkbund.ledger.verify import verify_log
 
 
 def lying(handle, data, n_samples=10, lie=True, told=None):

@@ -7,14 +7,14 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from werkbund.platform.ledger.entries import (ENTRY_TYPES, GENESIS_PREV, EntryError, canonical_bytes,
+from werkbund.ledger.entries import (ENTRY_TYPES, GENESIS_PREV, EntryError, canonical_bytes,
                                               checkpoint_bytes, cosign_checkpoint, decode_public_key,
                                               decode_signature, encode_public_key, encode_signature, entry_hash,
                                               entry_leaf_hash, make_checkpoint, make_entry, sign_checkpoint,
                                               sign_entry, verify_checkpoint_signature, verify_cosignature,
                                               verify_entry_signature)
-from werkbund.platform.ledger.merkle import MerkleTree, consistency_proof, leaf_hash
-from werkbund.platform.ledger.verify import verify_log
+from werkbund.ledger.merkle import MerkleTree, consistency_proof, leaf_hash
+from werkbund.ledger.verify import verify_log
 
 KEYS = {name: Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32)
         for i, name in enumerate(["platform", "alice", "bob", "mallory"])}

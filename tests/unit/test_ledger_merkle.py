@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from werkbund.platform.ledger.merkle import (EMPTY_ROOT, MerkleTree, ProofError, consistency_proof,
+from werkbund.ledger.merkle import (EMPTY_ROOT, MerkleTree, ProofError, consistency_proof,
                                              inclusion_proof, leaf_hash, node_hash,
                                              root_from_leaf_hashes, verify_consistency,
                                              verify_inclusion)

@@ -6,9 +6,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from werkbund.platform.db import Database
 from werkbund.platform.errors import InvalidInput, TaskNotFound
-from werkbund.platform.ledger import entries as E
-from werkbund.platform.ledger import merkle
-from werkbund.platform.ledger.verify import verify_log
+from werkbund.ledger import entries as E
+from werkbund.ledger import merkle
+from werkbund.ledger.verify import verify_log
 from werkbund.platform.ledger.service import LedgerService
 from werkbund.platform.ledger.store import LedgerEntry
 from werkbund.platform.ledger.tree_cache import TreeCache

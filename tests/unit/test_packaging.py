@@ -10,7 +10,7 @@ from conftest import ROOT
 
 SOURCE_ROOTS = {"werkbund": "werkbund", "simulation": "werkbund.simulation", "platform": "werkbund.platform",
                 "local_platform": "werkbund.local_platform", "client": "werkbund.client", "algorithms": "werkbund.algorithms", "dashboard": "werkbund.dashboard",
-                "usecases": "werkbund.usecases"}
+                "usecases": "werkbund.usecases", "ledger": "werkbund.ledger"}
 
 
 def _setup_cfg():

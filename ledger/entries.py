@@ -44,7 +44,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from . import merkle
+from werkbund.ledger import merkle
 
 ENTRY_PREFIX = b"werkbund-ledger-entry-v1\x00"
 ENTRY_V2_PREFIX = b"werkbund-ledger-entry-v2\x00"

@@ -31,8 +31,8 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from . import merkle
-from .entries import (GENESIS_PREV, PLATFORM_AUTHOR, EntryError, canonical_bytes, decode_public_key,
+from werkbund.ledger import merkle
+from werkbund.ledger.entries import (GENESIS_PREV, PLATFORM_AUTHOR, EntryError, canonical_bytes, decode_public_key,
                       encode_public_key, is_v2, statement_hash, validate_checkpoint, verify_checkpoint_signature,
                       verify_cosignature, verify_entry_signature)
 

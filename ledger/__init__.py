@@ -1,0 +1,1 @@
+"""The ledger's pure parts: entries and checkpoints (format, signatures), the Merkle tree and its proofs, offline verification. No storage and no service: the platform keeps the log (werkbund.platform.ledger), members append and audit (werkbund.client.ledger), anyone verifies."""
