@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from werkbund.platform.errors import InvalidInput
-from werkbund.platform.service import STATUSES
+from werkbund.platform.tasks import STATUSES
 
 MAX_JSON_DEPTH = 64
 MAX_SAFE_INTEGER = 2**53 - 1  # JSON numbers are IEEE doubles: beyond this, integers are not exact (RFC 8785)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from werkbund.platform import access
 from werkbund.platform.errors import InvalidInput, InvalidState, ModelNotFound, Unavailable
 from werkbund.platform.file_store import ContentFiles
 from werkbund.platform.models import StoredModel, Task
@@ -47,7 +48,7 @@ def default_model_dir(db_url) -> Path | None:
 
 
 class ModelStore:
-    """The model part of the platform core; it uses the core's ``db``, ``_task`` and ``_require_*``."""
+    """The model part of the platform core; it uses the core's ``db`` and the rules of ``access.py``."""
 
     def _open_model_store(self, model_dir) -> None:
         model_dir = model_dir or default_model_dir(self.db.engine.url)
@@ -107,8 +108,8 @@ class ModelStore:
     def open_model(self, caller: str, task: str):
         """(binary file handle, info) of the final model, to be streamed; the caller closes the handle."""
         with self.db.session() as s:
-            row = self._task(s, task)
-            self._require_member_or_creator(row, caller, "download the model of")
+            row = access.task_row(s, task)
+            access.require_member_or_creator(row, caller, "download the model of")
             model = s.scalar(select(StoredModel).where(StoredModel.task_id == row.id))
             if model is None or row.status != "COMPLETE":
                 raise ModelNotFound(f"task {task!r} has no final model yet (status {row.status})")
@@ -129,8 +130,8 @@ class ModelStore:
         if s is None:
             with self.db.session() as s:
                 return self._check_model_upload(caller, task, s)
-        row = self._task(s, task)
-        self._require_creator(row, caller, "store the model of")
+        row = access.task_row(s, task)
+        access.require_creator(row, caller, "store the model of")
         if row.status != "STARTED":
             raise InvalidState(f"task {task!r} is {row.status}; the final model is stored while it runs")
         return row

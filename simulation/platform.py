@@ -35,7 +35,9 @@ from werkbund.platform.errors import (AlreadyJoined, InvalidInput, InvalidState,
 from werkbund.platform.join_schema import check_join_schema
 from werkbund.platform.mailboxes import Mailboxes
 from werkbund.platform.models import Membership, User
-from werkbund.platform.service import AGGREGATOR_INBOX, _sha
+from werkbund.platform import access
+from werkbund.platform.routing import AGGREGATOR_INBOX
+from werkbund.platform.tasks import canonical_sha256
 
 # argon2's verify raises InvalidHashError for this, so check_password is False for every password
 NO_LOGIN_HASH = "!simulated: no password opens this account"
@@ -104,7 +106,7 @@ class SimPlatform(InProcPlatform):
         platform-signed ``joined`` entry per member on the task's ledger."""
         service = self.service
         with service.ledger.writing() as s:
-            row = service._task(s, task, lock=True)
+            row = access.task_row(s, task, lock=True)
             if row.status != "CREATED":
                 raise InvalidState(f"task {task!r} is {row.status}; only CREATED tasks can be joined")
             limit = row.definition["max_participants"]
@@ -138,7 +140,7 @@ class SimPlatform(InProcPlatform):
             for name, schema in members:
                 service.ledger.platform_append_in(s, task, "joined", {
                     "user": name, "public_key": service.ledger._key_of(s, name),
-                    "schema_sha256": _sha(schema) if schema else None})
+                    "schema_sha256": canonical_sha256(schema) if schema else None})
         with self._lock:
             self._enrolled[task] = self._enrolled.get(task, frozenset()) | frozenset(names)
             self._forget(task)

@@ -28,7 +28,8 @@ from werkbund.platform.amqp.broker_admin import TAG, BrokerAdmin
 from werkbund.platform.commands import dispatch_public
 from werkbund.platform.errors import AuthenticationFailed
 from werkbund.platform.models import SessionToken, User, utcnow
-from werkbund.platform.service import SESSION_LIFETIME, PlatformService
+from werkbund.platform.accounts import SESSION_LIFETIME
+from werkbund.platform.service import PlatformService
 
 log = logging.getLogger("werkbund.platform.broker")
 MAX_SESSION_AGE = timedelta(days=7)  # renewals end here: then the user logs in again

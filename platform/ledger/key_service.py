@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from werkbund.platform import access
 from werkbund.platform.errors import Conflict, InvalidInput, InvalidState, PermissionDenied
 from werkbund.ledger import entries as E
 from werkbund.platform.ledger.store import IdentityKey, IdentityKeyEvent
@@ -167,7 +168,7 @@ class IdentityKeys:
             if not E.verify_entry_signature(entry, signature, held):
                 raise PermissionDenied(f"the {kind} entry for task {task!r} is not signed by "
                                        "your current identity key")
-            self.core._task(s, task, lock=True)  # appends to a log take turns (service._append_statement)
+            access.task_row(s, task, lock=True)  # appends to a log take turns (service._append_statement)
             self._check_head(s, task, entry)
             self._insert(s, task, entry, signature, data)
         return tasks

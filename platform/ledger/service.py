@@ -36,6 +36,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
+from werkbund.platform import access
 from werkbund.platform.errors import (Conflict, InvalidInput, InvalidState, LedgerHeadMoved, PermissionDenied,
                                       TaskNotFound)
 from werkbund.ledger import entries as E
@@ -78,8 +79,8 @@ class LedgerService(IdentityKeys):
 
     # ------------------------------------------------------------------ access
     def _member(self, s, caller: str, task: str, lock: bool = False):
-        row = self.core._task(s, task, lock=lock)
-        self.core._require_member_or_creator(row, caller, "read or write the ledger of")
+        row = access.task_row(s, task, lock=lock)
+        access.require_member_or_creator(row, caller, "read or write the ledger of")
         return row
 
     @staticmethod
@@ -197,7 +198,7 @@ class LedgerService(IdentityKeys):
         """Append a platform entry inside the caller's transaction (opened by :meth:`writing`);
         a failure raises and the caller's whole transaction rolls back. The task row is locked
         first, as for a member's append, so the two never take the same seq."""
-        self.core._task(s, task, lock=True)
+        access.task_row(s, task, lock=True)
         size, prev = self._head(s, task)
         entry = E.make_entry(task, type, E.PLATFORM_AUTHOR, size, prev, payload)
         sig = E.encode_signature(E.sign_entry(entry, self.key))
