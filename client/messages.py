@@ -23,6 +23,8 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
+from werkbund.platform.file_store import hash_pieces
+
 MAGIC = b"WBM1"
 MAX_HEADER_BYTES = 1024 * 1024
 HASH_BESIDE = 4 * 1024 * 1024  # payloads from this size are hashed in a thread beside the copy or the reads
@@ -164,7 +166,7 @@ def read_hashed(readinto, size: int) -> tuple[bytes, str]:
     ``readinto`` as for ``read_message``; an early end raises MalformedMessage."""
     target = BytesBuilder(size)
     digest, pieces = hashlib.sha256(), queue.Queue()
-    hasher = threading.Thread(target=_hash_pieces, args=(digest, target.view, pieces), daemon=True)
+    hasher = threading.Thread(target=hash_pieces, args=(digest, pieces), daemon=True)
     hasher.start()
     done = 0
     try:
@@ -172,7 +174,7 @@ def read_hashed(readinto, size: int) -> tuple[bytes, str]:
             got = readinto(target.view[done:done + PIECE])
             if not got:
                 raise MalformedMessage(f"the stream ends after {done} of {size} bytes")
-            pieces.put((done, done + got))
+            pieces.put(target.view[done:done + got])
             done += got
     finally:
         pieces.put(None)
@@ -189,11 +191,6 @@ def _read_exactly(readinto, count: int, size: int) -> memoryview:
             raise MalformedMessage(f"the message ends after {done} of {size} bytes")
         done += got
     return buffer
-
-
-def _hash_pieces(digest, view: memoryview, pieces: queue.Queue) -> None:
-    while (piece := pieces.get()) is not None:
-        digest.update(view[piece[0]:piece[1]])  # hashlib releases the GIL: runs beside the reads
 
 
 class BytesBuilder:

@@ -125,3 +125,11 @@ class ContentFiles:
 
     def remove(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
+
+
+def hash_pieces(digest, pieces) -> None:
+    """Feed ``digest`` each piece (bytes or a memoryview) taken from the queue ``pieces`` until None: run
+    in a thread of its own, it hashes beside the reads and writes of a large body (hashlib releases the
+    GIL). The blob store and the client's message reader both hash this way."""
+    while (piece := pieces.get()) is not None:
+        digest.update(piece)

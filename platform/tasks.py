@@ -52,7 +52,7 @@ class Tasks:
                 s.flush()
                 info = self._task_dict(row, caller)
                 self.ledger.platform_append_in(s, task, "task_created", {
-                    "creator": caller, "public_key": self.ledger._key_of(s, caller),
+                    "creator": caller, "public_key": self.ledger.key_of(s, caller),
                     "definition_sha256": canonical_sha256(definition)})
         except IntegrityError:
             raise TaskExists(f"task {task!r} already exists") from None
@@ -124,7 +124,7 @@ class Tasks:
                 s.flush()
                 info = self._task_dict(row, caller)
                 self.ledger.platform_append_in(s, task, "joined", {
-                    "user": caller, "public_key": self.ledger._key_of(s, caller),
+                    "user": caller, "public_key": self.ledger.key_of(s, caller),
                     "schema_sha256": canonical_sha256(schema) if schema else None})
         except IntegrityError:
             raise AlreadyJoined(f"you have already joined task {task!r}") from None

@@ -139,7 +139,7 @@ class SimPlatform(InProcPlatform):
             s.flush()
             for name, schema in members:
                 service.ledger.platform_append_in(s, task, "joined", {
-                    "user": name, "public_key": service.ledger._key_of(s, name),
+                    "user": name, "public_key": service.ledger.key_of(s, name),
                     "schema_sha256": canonical_sha256(schema) if schema else None})
         with self._lock:
             self._enrolled[task] = self._enrolled.get(task, frozenset()) | frozenset(names)

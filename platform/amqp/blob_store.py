@@ -32,6 +32,7 @@ from pathlib import Path
 
 from werkbund.platform.definition import check_name
 from werkbund.platform.errors import InvalidInput, NotFound, PayloadTooLarge, Unavailable, WerkbundError
+from werkbund.platform.file_store import hash_pieces
 from werkbund.platform.tls import server_context
 
 log = logging.getLogger("werkbund.platform.blobs")
@@ -210,7 +211,7 @@ class BlobStore:
         # ring of 6 buffers comes back to it, and reused buffers spare the page faults of fresh ones
         pieces: queue.Queue = queue.Queue(maxsize=4)
         ring = [memoryview(bytearray(min(PIECE, size))) for _ in range(6 if size > PIECE else 1)]
-        hasher = threading.Thread(target=_hash_pieces, args=(digest, pieces), daemon=True)
+        hasher = threading.Thread(target=hash_pieces, args=(digest, pieces), daemon=True)
         hasher.start()
         try:
             with open(upload.partial, "wb", buffering=0) as out:
@@ -295,11 +296,6 @@ class BlobStore:
             except OSError:
                 pass
         return removed
-
-
-def _hash_pieces(digest, pieces: queue.Queue) -> None:
-    while (piece := pieces.get()) is not None:
-        digest.update(piece)  # hashlib releases the GIL: runs beside the reads and writes
 
 
 class _Handler(BaseHTTPRequestHandler):

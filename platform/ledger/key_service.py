@@ -52,11 +52,13 @@ class IdentityKeys:
 
     def identity_key(self, caller: str, user: str) -> dict:
         with self.core.db.session() as s:
-            key = self._key_of(s, user)
+            key = self.key_of(s, user)
         return {"user": user, "public_key": key}
 
     @staticmethod
-    def _key_of(s, user: str) -> str | None:
+    def key_of(s, user: str) -> str | None:
+        """The identity key ``user`` has registered now (None: none, or revoked), read in the session ``s``
+        of the caller (the core's tasks part names it in the ``task_created`` and ``joined`` entries)."""
         return s.scalar(select(IdentityKey.public_key).where(IdentityKey.user == user))
 
     def key_history(self, caller: str, user: str | None = None) -> list[dict]:

@@ -169,7 +169,7 @@ class LedgerService(IdentityKeys):
         if type not in allowed:
             role = "the creator" if creator else "a participant"
             raise PermissionDenied(f"{role} may not author {type} entries")
-        key = self._key_of(s, caller)
+        key = self.key_of(s, caller)
         if key is None:
             revoked = s.scalar(select(IdentityKeyEvent.id).where(IdentityKeyEvent.user == caller,
                                                                  IdentityKeyEvent.kind == "revoked"))
@@ -359,7 +359,7 @@ class LedgerService(IdentityKeys):
                                                       LedgerCheckpoint.size == size))
         if row is None and missing_ok:
             return
-        key = self._key_of(s, caller)
+        key = self.key_of(s, caller)
         if row is None:
             raise InvalidInput(f"task {task!r} has no checkpoint of size {size}")
         if key is None or not E.verify_cosignature(_loads(row.checkpoint), signature, key):
