@@ -25,6 +25,9 @@ from werkbund.platform.tls import server_context
 
 log = logging.getLogger("werkbund.local_platform")
 
+# what waitress, the server before uvicorn, took for a request's headers
+MAX_HEADER_BYTES = 256 * 1024
+
 
 def default_db_url(home: Path) -> str:
     return sqlite_url(home / "local-platform.sqlite")
@@ -62,10 +65,13 @@ class LocalPlatformServer:
         self.port = self._socket.getsockname()[1]
         self.host, self.tls = host, context is not None
         # no X-Forwarded-For trusted (the login guard counts failures per client address); an idle
-        # keep-alive connection is kept 300 s (a participant polls again within its 25 s)
+        # keep-alive connection is kept 300 s (a participant polls again within its 25 s); a request's
+        # headers may take up to MAX_HEADER_BYTES (h11 refuses past 16 KiB otherwise: a final model's
+        # X-Werkbund-Meta, its round history, outgrows that at 50 participants and 10 rounds)
         config = uvicorn.Config(self.front, http="h11", ws="none", lifespan="off", log_config=None,
                                 access_log=False, server_header=False, proxy_headers=False,
-                                timeout_keep_alive=300, timeout_graceful_shutdown=5)
+                                timeout_keep_alive=300, timeout_graceful_shutdown=5,
+                                h11_max_incomplete_event_size=MAX_HEADER_BYTES)
         config.load()
         config.ssl = context  # the platform's own TLS settings (platform/tls.py), not uvicorn's defaults
         self._server = _Server(config, self.front)

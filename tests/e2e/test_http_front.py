@@ -1,4 +1,5 @@
 """The Flask front over a real socket: statuses, JSON errors, binary messages, long-polling."""
+import json
 import threading
 import time
 
@@ -179,3 +180,26 @@ def test_replies_do_not_wait_for_delayed_acks(server):
         sock = connection.transport.get_extra_info("socket")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     session.close()
+
+
+def test_a_final_model_with_a_long_round_history_is_stored_and_fetched(server, users):
+    """A final model's metadata (its round history, which grows with participants and rounds) travels
+    in a header: at 50 participants and 10 rounds it passed h11's default 16 KiB, and when the request's
+    head reached the server in pieces the platform answered 400 "Invalid HTTP request received". A head
+    as large as waitress took (256 KiB) is accepted however it arrives."""
+    from werkbund.local_platform.server import MAX_HEADER_BYTES
+
+    assert server._server.config.h11_max_incomplete_event_size == MAX_HEADER_BYTES >= 256 * 1024
+    alice, bob = users
+    alice.create_task("history", {"quorum": 1})
+    bob.join_task("history", {"kind": "classification", "features": ["a"], "target": "y", "classes": [0, 1]})
+    creator = alice.aggregator("history")
+    creator.start()
+    rounds = [{"round": r, "reported": [f"site-{i:03d}" for i in range(50)],
+               "metrics": {f"site-{i:03d}": {"loss": 0.5, "accuracy": 0.75} for i in range(50)}}
+              for r in range(10)]
+    meta = {"rounds": rounds}
+    assert 16 * 1024 < len(json.dumps(meta)) < 60 * 1024  # past h11's default, within what a reply header carries
+    creator.finish(b"model bytes", meta)
+    model, fetched = bob.get_model("history")
+    assert model == b"model bytes" and fetched["meta"] == meta
