@@ -5,7 +5,7 @@ from its own mean) per feature (``feature_moments``); the aggregator refuses mal
 out-of-range ones (``checked_moments``) and merges the rest with the parallel variance formula
 (Chan, Golub and LeVeque, ``merge_moments``), which gives the pooled mean and variance without any
 site revealing its rows. The ``statistics`` algorithm, a task of its own, is
-``federated_statistics.py``; federated standardization is ``standardization.py``.
+``builtin/federated_statistics.py``; federated standardization is ``standardization.py``.
 """
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def _site_data(index: int, participants: int, seed: int):
 
 def _run_site(user, train, test, per_round: list, lock, errors: list) -> None:
     """One participant, recording per round its masking/encryption time, bytes sent and decryption time."""
-    from werkbund.algorithms.neural_network import NeuralNetworkParticipant
+    from werkbund.algorithms.builtin.neural_network import NeuralNetworkParticipant
 
     try:
         part = NeuralNetworkParticipant(user.participant("bench"), train, test)
@@ -106,7 +106,7 @@ def run_mode(pom: int, participants: int, rounds: int, epochs: int, model: dict,
     from cryptography.hazmat.primitives import serialization
 
     from werkbund.algorithms.arrays import encode_weights
-    from werkbund.algorithms.neural_network import NeuralNetworkAggregator
+    from werkbund.algorithms.builtin.neural_network import NeuralNetworkAggregator
     from werkbund.client.api import register
     from werkbund.client.transports.inproc import InProcPlatform
     from werkbund.local_platform.server import LocalPlatformServer

@@ -115,7 +115,7 @@ def _wait_for(proc, log: Path, mark: str) -> None:
 
 def _participant(where: dict, name: str, raw: bytes, index: int, seed: int, home: str) -> None:
     os.environ.update({"WERKBUND_HOME": home, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    from werkbund.algorithms.linear_models import LogisticRegressionParticipant
+    from werkbund.algorithms.builtin.linear_models import LogisticRegressionParticipant
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from werkbund.client.api import connect
@@ -131,7 +131,7 @@ def run_werkbund(kind: str, participants: int, rounds: int, seed: int = 0, ledge
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from werkbund.algorithms.linear_models import LogisticRegressionAggregator
+    from werkbund.algorithms.builtin.linear_models import LogisticRegressionAggregator
     from werkbund.client.api import register
 
     with tempfile.TemporaryDirectory(prefix="werkbund-vs-flower-") as tmp:

@@ -140,7 +140,7 @@ def kmeans_scatter(session, name: str, dataset: dict | None) -> dict | None:
     projected to two dimensions. The rows go from this dashboard to this user's browser only."""
     import numpy as np
 
-    from werkbund.algorithms.kmeans import assign
+    from werkbund.algorithms.builtin.kmeans import assign
     from werkbund.algorithms.plots import _projection
     from werkbund.algorithms.standardization import standardized
     from werkbund.client.python_api.results import load_model_bytes

@@ -258,7 +258,7 @@ class Result:
         nearest centroid: ``data`` (a Dataset or an array of rows), else a participant's own rows."""
         import numpy as np
 
-        from werkbund.algorithms.kmeans import assign
+        from werkbund.algorithms.builtin.kmeans import assign
         from werkbund.algorithms.plots import plot_clusters
         from werkbund.algorithms.standardization import standardized
 

@@ -18,7 +18,7 @@ from werkbund.algorithms import keras_models as km
 from werkbund.algorithms.data.dataset import Dataset
 from werkbund.algorithms.engine.aggregator import TaskFailure
 from werkbund.algorithms.engine.participant import TaskEnded
-from werkbund.algorithms.neural_network import ALGORITHM
+from werkbund.algorithms.builtin.neural_network import ALGORITHM
 from werkbund.algorithms.privacy.dp.accounting_pld import (StepEvents, calibrate_noise, epsilon_spent,
                                                            planned_epsilon, round_events)
 from werkbund.algorithms.privacy.dp.sgd import DPSGDTrainer, clip_per_example

@@ -6,7 +6,7 @@ import pytest
 
 from support.inproc_federation import run_federation
 from werkbund.algorithms.data.dataset import Dataset
-from werkbund.algorithms.federated_statistics import StatisticsParticipant, StatisticsRefused
+from werkbund.algorithms.builtin.federated_statistics import StatisticsParticipant, StatisticsRefused
 
 FEATURES = ["pressure", "flow", "temperature", "operator_id"]
 

@@ -17,7 +17,7 @@ from werkbund.algorithms.arrays import decode_weights
 from werkbund.algorithms.data.loading import load_dataset
 from werkbund.algorithms.engine.aggregator import TaskFailure
 from werkbund.algorithms.engine.participant import TaskEnded
-from werkbund.algorithms.neural_network import NeuralNetworkAggregator, NeuralNetworkParticipant
+from werkbund.algorithms.builtin.neural_network import NeuralNetworkAggregator, NeuralNetworkParticipant
 from werkbund.algorithms.privacy.ckks import encryption as he_ckks
 from werkbund.algorithms.privacy.pom_wire import flatten, unpack_blobs, vector_from
 from werkbund.algorithms.strategies import FedAvg

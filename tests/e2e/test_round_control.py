@@ -16,7 +16,7 @@ from support.inproc_federation import CrashAfter
 from werkbund.algorithms.arrays import decode_weights, encode_weights
 from werkbund.algorithms.data.dataset import Dataset
 from werkbund.algorithms.engine.checkpoint import Checkpoint, CheckpointError
-from werkbund.algorithms.neural_network import ALGORITHM
+from werkbund.algorithms.builtin.neural_network import ALGORITHM
 from werkbund.client.api import register
 from werkbund.client.transports.inproc import InProcPlatform
 

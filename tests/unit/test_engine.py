@@ -9,7 +9,7 @@ from werkbund.algorithms.arrays import decode_weights, encode_weights
 from werkbund.algorithms.data.loading import load_dataset
 from werkbund.algorithms.engine.aggregator import TaskFailure
 from werkbund.algorithms.engine.participant import TaskEnded
-from werkbund.algorithms.neural_network import ALGORITHM
+from werkbund.algorithms.builtin.neural_network import ALGORITHM
 from werkbund.algorithms.moments import feature_moments
 from werkbund.client.api import register
 from werkbund.client.transports.inproc import InProcPlatform

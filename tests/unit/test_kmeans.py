@@ -7,7 +7,7 @@ from safetensors.numpy import load as st_load
 
 from support.inproc_federation import run_federation
 from werkbund.algorithms.data.dataset import Dataset
-from werkbund.algorithms.kmeans import weighted_kmeans
+from werkbund.algorithms.builtin.kmeans import weighted_kmeans
 
 CENTERS = np.array([[0.0, 0.0, 0.0], [6.0, 1.0, -2.0], [-3.0, 7.0, 4.0], [5.0, -6.0, 8.0]])
 FEATURES = ["temperature", "vibration", "current"]
@@ -101,7 +101,7 @@ def test_weighted_kmeans_handles_fewer_points_than_clusters():
 
 
 def test_an_empty_cluster_takes_half_of_the_widest_one():
-    from werkbund.algorithms.kmeans import cluster_sums, split_widest
+    from werkbund.algorithms.builtin.kmeans import cluster_sums, split_widest
 
     rng = np.random.default_rng(0)
     wide = np.column_stack([rng.normal(0, 3.0, 400), rng.normal(0, 0.1, 400)])   # spread along x
@@ -117,7 +117,7 @@ def test_an_empty_cluster_takes_half_of_the_widest_one():
 
 def test_updates_that_do_not_add_up_are_refused_and_the_state_survives_a_checkpoint(finished):
     from werkbund.algorithms.arrays import UpdateRejected, encode_weights
-    from werkbund.algorithms.kmeans import KMeansAggregator
+    from werkbund.algorithms.builtin.kmeans import KMeansAggregator
     from werkbund.client.messages import TaskMessage
 
     creator, aggregator, outcome, results, out, sites = finished
@@ -138,7 +138,7 @@ def test_updates_that_do_not_add_up_are_refused_and_the_state_survives_a_checkpo
 def test_incomplete_rows_and_secure_aggregation_are_refused_with_the_reason():
     from types import SimpleNamespace
 
-    from werkbund.algorithms.kmeans import KMeansParticipant
+    from werkbund.algorithms.builtin.kmeans import KMeansParticipant
     from werkbund.client.definitions import check_definition
     from werkbund.platform.errors import InvalidInput
 

@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from werkbund.algorithms.arrays import decode_weights, encode_weights
 from werkbund.algorithms.data.loading import load_dataset
-from werkbund.algorithms.neural_network import ALGORITHM
+from werkbund.algorithms.builtin.neural_network import ALGORITHM
 from werkbund.algorithms.moments import feature_moments
 from werkbund.client.api import register
 from werkbund.client.transports.inproc import InProcPlatform

@@ -8,7 +8,7 @@ from safetensors.numpy import load as st_load
 from support.inproc_federation import run_federation
 from werkbund.algorithms.data.dataset import Dataset
 from werkbund.algorithms.engine.aggregator import TaskFailure
-from werkbund.algorithms.linear_models import classifier_evaluation, regressor_evaluation
+from werkbund.algorithms.builtin.linear_models import classifier_evaluation, regressor_evaluation
 
 COEFFICIENTS = np.array([2.5, -1.0, 0.02, 40.0])
 INTERCEPT = 7.0
@@ -103,7 +103,7 @@ def test_evaluations_by_hand():
 
 
 def test_the_linear_model_survives_a_checkpoint():
-    from werkbund.algorithms.linear_models import LinearRegressionAggregator
+    from werkbund.algorithms.builtin.linear_models import LinearRegressionAggregator
 
     rng = np.random.default_rng(8)
     sites = {"bob": regression_site(rng, 0.0, rows=80), "carol": regression_site(rng, 1.0, rows=80)}
@@ -120,7 +120,7 @@ def test_the_linear_model_survives_a_checkpoint():
 
 
 def test_fedprox_mu_is_found_inside_composed_strategies():
-    from werkbund.algorithms.linear_models import fedprox_mu
+    from werkbund.algorithms.builtin.linear_models import fedprox_mu
 
     assert fedprox_mu(None) == 0.0 and fedprox_mu("median") == 0.0
     assert fedprox_mu({"name": "fedprox", "mu": 0.5}) == 0.5

@@ -9,7 +9,7 @@ from sklearn import metrics as skm
 from werkbund.algorithms.data.dataset import Dataset
 from werkbund.algorithms.data.loading import load_dataset
 from werkbund.algorithms.metrics import classification_metrics, combine, describe_rounds, regression_metrics
-from werkbund.algorithms.neural_network import ALGORITHM
+from werkbund.algorithms.builtin.neural_network import ALGORITHM
 from werkbund.algorithms.plots import plot_accuracy, plot_confusion_matrix, plot_metric
 from werkbund.client.api import register
 from werkbund.client.transports.inproc import InProcPlatform
