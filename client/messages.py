@@ -23,7 +23,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-from werkbund.platform.file_store import hash_pieces
+from werkbund.platform.storage.files import hash_pieces
 
 MAGIC = b"WBM1"
 MAX_HEADER_BYTES = 1024 * 1024

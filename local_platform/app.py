@@ -37,7 +37,7 @@ from werkbund.platform.command_schemas import check_json, parse_json
 from werkbund.platform.commands import dispatch, dispatch_public
 from werkbund.platform.errors import AuthenticationFailed, InvalidInput, PayloadTooLarge, WerkbundError
 from werkbund.platform.login_guard import CLIENT_ADDRESS
-from werkbund.platform.mailboxes import Mailboxes
+from werkbund.platform.storage.mailboxes import Mailboxes
 from werkbund.platform.request_replies import HEADER as REQUEST_ID_HEADER
 from werkbund.platform.request_replies import request_id
 from werkbund.platform.model_store import MAX_MODEL_BYTES

@@ -22,7 +22,7 @@ from a2wsgi import WSGIMiddleware
 
 from werkbund.local_platform.long_poll import SCOPE_KEY, LongPoll
 from werkbund.platform.errors import PayloadTooLarge
-from werkbund.platform.file_store import PIECE
+from werkbund.platform.storage.files import PIECE
 
 
 class PlatformFront:

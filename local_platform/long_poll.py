@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 
-from werkbund.platform.mailboxes import Mailboxes, Message
+from werkbund.platform.storage.mailboxes import Mailboxes, Message
 
 SCOPE_KEY = "werkbund.long_poll"
 

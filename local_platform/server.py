@@ -18,7 +18,7 @@ from werkbund.local_platform.app import DEFAULT_MAX_MESSAGE_BYTES, create_app
 from werkbund.local_platform.front import PlatformFront
 from werkbund.platform.db import sqlite_url
 from werkbund.platform.errors import InvalidInput
-from werkbund.platform.mailboxes import MAX_PENDING_BYTES, DiskMailboxes, Mailboxes
+from werkbund.platform.storage.mailboxes import MAX_PENDING_BYTES, DiskMailboxes, Mailboxes
 from werkbund.platform.model_store import MAX_MODEL_BYTES
 from werkbund.platform.service import PlatformService
 from werkbund.platform.tls import server_context

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from werkbund.platform import schema
 from werkbund.platform.errors import InvalidInput, InvalidState
-from werkbund.platform.file_store import SHA256
+from werkbund.platform.storage.files import SHA256
 from werkbund.platform.ledger.store import default_key_path, load_or_create_key
 from werkbund.platform.model_store import default_model_dir
 

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from werkbund.platform import access
 from werkbund.platform.errors import InvalidInput, InvalidState, ModelNotFound, Unavailable
-from werkbund.platform.file_store import ContentFiles
+from werkbund.platform.storage.files import ContentFiles
 from werkbund.platform.models import StoredModel, Task
 
 log = logging.getLogger("werkbund.platform")
@@ -59,7 +59,7 @@ class ModelStore:
         self._model_lock = threading.RLock()
         self._move_models_to_files()
 
-    # A final model is a file named by its sha256 in ``model_dir`` (``platform/file_store.py``); its row
+    # A final model is a file named by its sha256 in ``model_dir`` (``platform/storage/files.py``); its row
     # holds the hash, size and metadata. Rows from before schema revision 0004 hold the bytes in ``data``:
     # they are moved to files when the service starts (``_move_models_to_files``).
     def put_model(self, caller: str, task: str, data: bytes, meta: dict | None = None) -> dict:

@@ -33,7 +33,7 @@ from werkbund.platform.definition import check_name
 from werkbund.platform.errors import (AlreadyJoined, InvalidInput, InvalidState, PermissionDenied, TaskFull,
                                       UserExists)
 from werkbund.platform.join_schema import check_join_schema
-from werkbund.platform.mailboxes import Mailboxes
+from werkbund.platform.storage.mailboxes import Mailboxes
 from werkbund.platform.models import Membership, User
 from werkbund.platform import access
 from werkbund.platform.routing import AGGREGATOR_INBOX

@@ -9,7 +9,7 @@ from werkbund.client.transports.base import Transport
 from werkbund.platform.commands import dispatch, dispatch_public
 from werkbund.platform.db import Database
 from werkbund.platform.errors import AuthenticationFailed
-from werkbund.platform.mailboxes import Mailboxes
+from werkbund.platform.storage.mailboxes import Mailboxes
 from werkbund.platform.service import PlatformService
 
 

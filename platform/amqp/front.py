@@ -72,7 +72,7 @@ class AmqpFront:
         self.service = service
         self.admin = admin
         self.sessions = BrokerSessions(service, admin, own_account)  # a broker account per login session
-        self.blobs, self.blob_url = blobs, blob_url  # the blob store (platform/amqp/blob_store.py), if served
+        self.blobs, self.blob_url = blobs, blob_url  # the blob store (platform/storage/blobs.py), if served
         self._sync_locks = [threading.Lock() for _ in range(64)]  # sync_user's writers here, striped by user
 
     def handle(self, caller: str | None, command: str | None, body: bytes, headers: dict,

@@ -100,7 +100,8 @@ class AmqpPlatformServer:
         self.service = PlatformService(Database(db_url))
         self.blob_server = None
         if blob_port is not None:  # the claim-check path for large messages and models
-            from werkbund.platform.amqp.blob_store import BlobServer, BlobStore
+            from werkbund.platform.amqp.blob_server import BlobServer
+            from werkbund.platform.storage.blobs import BlobStore
 
             self.blob_server = BlobServer(self.service, BlobStore(blob_dir), blob_host, blob_port, blob_url,
                                           blob_certificate, blob_key)

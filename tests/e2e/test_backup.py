@@ -10,7 +10,7 @@ from conftest import WERKBUND, quiet_env, start_local_platform
 from support.platform_data_support import (TASK, check_platform, manifest, old_postgres_platform, old_sqlite_platform,
                                    postgres_database)
 from werkbund.client.transports.inproc import InProcPlatform
-from werkbund.platform.amqp.blob_store import BlobStore
+from werkbund.platform.storage.blobs import BlobStore
 from werkbund.platform import schema
 from werkbund.platform.db import Database
 from werkbund.platform.service import PlatformService

@@ -8,8 +8,9 @@ import pytest
 
 from werkbund.client.transports.amqp.blobs import BlobClient
 from werkbund.client.messages import MalformedMessage, decode_message, encode_message
-from werkbund.platform.amqp import blob_store
-from werkbund.platform.amqp.blob_store import BlobServer, BlobStore
+from werkbund.platform.storage import blobs as blob_store
+from werkbund.platform.amqp.blob_server import BlobServer
+from werkbund.platform.storage.blobs import BlobStore
 from werkbund.platform.errors import PermissionDenied, Unavailable
 from werkbund.platform.service import PlatformService
 

@@ -163,7 +163,8 @@ def test_a_blob_announced_uploaded_and_read_through_different_replicas(tmp_path)
     bob announces through one replica and uploads through the other, alice reads through the first
     from before the upload starts (following the growing file), and again once it is complete."""
     from werkbund.client.transports.amqp.blobs import BlobClient
-    from werkbund.platform.amqp.blob_store import BlobServer, BlobStore
+    from werkbund.platform.amqp.blob_server import BlobServer
+    from werkbund.platform.storage.blobs import BlobStore
 
     url = f"sqlite:///{tmp_path / 'platform.sqlite'}"
     services = [PlatformService(Database(url), ledger_key=tmp_path / "key.pem") for _ in range(2)]

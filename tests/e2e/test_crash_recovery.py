@@ -23,7 +23,7 @@ import pytest
 from conftest import PASSWORDS, WERKBUND, Cli, quiet_env
 
 from werkbund.platform.errors import InvalidInput, Unavailable
-from werkbund.platform.mailboxes import DiskMailboxes, Mailboxes
+from werkbund.platform.storage.mailboxes import DiskMailboxes, Mailboxes
 
 ROUNDS = 12
 USERS = (("alice", "acme"), ("bob", "beta"), ("carol", "gamma"), ("mallory", "mu"))

@@ -18,7 +18,7 @@ import requests
 from conftest import quiet_env, start_local_platform
 from werkbund.client.transports.http import HttpTransport
 from werkbund.platform.errors import InboxFull, InvalidInput, PayloadTooLarge
-from werkbund.platform.mailboxes import DiskMailboxes
+from werkbund.platform.storage.mailboxes import DiskMailboxes
 from werkbund.platform.service import PlatformService
 
 MiB = 1 << 20

@@ -1,7 +1,7 @@
 """Final models as files named by their sha256, not bytes in the database.
 
 ``stored_models.data`` becomes nullable: a model's bytes live in the platform's model folder
-(``<model dir>/<sha256>``, ``platform/file_store.py``) and the row keeps the hash, size and metadata.
+(``<model dir>/<sha256>``, ``platform/storage/files.py``) and the row keeps the hash, size and metadata.
 Rows written before this revision keep their bytes in ``data`` until the platform service first starts
 on the upgraded database and moves them to files (``PlatformService._move_models_to_files``), so an
 upgrade needs no access to the model folder. ``size`` becomes a 64-bit integer: models of several GB.

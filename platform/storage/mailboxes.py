@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from werkbund.platform.errors import InboxFull, InvalidInput
-from werkbund.platform.file_store import PIECE, stream_to_file
+from werkbund.platform.storage.files import PIECE, stream_to_file
 
 log = logging.getLogger("werkbund.mailboxes")
 
