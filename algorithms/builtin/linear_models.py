@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from werkbund.algorithms.arrays import check_weights, signature
-from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
+from werkbund.algorithms.arrays import signature
+from werkbund.algorithms.engine.aggregator import TaskFailure
 from werkbund.algorithms.engine.participant import RoundParticipant
+from werkbund.algorithms.engine.strategy_aggregator import StrategyAggregator
 from werkbund.algorithms.metrics import classification_metrics, regression_metrics
 from werkbund.algorithms.fields import STANDARDIZE, STRATEGY, TRAINING
 from werkbund.algorithms.labels import label_indices
@@ -99,8 +100,7 @@ class Adam:
 
 
 # ----------------------------------------------------------------------------- aggregators
-class _LinearAggregator(RoundAggregator):
-    weighted_mean_update = True  # the update is [weights, bias] and a sample count (POM 2 and 3 apply)
+class _LinearAggregator(StrategyAggregator):  # the update is [weights, bias] and a sample count (POM 2 and 3 apply)
     data_kind = ""
     algorithm = ""
 
@@ -135,18 +135,6 @@ class _LinearAggregator(RoundAggregator):
                              target_scale=self.target_scale)
         self.progress.message(f"{self.algorithm}: {n} features, {outputs} output(s)")
 
-    def global_weights(self):
-        return self.weights
-
-    def begin_round(self, number):
-        self.strategy.begin_round(self.weights)
-
-    def accept_update(self, update):
-        self.strategy.add(update.weights, update.n_samples, update.sender)  # decoded and checked by the engine
-
-    def aggregate(self, number):
-        self.weights = self.strategy.result()
-
     def checkpoint_state(self):
         facts = {"features": self.features, "classes": self.classes, "mean": self.mean.tolist(),
                  "scale": self.scale.tolist(), "target_mean": self.target_mean, "target_scale": self.target_scale}
@@ -158,10 +146,7 @@ class _LinearAggregator(RoundAggregator):
         self.target_mean, self.target_scale = float(meta["target_mean"]), float(meta["target_scale"])
         outputs = self.outputs()
         self.expected = signature([np.zeros((len(self.features), outputs)), np.zeros(outputs)])
-        check_weights(weights, self.expected)
-        self.weights = weights
-        self.strategy = build_strategy(self.definition.get("strategy"))
-        self.strategy.load_state_dict(strategy_state)
+        self.restore_weights(weights, strategy_state)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return standardized(x, self.mean, self.scale) @ self.weights[0] + self.weights[1]

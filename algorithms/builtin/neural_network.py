@@ -23,9 +23,10 @@ import logging
 
 import numpy as np
 
-from werkbund.algorithms.arrays import UpdateRejected, check_weights, signature
-from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
+from werkbund.algorithms.arrays import signature
+from werkbund.algorithms.engine.aggregator import TaskFailure
 from werkbund.algorithms.engine.participant import RoundParticipant
+from werkbund.algorithms.engine.strategy_aggregator import StrategyAggregator
 from werkbund.algorithms.privacy.dp import rounds as dp_rounds
 from werkbund.algorithms.metrics import CLASSIFICATION, KINDS, REGRESSION, classification_metrics, regression_metrics
 from werkbund.algorithms.fields import MODEL, STRATEGY, TRAINING
@@ -65,8 +66,7 @@ def evaluate_model(model, x, y, kind: str, n_classes: int) -> dict:
     return metrics
 
 
-class NeuralNetworkAggregator(RoundAggregator):
-    weighted_mean_update = True  # the update is the model's weights and a sample count (POM 2 and 3 apply)
+class NeuralNetworkAggregator(StrategyAggregator):  # the update is the model's weights and a sample count (POM 2 and 3 apply)
 
     def setup(self):
         from werkbund.algorithms import keras_models as km
@@ -113,17 +113,8 @@ class NeuralNetworkAggregator(RoundAggregator):
         self.progress.message(f"model sent: {self.model.count_params()} parameters, "
                               + ("regression" if regression else f"classes {self.classes}"))
 
-    def global_weights(self):
-        return self.weights
-
-    def begin_round(self, number):
-        self.strategy.begin_round(self.weights)
-
-    def accept_update(self, update):
-        self.strategy.add(update.weights, update.n_samples, update.sender)  # decoded and checked by the engine
-
     def aggregate(self, number):
-        self.weights = self.strategy.result()
+        super().aggregate(number)
         self.model.set_weights(self.weights)
 
     def evaluate(self):
@@ -144,11 +135,8 @@ class NeuralNetworkAggregator(RoundAggregator):
         self.model = km.compile_for(self.kind, km.model_from_architecture(meta["architecture"]),
                                     self.definition["learning_rate"])
         self.expected = signature(self.model.get_weights())
-        check_weights(weights, self.expected)
-        self.weights = weights
+        self.restore_weights(weights, strategy_state)
         self.model.set_weights(weights)
-        self.strategy = build_strategy(self.definition.get("strategy"))
-        self.strategy.load_state_dict(strategy_state)
         self.dp = dp_rounds.restore_budget(self.definition, meta.get("dp"))
 
     def final_model(self):
