@@ -220,10 +220,14 @@ class LedgerChannel:
                 members.remove(user)
         return sorted(members)
 
-    def published_update(self, sender: str, number: int) -> dict | None:
-        """The latest ``update_submitted`` payload of ``sender`` for round ``number`` (with its seq)."""
+    def published_update(self, sender: str, number: int, at: int | None = None) -> dict | None:
+        """The latest ``update_submitted`` payload of ``sender`` for round ``number`` (with its seq).
+        ``at``: the seq the sender says its entry got; when the entries read before reach it, no request
+        is made (a round's updates mostly arrive after all of their entries were appended, so one read
+        serves many). Whatever ``at`` says, the entry is looked up, never taken from the sender."""
         cache = self._ledger_state()["entries"]
-        cache.extend(item["entry"] for item in self.entries(len(cache)))
+        if not (isinstance(at, int) and not isinstance(at, bool) and 0 <= at < len(cache)):
+            cache.extend(item["entry"] for item in self.entries(len(cache)))
         for entry in reversed(cache):
             payload = entry.get("payload") or {}
             if (entry.get("type") == "update_submitted" and entry.get("author") == sender

@@ -393,7 +393,7 @@ class RoundAggregator:
             return take
 
         def handler(message) -> None:
-            meta = self.channel.published_update(message.sender, number)
+            meta = self.channel.published_update(message.sender, number, at=message.get("ledger_seq"))
             if meta is None:
                 raise UpdateRejected(f"no update_submitted entry for round {number} on the ledger "
                                      "(the metadata must be published before the update)")

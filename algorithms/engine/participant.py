@@ -160,8 +160,8 @@ class RoundParticipant:
                     update, header = self.train(message)
                     payload, header = self.encoding.encode(message, update, header)  # the bytes on the wire
                     self._keep_update(number, payload, {"eval": evaluation, **header})
-                    self._publish_metadata(number, payload, header, evaluation)
-                    self.channel.send("update", payload, round=number, eval=evaluation, **header)
+                    hint = self._publish_metadata(number, payload, header, evaluation)
+                    self.channel.send("update", payload, round=number, eval=evaluation, **header, **hint)
                     self._audit_ledger()
                 elif message.kind == "final":
                     self.result = self.keep_final(message)
@@ -205,8 +205,10 @@ class RoundParticipant:
             payload, header = fresh
             self._keep_update(number, payload, header)
         if fresh is not None or not self._on_ledger(number, payload):  # (kept, then killed before publishing)
-            self._publish_metadata(number, payload, header, header.get("eval") or {})
-        self.channel.send("update", payload, round=number, **header)
+            hint = self._publish_metadata(number, payload, header, header.get("eval") or {})
+        else:
+            hint = {}
+        self.channel.send("update", payload, round=number, **header, **hint)
         if fresh is not None:
             self._audit_ledger()
 
@@ -262,10 +264,11 @@ class RoundParticipant:
                                   f"{shown or 'none'}")
         return {}
 
-    def _publish_metadata(self, number: int, payload: bytes, header: dict, evaluation: dict) -> None:
+    def _publish_metadata(self, number: int, payload: bytes, header: dict, evaluation: dict) -> dict:
         """Metadata before the model (Fujitsu): the update's sha256, sample count and local
         validation metrics (none under DP; the DP-SGD steps instead) go on the ledger before the
-        update itself is sent."""
+        update itself is sent. Returns the header field that tells the aggregator where the entry is
+        (``ledger_seq``: it reads the ledger only when it has not read that far), or nothing."""
         if getattr(self.channel, "ledger_enabled", False):
             entry = {"round": number, "sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload),
                      "n_samples": header.get("n_samples"), "train_loss": _json_safe(header.get("train_loss")),
@@ -273,7 +276,8 @@ class RoundParticipant:
             if isinstance(header.get("dp"), dict):
                 entry["dp"] = _json_safe({**header["dp"], "epsilon_spent": header.get("epsilon_spent"),
                                           "neighbouring_relation": header.get("neighbouring_relation")})
-            self.channel.publish_entry("update_submitted", entry)
+            return {"ledger_seq": self.channel.publish_entry("update_submitted", entry)["seq"]}
+        return {}
 
     def _audit_ledger(self) -> None:
         """Own update entries included, checkpoint consistent with the last one seen; cosign."""

@@ -84,3 +84,84 @@ def test_an_update_that_does_not_match_its_published_hash_is_rejected_and_select
     assert report.ok, str(report)
     final_sha = hashlib.sha256(users["bob"].get_model("t")[0]).hexdigest()
     assert bundle["entries"][-1]["entry"]["payload"]["model_sha256"] == final_sha
+
+
+def scripted(handle, data, barrier, seqs):
+    """An honest participant whose rounds go in two steps: its update_submitted entry, then (once every
+    scripted participant has published) the update, naming where the entry is."""
+    while True:
+        message = handle.receive(timeout=30)
+        if message is None or message.kind == "failed":
+            return
+        number = message.get("round")
+        if message.kind == "final":
+            return handle.send("final_eval", round=number, eval={})
+        if message.kind == "stats":
+            handle.send("stats", round=number, **feature_moments(data.x))
+        elif message.kind == "round":
+            update = encode_weights(decode_weights(message.payload))
+            seq = handle.publish_entry("update_submitted", {"round": number, "n_samples": 10,
+                                                            "sha256": hashlib.sha256(update).hexdigest()})["seq"]
+            seqs.append((handle.name, number, seq))
+            barrier.wait(timeout=30)
+            handle.send("update", update, round=number, n_samples=10, ledger_seq=seq)
+
+
+def test_updates_name_their_ledger_entry_so_one_read_of_the_ledger_serves_a_round():
+    """Before, the aggregator read the ledger once per update. An update now names the seq of its
+    update_submitted entry; the aggregator reads only when it has not read that far, so when every
+    entry of a round is on the ledger before the first update arrives, one read serves the round."""
+    platform = InProcPlatform()
+    names = ("alice", "bob", "carol", "dave")
+    users = {name: register(name, f"{name}-password", name, platform="inproc", inproc=platform,
+                            identity=Ed25519PrivateKey.generate()) for name in names}
+    users["alice"].create_task("t", {"quorum": 3, "rounds": 2, "epochs": 1, "round_timeout": 20})
+    digits = load_dataset("builtin:digits")
+    shards = {name: digits.shard(i, 3) for i, name in enumerate(names[1:])}
+    for name, shard in shards.items():
+        users[name].join_task("t", shard.schema())
+    barrier, seqs = threading.Barrier(3), []
+    threads = [threading.Thread(target=scripted, args=(users[name].participant("t"), shard, barrier, seqs),
+                                daemon=True) for name, shard in shards.items()]
+    for t in threads:
+        t.start()
+    channel = users["alice"].aggregator("t")
+    reads, asked = [], []
+    entries, published_update = channel.entries, channel.published_update
+
+    def counted_entries(start=0):
+        reads.append(start)
+        return entries(start)
+
+    def recorded(sender, number, at=None):
+        asked.append((sender, number, at))
+        return published_update(sender, number, at=at)
+
+    channel.entries, channel.published_update = counted_entries, recorded
+    result = ALGORITHM.aggregator(channel).run()
+    for t in threads:
+        t.join(timeout=60)
+    assert result["task"]["status"] == "COMPLETE"
+    assert [r["reported"] for r in users["alice"].rounds("t")] == [["bob", "carol", "dave"]] * 2
+    assert sorted(asked) == sorted(seqs)  # every update was looked up where its sender said
+    assert len(reads) == 2  # one read of the ledger a round, not one per update
+
+
+def test_a_wrong_ledger_seq_in_an_update_changes_nothing_the_entry_is_looked_up():
+    """The seq an update names is a hint: a seq past what was read, of someone else's entry, or not a
+    number leads to the sender's own latest entry for the round, or to none."""
+    platform = InProcPlatform()
+    users = {name: register(name, f"{name}-password", name, platform="inproc", inproc=platform,
+                            identity=Ed25519PrivateKey.generate()) for name in ("alice", "bob", "mallory")}
+    users["alice"].create_task("t", {"quorum": 2, "rounds": 1, "epochs": 1, "round_timeout": 20})
+    digits = load_dataset("builtin:digits")
+    for name in ("bob", "mallory"):
+        users[name].join_task("t", digits.schema())
+    bob, mallory = users["bob"].participant("t"), users["mallory"].participant("t")
+    bob_seq = bob.publish_entry("update_submitted", {"round": 0, "n_samples": 10, "sha256": "b" * 64})["seq"]
+    channel = users["alice"].aggregator("t")
+    for at in (bob_seq, 10**9, -1, "3", True, None):
+        assert channel.published_update("mallory", 0, at=at) is None
+        assert channel.published_update("bob", 0, at=at)["seq"] == bob_seq
+    later = mallory.publish_entry("update_submitted", {"round": 0, "n_samples": 10, "sha256": "m" * 64})["seq"]
+    assert channel.published_update("mallory", 0, at=later)["sha256"] == "m" * 64
