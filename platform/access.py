@@ -32,7 +32,7 @@ def task_row(s, name: str, lock: bool = False) -> Task:
         raise InvalidInput("a task name must be a string")
     query = select(Task).where(Task.name == name)
     if lock and s.bind.dialect.name != "sqlite":
-        query = query.with_for_update()
+        query = query.with_for_update(of=Task)  # the task's row, not its creator's (loaded with it)
     row = s.scalar(query)
     if row is None:
         raise TaskNotFound(f"unknown task {name!r}")

@@ -69,12 +69,12 @@ class Accounts:
         e.g. ``blob:<task>`` for the blob store's transfer token)."""
         if not token or not isinstance(token, str):
             raise AuthenticationFailed("not logged in: no session token")
-        with self.db.session() as s:
-            row = s.scalar(select(SessionToken).where(
-                SessionToken.token_sha256 == passwords.token_digest(token, scope)))
+        with self.db.session() as s:  # every request comes here: one query, the user's name with the token
+            row = s.execute(select(User.name, SessionToken.expires_at).join(SessionToken.user).where(
+                SessionToken.token_sha256 == passwords.token_digest(token, scope))).first()
             if row is None or row.expires_at < utcnow():
                 raise AuthenticationFailed("the session has expired or is unknown; log in again")
-            return row.user.name
+            return row.name
 
     def logout(self, caller: str, token: str) -> dict:
         """Revoke the session token (the front passes the one the caller authenticated with)."""

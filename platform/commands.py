@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from werkbund.platform.command_schemas import PARAMS, PUBLIC_PARAMS, validate_params
 from werkbund.platform.errors import InvalidInput
-from werkbund.platform.request_replies import CURRENT, RECORDED, check_request_id, run_once
+from werkbund.platform.request_replies import CURRENT, RECORDED, check_request_id, recorded_command, run_once
 from werkbund.platform.service import PlatformService
 
 # command -> the service method it runs; its parameters: command_schemas.PARAMS[command]
@@ -68,7 +68,7 @@ def dispatch(service: PlatformService, caller: str, command: str, params: dict |
     target = service
     for part in COMMANDS[command].split("."):
         target = getattr(target, part)
-    if request_id is None or command not in RECORDED:
+    if request_id is None or not recorded_command(command, params):
         return target(caller, **params)
     return run_once(service, caller, command, request_id, lambda: target(caller, **params))
 

@@ -54,7 +54,8 @@ class Task(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
-    creator: Mapped[User] = relationship()
+    # loaded with the task: nearly every use of a task checks who created it (one query, not two)
+    creator: Mapped[User] = relationship(lazy="joined", innerjoin=True)
     memberships: Mapped[list["Membership"]] = relationship(
         back_populates="task", cascade="all, delete-orphan", order_by="Membership.id"
     )

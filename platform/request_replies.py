@@ -54,6 +54,14 @@ RECORDED = frozenset({
 RECORDED_AFTER = frozenset({"delete_task"})
 PRUNE_EVERY = 60.0  # seconds between two deletions of old records, per process
 
+
+def recorded_command(command: str, params: dict) -> bool:
+    """Whether the reply of ``command`` (with its checked ``params``) is recorded: a state-changing
+    command is, except a ledger statement (``ledger_append`` with ``statement``), which the ledger
+    answers again by itself, with the promise of where it already is (``platform/ledger/service.py``):
+    a record would only cost two more queries and a row on every append, about a dozen a round."""
+    return command in RECORDED and not (command == "ledger_append" and params.get("statement") is not None)
+
 # the request id of the control call this thread (or task) is answering, set by a front
 CURRENT: ContextVar = ContextVar("werkbund_request_id", default=None)
 _pruned = {"at": float("-inf")}

@@ -64,6 +64,41 @@ class Platform:
         return self.post("/login", {"user": name, "password": PASSWORDS[name]}).json()["data"]["token"]
 
 
+def test_a_ledger_statement_is_appended_once_without_a_recorded_reply_even_across_a_kill_9(tmp_path):
+    """A signed statement (the ledger's v2 format) needs no recorded reply: sent again, after a kill -9 and
+    under any request id, the ledger itself answers the place it already has; nothing goes to
+    request_replies (two queries and a row saved on every append, about a dozen a round)."""
+    from sqlalchemy import create_engine
+
+    from werkbund.platform.models import RequestReply
+
+    platform = Platform(tmp_path)
+    try:
+        key = Ed25519PrivateKey.generate()
+        alice = platform.user("alice", "acme")
+        bob = platform.user("bob", "beta", public_key=E.encode_public_key(key))
+        assert platform.call(alice, "create_task", "create-1", task="t", definition=DEFINITION).status_code == 200
+        assert platform.call(bob, "join_task", "join-1", task="t").status_code == 200
+        statement = E.make_statement("t", "maintenance", "bob", {"note": "bearing replaced"})
+        params = {"task": "t", "statement": statement, "signature": E.encode_signature(E.sign_statement(statement, key))}
+        first = platform.call(bob, "ledger_append", "statement-1", **params)
+        assert first.status_code == 200, first.text
+        platform.kill_and_restart()
+        for request_id in ("statement-1", "statement-2", None):
+            again = platform.call(bob, "ledger_append", request_id, **params)
+            assert again.status_code == 200, again.text
+            assert ({k: again.json()["data"][k] for k in ("seq", "leaf_hash", "entry")}
+                    == {k: first.json()["data"][k] for k in ("seq", "leaf_hash", "entry")})
+        logged = [item["entry"]["type"] for item in platform.data(alice, "ledger_entries", task="t")]
+        assert logged.count("maintenance") == 1
+        engine = create_engine(platform.db)
+        with engine.connect() as connection:
+            assert sorted(connection.scalars(select(RequestReply.command))) == ["create_task", "join_task"]
+        engine.dispose()
+    finally:
+        platform.stop()
+
+
 def test_commands_repeated_after_a_kill_9_answer_their_first_reply_and_are_done_once(tmp_path):
     platform = Platform(tmp_path)
     try:
