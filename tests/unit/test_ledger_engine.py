@@ -14,27 +14,35 @@ from werkbund.client.transports.inproc import InProcPlatform
 from werkbund.ledger.verify import verify_log
 
 
-def lying(handle, data, n_samples=10, lie=True, told=None):
-    """Publishes the hash of one update, then sends other bytes (or, with lie=False, the same)."""
+def rounds(handle, data, told=None):
+    """The round messages a scripted participant gets; the rest (statistics, the final model) it answers
+    here, and the reasons of ``skipped`` messages go to ``told``."""
     while True:
         message = handle.receive(timeout=30)
         if message is None or message.kind == "failed":
             return
         number = message.get("round")
         if message.kind == "final":
-            return handle.send("final_eval", round=number, eval={})
+            handle.send("final_eval", round=number, eval={})
+            return
         if message.kind == "skipped" and told is not None:
             told.append(message.get("reason"))
         if message.kind == "stats":
             handle.send("stats", round=number, **feature_moments(data.x))
         elif message.kind == "round":
-            weights = decode_weights(message.payload)
-            honest = encode_weights(weights)
-            handle.publish_entry("update_submitted", {"round": number, "n_samples": n_samples,
-                                                      "sha256": hashlib.sha256(honest).hexdigest()})
-            if lie:
-                weights[-1] = weights[-1] + 1.0
-            handle.send("update", encode_weights(weights), round=number, n_samples=n_samples)
+            yield number, message
+
+
+def lying(handle, data, n_samples=10, lie=True, told=None):
+    """Publishes the hash of one update, then sends other bytes (or, with lie=False, the same)."""
+    for number, message in rounds(handle, data, told):
+        weights = decode_weights(message.payload)
+        honest = encode_weights(weights)
+        handle.publish_entry("update_submitted", {"round": number, "n_samples": n_samples,
+                                                  "sha256": hashlib.sha256(honest).hexdigest()})
+        if lie:
+            weights[-1] = weights[-1] + 1.0
+        handle.send("update", encode_weights(weights), round=number, n_samples=n_samples)
 
 
 def test_an_update_that_does_not_match_its_published_hash_is_rejected_and_selection_skips():
@@ -89,22 +97,13 @@ def test_an_update_that_does_not_match_its_published_hash_is_rejected_and_select
 def scripted(handle, data, barrier, seqs):
     """An honest participant whose rounds go in two steps: its update_submitted entry, then (once every
     scripted participant has published) the update, naming where the entry is."""
-    while True:
-        message = handle.receive(timeout=30)
-        if message is None or message.kind == "failed":
-            return
-        number = message.get("round")
-        if message.kind == "final":
-            return handle.send("final_eval", round=number, eval={})
-        if message.kind == "stats":
-            handle.send("stats", round=number, **feature_moments(data.x))
-        elif message.kind == "round":
-            update = encode_weights(decode_weights(message.payload))
-            seq = handle.publish_entry("update_submitted", {"round": number, "n_samples": 10,
-                                                            "sha256": hashlib.sha256(update).hexdigest()})["seq"]
-            seqs.append((handle.name, number, seq))
-            barrier.wait(timeout=30)
-            handle.send("update", update, round=number, n_samples=10, ledger_seq=seq)
+    for number, message in rounds(handle, data):
+        update = encode_weights(decode_weights(message.payload))
+        seq = handle.publish_entry("update_submitted", {"round": number, "n_samples": 10,
+                                                        "sha256": hashlib.sha256(update).hexdigest()})["seq"]
+        seqs.append((handle.name, number, seq))
+        barrier.wait(timeout=30)
+        handle.send("update", update, round=number, n_samples=10, ledger_seq=seq)
 
 
 def test_updates_name_their_ledger_entry_so_one_read_of_the_ledger_serves_a_round():
