@@ -122,6 +122,15 @@ def test_a_participant_killed_mid_round_under_pom_2_or_3_and_restarted(make, pom
         # bytes, masked under the round's keys that the others still hold shares of, were sent as they were.)
         whole_rounds(info)
         assert "kept the update of round" in carol
+    elif "carol" not in info["rounds"][number]["reported"]:
+        # (Frozen in the instant between encrypting her update of round `number`, which she records, and
+        # keeping its bytes: none of them left her machine, but she encrypts no second update for a round,
+        # so the round is summed over the others, with her reason, and she takes part again from the next.)
+        whole_rounds(info, except_round=number)
+        record = info["rounds"][number]
+        assert sorted(record["reported"]) == ["bob", "mallory"], record
+        assert "encrypted an update for that round before it was restarted" in record["rejected"]["carol"], record
+        assert "kept the task's CKKS key" in carol
     else:
         # The task's CKKS key and her record of what she encrypted and decrypted survive in her state
         # folder: she trains round `number` once, encrypts it with the same key, and (as the second
