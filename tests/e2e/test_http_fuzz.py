@@ -82,7 +82,9 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     before = sum(counter.statuses.values())
     command = [sys.executable, "-m", "schemathesis.cli", "run", f"{srv.url}/api/v1/openapi.json", "--url", srv.url,
                "-H", f"Authorization: Bearer {token}", "--checks", "not_a_server_error",
-               "--max-examples", str(EXAMPLES_PER_OPERATION), "--seed", "14", "--workers", "2",
+               "--max-examples", str(EXAMPLES_PER_OPERATION), "--seed", "14",
+               "--workers", "1",  # with 2, hypothesis crashed once in CI ("AST constructor recursion depth
+               # mismatch": its ast.parse from two threads at once, on Python 3.11); no server error was involved
                "--phases", "examples,coverage,fuzzing", "--request-timeout", "10", "--no-shrink",
                "--exclude-operation-id", "logout",  # it would end the token the run uses (tested apart)
                "--suppress-health-check", "all", "--report", "junit", "--report-dir", str(tmp_path)]
