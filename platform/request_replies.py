@@ -62,6 +62,7 @@ def recorded_command(command: str, params: dict) -> bool:
     a record would only cost two more queries and a row on every append, about a dozen a round."""
     return command in RECORDED and not (command == "ledger_append" and params.get("statement") is not None)
 
+
 # the request id of the control call this thread (or task) is answering, set by a front
 CURRENT: ContextVar = ContextVar("werkbund_request_id", default=None)
 _pruned = {"at": float("-inf")}

@@ -1,17 +1,12 @@
-"""The blob store: large task messages and models of the cloud platform, stored once, streamed.
+"""The blob store's files: large task messages and models of the cloud platform, stored once, streamed.
 
-A sender uploads a large message with ``PUT /blobs/<task>/<id>`` and publishes only a reference
-(id, size, sha256) through the broker (the claim-check pattern); a receiver streams it down with
-``GET`` and checks the sha256 (the HTTP side is ``platform/amqp/blob_server.py``). Bodies are streamed in 1 MiB pieces to and from files under the
-platform's data folder, the sha256 computed on the way in, so the platform never holds a blob in
-memory. A caller authenticates with a short-lived token from the ``transfer_token`` command (asked
-over the broker, where RabbitMQ vouches for the user; it opens that task's blobs and nothing else),
-and every request is checked by the
-core's rule (``PlatformService.check_blob_access``); this front only translates.
+A blob is ``root/<task>/<id>`` with a JSON sidecar (uploader, size, sha256). ``BlobStore.put`` copies a
+body into it in ``PIECE``-sized pieces, computing the sha256 on the way, so the platform never holds a
+blob in memory; readers may stream a blob while it arrives (``Upload``). Who may upload, read or delete
+is the core's rule, applied by the HTTP side, ``platform/amqp/blob_server.py``.
 
 Replicas of the platform share the blob folder (docs/operations.md): an announcement is a file there,
 so an upload and its readers may go through different replicas (``SharedUpload``).
-
 """
 from __future__ import annotations
 

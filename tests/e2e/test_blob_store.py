@@ -8,7 +8,7 @@ import pytest
 
 from werkbund.client.transports.amqp.blobs import BlobClient
 from werkbund.client.messages import MalformedMessage, decode_message, encode_message
-from werkbund.platform.storage import blobs as blob_store
+from werkbund.platform.storage import blobs
 from werkbund.platform.amqp.blob_server import BlobServer
 from werkbund.platform.storage.blobs import BlobStore
 from werkbund.platform.errors import PermissionDenied, Unavailable
@@ -107,7 +107,7 @@ def test_a_message_blob_is_read_and_checked_as_it_arrives(server, service):
 
 
 def test_a_stalled_upload_breaks_off_its_reader(server, service, monkeypatch):
-    monkeypatch.setattr(blob_store, "STALL_SECONDS", 1.0)
+    monkeypatch.setattr(blobs, "STALL_SECONDS", 1.0)
     bob, alice = client(server, service, "bob"), client(server, service, "alice")
     blob_id = bob.announce("t", 1000)  # and never uploaded
     with pytest.raises(Unavailable, match="broke off|stopped sending"):
