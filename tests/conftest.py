@@ -113,8 +113,9 @@ def cli(platform_under_test, tmp_path_factory):
 # them; `-m "not broker and not postgres"` then runs without a broker or PostgreSQL). The one place of
 # the rule; checked when the suite is collected (pytest_collection_modifyitems below). Keys:
 #   NAME        a fixture of the test, or a helper of the support modules (tests/support/cloud_support.py,
-#               broker_node.py, tls_support.py, platform_data_support.py) that the test function, a
-#               fixture of its module or a function or class of its module that they use names;
+#               broker_node.py, tls_support.py, platform_data_support.py, process_federation.py)
+#               that the test function, a fixture of its module or a function or class of its module
+#               that they use names;
 #   [VALUE]     a parameter (of a fixture or of parametrize) with this value;
 #   SCHEME://   a parameter that is a URL of this scheme.
 SERVICE_MARKERS = {
@@ -124,6 +125,7 @@ SERVICE_MARKERS = {
     "broker_node": ("broker",),
     "BrokerNode": ("broker",),
     "tls_broker_node": ("broker",),
+    "CloudFederation": ("broker",),
     "postgres_database": ("postgres",),
     "[cloud-sqlite]": ("broker",),
     "[cloud-postgres]": ("broker", "postgres"),

@@ -325,22 +325,16 @@ class LinearRegressionParticipant(_LinearParticipant):
         return regressor_evaluation(self.y_test * self.target_scale + self.target_mean, predicted)
 
 
+# what both linear models declare beyond their names and classes: the training fields, federated
+# standardization and the strategy; every privacy mode (the update is a weighted sum of arrays); a
+# safetensors model
+LINEAR_MODEL = dict(fields=(*TRAINING, STANDARDIZE, STRATEGY), privacy_modes=frozenset({1, 2, 3}),
+                    model_suffix=".safetensors")
+
 LOGISTIC_REGRESSION = Algorithm(
-    name="logistic_regression",
-    aggregator=LogisticRegressionAggregator,
-    participant=LogisticRegressionParticipant,
-    description="multinomial logistic regression (NumPy, local Adam), FedAvg or the task's strategy",
-    fields=(*TRAINING, STANDARDIZE, STRATEGY),
-    privacy_modes=frozenset({1, 2, 3}),
-    model_suffix=".safetensors",
-)
+    name="logistic_regression", aggregator=LogisticRegressionAggregator, participant=LogisticRegressionParticipant,
+    description="multinomial logistic regression (NumPy, local Adam), FedAvg or the task's strategy", **LINEAR_MODEL)
 
 LINEAR_REGRESSION = Algorithm(
-    name="linear_regression",
-    aggregator=LinearRegressionAggregator,
-    participant=LinearRegressionParticipant,
-    description="least-squares linear regression for a numeric target (NumPy, local Adam), FedAvg",
-    fields=(*TRAINING, STANDARDIZE, STRATEGY),
-    privacy_modes=frozenset({1, 2, 3}),
-    model_suffix=".safetensors",
-)
+    name="linear_regression", aggregator=LinearRegressionAggregator, participant=LinearRegressionParticipant,
+    description="least-squares linear regression for a numeric target (NumPy, local Adam), FedAvg", **LINEAR_MODEL)

@@ -1,5 +1,6 @@
 """``load_dataset``: a data spec as given on the command line (a CSV, Parquet or NPZ file, or
-``builtin:digits`` / ``builtin:mnist``) to a ``Dataset``, with ``apply_shard`` for ``shard="i/n"``."""
+``builtin:digits`` / ``builtin:mnist``) to a ``Dataset``, with ``apply_shard`` for ``shard="i/n"``
+and ``finish_dataset`` for data read some other way."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,14 +35,20 @@ def load_dataset(spec: str, target: str | None = None, shard: str | None = None,
         else:
             raise DataError(f"unsupported data file {path.name}: use .csv, .parquet, .npz, builtin:digits "
                             "or builtin:mnist")
+    return finish_dataset(data, kind, shard, spec)
+
+
+def finish_dataset(data: Dataset, kind: str, shard: str | None, what: str) -> Dataset:
+    """``data`` as a site uses it, however it was read: its target's ``kind``, part ``shard`` of it;
+    refused (naming ``what`` and any rows dropped for missing values) when no row is left."""
     data.kind = kind
     data = apply_shard(data, shard)
     if len(data) == 0:
         dropped = data.meta.get("dropped_rows", 0)
         if dropped:
-            raise DataError(f"{spec} holds no rows once the {dropped} with missing values are dropped "
+            raise DataError(f"{what} holds no rows once the {dropped} with missing values are dropped "
                             f"({named_counts(data.meta['missing'])})")
-        raise DataError(f"{spec} holds no rows")
+        raise DataError(f"{what} holds no rows")
     return data
 
 

@@ -30,7 +30,7 @@ def as_dataset(data: Any, target: str | None = None, features: list[str] | None 
     ``"error"`` refuse; the columns and counts are named either way.
     """
     from werkbund.algorithms.data.dataset import DataError, Dataset
-    from werkbund.algorithms.data.loading import apply_shard, load_dataset
+    from werkbund.algorithms.data.loading import finish_dataset, load_dataset
     from werkbund.algorithms.data.tables import dataset_from_arrays, dataset_from_frame
 
     if isinstance(features, str):
@@ -49,11 +49,7 @@ def as_dataset(data: Any, target: str | None = None, features: list[str] | None 
     else:
         raise DataError(f"cannot use {type(data).__name__} as data: give a file path, a builtin: name, "
                         "a pandas DataFrame or a pair of arrays (x, y)")
-    dataset.kind = kind
-    dataset = apply_shard(dataset, shard)
-    if len(dataset) == 0:
-        raise DataError("the data holds no rows")
-    return dataset
+    return finish_dataset(dataset, kind, shard, "the data")
 
 
 def _checked_algorithm(channel):

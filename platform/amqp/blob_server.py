@@ -40,6 +40,16 @@ class _Handler(BaseHTTPRequestHandler):
                                                 scope=f"blob:{parts[1]}")  # the task's transfer token only
         return user, parts[1], parts[2]
 
+    def _upload(self, size_header: str, refusal: str) -> tuple[str, str, str, int]:
+        """(user, task, blob id, size) of an upload the caller may make; ``refusal`` when the header
+        that gives its size is missing or not a number."""
+        user, task, blob_id = self._route()
+        self.server.service.check_blob_access(user, task, "upload")
+        try:
+            return user, task, blob_id, int(self.headers.get(size_header, ""))
+        except ValueError:
+            raise InvalidInput(refusal) from None
+
     def _reply(self, status: int, body: dict, extra=None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
@@ -62,12 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self):
         def work():
-            user, task, blob_id = self._route()
-            self.server.service.check_blob_access(user, task, "upload")
-            try:
-                size = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                raise InvalidInput("an upload needs a Content-Length") from None
+            user, task, blob_id, size = self._upload("Content-Length", "an upload needs a Content-Length")
             meta = self.server.store.put(task, blob_id, self.rfile, size, user)
             log.info("%s stored blob %s of task %s (%d bytes)", user, blob_id, task, size)
             self._reply(201, meta)
@@ -78,12 +83,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         """Announce an upload (size in X-Werkbund-Size), so readers can stream it while it arrives."""
         def work():
-            user, task, blob_id = self._route()
-            self.server.service.check_blob_access(user, task, "upload")
-            try:
-                size = int(self.headers.get("X-Werkbund-Size", ""))
-            except ValueError:
-                raise InvalidInput("announcing a blob needs its size in X-Werkbund-Size") from None
+            user, task, blob_id, size = self._upload("X-Werkbund-Size",
+                                                     "announcing a blob needs its size in X-Werkbund-Size")
             self.server.store.open(task, blob_id, size, user)
             self._reply(201, {"id": blob_id, "size": size})
         self._guarded(work)

@@ -295,33 +295,28 @@ class LedgerService(IdentityKeys):
             pass
 
     def inclusion_proof(self, caller: str, task: str, seq: int, size: int | None = None) -> dict:
-        with self.core.db.session() as s:
-            self._reader(s, caller, task)
-            tree, stored = self.trees.tree(s, task)
-        size = stored if size is None else size
-        try:
-            seq, size = int(seq), int(size)
-            if size > stored:
-                raise merkle.ProofError(f"tree size {size} exceeds the {stored} entries of the log")
-            proof = tree.inclusion_proof(seq, size)
-        except (merkle.ProofError, ValueError, TypeError) as exc:
-            raise InvalidInput(f"no inclusion proof: {exc}") from None
-        return {"seq": seq, "size": size, "leaf_hash": tree.leaf_hash_at(seq).hex(),
-                "proof": [p.hex() for p in proof]}
+        def prove(tree, stored):
+            at, upto = int(seq), _tree_size(size, stored)
+            proof = [p.hex() for p in tree.inclusion_proof(at, upto)]
+            return {"seq": at, "size": upto, "leaf_hash": tree.leaf_hash_at(at).hex(), "proof": proof}
+        return self._prove(caller, task, "inclusion", prove)
 
     def consistency_proof(self, caller: str, task: str, old_size: int, new_size: int | None = None) -> dict:
+        def prove(tree, stored):
+            old, new = int(old_size), _tree_size(new_size, stored)
+            return {"old_size": old, "new_size": new, "proof": [p.hex() for p in tree.consistency_proof(old, new)]}
+        return self._prove(caller, task, "consistency", prove)
+
+    def _prove(self, caller: str, task: str, kind: str, prove) -> dict:
+        """``prove(tree, stored size)`` on the task's Merkle tree, for a member; a proof that cannot be
+        given (a size beyond the log, a seq outside it, a value that is not a number) is bad input."""
         with self.core.db.session() as s:
             self._reader(s, caller, task)
             tree, stored = self.trees.tree(s, task)
-        new_size = stored if new_size is None else new_size
         try:
-            old_size, new_size = int(old_size), int(new_size)
-            if new_size > stored:
-                raise merkle.ProofError(f"tree size {new_size} exceeds the {stored} entries of the log")
-            proof = tree.consistency_proof(old_size, new_size)
+            return prove(tree, stored)
         except (merkle.ProofError, ValueError, TypeError) as exc:
-            raise InvalidInput(f"no consistency proof: {exc}") from None
-        return {"old_size": old_size, "new_size": new_size, "proof": [p.hex() for p in proof]}
+            raise InvalidInput(f"no {kind} proof: {exc}") from None
 
     def audit(self, caller: str, task: str, seqs: list = (), old_size: int | None = None,
               cosign: dict | None = None) -> dict:
@@ -400,3 +395,11 @@ def _loads(text: str):
         return json.loads(text)
     except json.JSONDecodeError:
         return {"unreadable": text[:200]}
+
+
+def _tree_size(size, stored: int) -> int:
+    """The tree size a proof is asked against: the whole log when none is named, never beyond it."""
+    size = stored if size is None else int(size)
+    if size > stored:
+        raise merkle.ProofError(f"tree size {size} exceeds the {stored} entries of the log")
+    return size

@@ -7,8 +7,8 @@ import subprocess
 import pytest
 
 from conftest import WERKBUND, quiet_env, start_local_platform
-from support.platform_data_support import (TASK, check_platform, manifest, old_postgres_platform, old_sqlite_platform,
-                                   postgres_database)
+from support.cloud_support import postgres_database
+from support.platform_data_support import TASK, check_platform, manifest, old_postgres_platform, old_sqlite_platform
 from werkbund.client.transports.inproc import InProcPlatform
 from werkbund.platform.storage.blobs import BlobStore
 from werkbund.platform import schema

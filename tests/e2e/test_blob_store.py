@@ -1,10 +1,9 @@
 """The blob store's HTTP endpoint on its own (no broker): TLS, streaming while uploading, stalls."""
-import datetime
-import ipaddress
 import os
 import threading
 
 import pytest
+from support.tls_support import self_signed
 
 from werkbund.client.transports.amqp.blobs import BlobClient
 from werkbund.client.messages import MalformedMessage, decode_message, encode_message
@@ -37,27 +36,6 @@ def server(service, tmp_path):
 
 def client(server, service, user, **options):
     return BlobClient(server.url, service.transfer_token(user, "t")["token"], **options)
-
-
-def self_signed(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
-    return str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
 
 
 def test_blobs_over_https_with_the_platforms_certificate(service, tmp_path):

@@ -4,31 +4,17 @@ Digits (1797 8x8 images, 10 classes) split between two sites; 3 rounds of 2 epoc
 learned nothing scores about 0.10; the default MLP reaches about 0.90 here, so 0.80 leaves room for
 seed and scheduling variation while still proving that federated training worked.
 """
-import csv
 import json
-import time
 
 import numpy as np
 import pytest
+
+from support.process_federation import wait_all, write_csv
 
 from werkbund.algorithms.data.loading import load_dataset
 
 ACCURACY_FLOOR = 0.80
 pytestmark = pytest.mark.slow
-
-
-def write_csv(path, data):
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([*data.features, "label"])
-        for row, label in zip(data.x, data.y):
-            writer.writerow([*(f"{v:g}" for v in row), int(label)])
-
-
-def wait_all(procs, timeout):
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        proc.wait(timeout=max(1, deadline - time.monotonic()))
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ import csv
 import json
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
 
 from support.broker_node import broker_node
 from support.cloud_support import cloud_platform
+from support.process_federation import wait_for
 from conftest import PASSWORDS, Cli
 from werkbund.client.api import connect
 from werkbund.platform.amqp import names
@@ -38,19 +38,6 @@ def write_generated_csv(path, seed: int, rows: int = 240, features: int = 6):
         writer = csv.writer(handle)
         writer.writerow([*(f"f{i}" for i in range(features)), "label"])
         writer.writerows([*(f"{v:.5f}" for v in row), label] for row, label in zip(x, y))
-
-
-def wait_for(condition, timeout: float, what: str, procs=()):
-    """Poll ``condition`` until it holds; fail naming ``what`` (and any process that ended meanwhile)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        ended = [p.args[1:3] for p in procs if p.poll() is not None]
-        assert not ended, f"waiting for {what}: {ended} ended"
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen in {timeout:.0f} s")
 
 
 def ledger_entries(alice, task: str) -> list[dict]:

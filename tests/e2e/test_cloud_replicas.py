@@ -23,9 +23,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support.platform_data_support import postgres_database
+from support.cloud_support import postgres_database
 from sqlalchemy import text
-from test_crash_recovery import CloudFederation, hold_at, wait_for
+from support.process_federation import CloudFederation, hold_at, wait_for
 
 from werkbund.platform.db import Database
 from werkbund.platform.errors import AlreadyJoined, InvalidState

@@ -31,7 +31,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_crash_recovery import Federation, wait_for
+from support.process_federation import Federation, wait_for
 
 from werkbund.algorithms.model_files import read_named_arrays
 

@@ -3,8 +3,6 @@ loopback-only unless TLS, the Host header, escaping, the platform deciding every
 kept per user, the OpenAPI spec, plotly served from its package, the algorithms' declared options."""
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import re
 import subprocess
 from pathlib import Path
@@ -13,6 +11,7 @@ import pytest
 import requests
 
 from conftest import PASSWORDS, WERKBUND, quiet_env
+from support.tls_support import self_signed
 
 pytest.importorskip("spectree")
 pytest.importorskip("pydantic")
@@ -222,29 +221,8 @@ def test_a_non_loopback_address_needs_tls(tmp_path):
     assert result.returncode == 1 and "only over TLS" in result.stderr and "Traceback" not in result.stderr
 
 
-def _self_signed(folder: Path) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
-
-
 def test_over_tls_the_cookie_is_secure(tmp_path):
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server = DashboardServer(DashboardSettings(platform="local", url="http://127.0.0.1:1"), port=0,
                              tls_certificate=cert, tls_key=key).start()
     try:

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 
-from werkbund.client.cli import ledger as cli_ledger
 from werkbund.client.cli import cli
 from werkbund.client.identity import (IdentityError, generate_identity, load_identity,
                                       public_key_b64, public_key_from_b64)
@@ -129,7 +128,7 @@ def test_missing_garbage_and_foreign_key_files(tmp_path):
 
 @pytest.fixture
 def site(tmp_path, monkeypatch):
-    from test_ledger_platform import Site
+    from support.ledger_site import Site
 
     monkeypatch.delenv("WERKBUND_KEY_PASSPHRASE", raising=False)
     s = Site(tmp_path, monkeypatch)
@@ -145,7 +144,7 @@ def _key_file(site, user):
 
 
 def test_register_encrypts_the_key_with_the_password_and_later_commands_unlock_it(site):
-    from test_ledger_platform import PASSWORDS
+    from support.ledger_site import PASSWORDS
 
     result = site.cli("alice", "register", "--org", "acme")
     assert result.exit_code == 0 and "(encrypted; public " in result.output, result.output
@@ -171,7 +170,7 @@ def test_register_encrypts_the_key_with_the_password_and_later_commands_unlock_i
 
 
 def test_the_passphrase_variable_wins_and_the_opt_out_is_explicit(site):
-    from test_ledger_platform import PASSWORDS
+    from support.ledger_site import PASSWORDS
 
     from werkbund.client import state
 

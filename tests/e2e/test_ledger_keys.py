@@ -9,9 +9,8 @@ import re
 
 import pytest
 from click.testing import CliRunner
-from test_ledger_platform import PASSWORDS, Site
+from support.ledger_site import PASSWORDS, Site
 
-from werkbund.client.cli import ledger as cli_ledger
 from werkbund.client import state
 from werkbund.client.cli import cli
 from werkbund.client.identity import generate_identity

@@ -7,51 +7,15 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from werkbund.client.cli import ledger as cli_ledger
+from support.ledger_site import PASSWORDS, Site
+
 from werkbund.client import state
-from werkbund.client.api import connect
 from werkbund.client.cli import cli
 from werkbund.client.identity import load_identity
 from werkbund.client.ledger import LedgerError, publish
-from werkbund.local_platform.server import LocalPlatformServer
-from werkbund.platform.db import sqlite_url
 from werkbund.platform.errors import Conflict, PermissionDenied
 from werkbund.ledger import entries as E
 from werkbund.platform.ledger.store import load_or_create_key
-
-PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-22", "carol": "carol-secret-333"}
-
-
-class Site:
-    def __init__(self, tmp, monkeypatch):
-        self.tmp, self.monkeypatch = tmp, monkeypatch
-        self.db = tmp / "platform.sqlite"
-        self.server = LocalPlatformServer(sqlite_url(self.db)).start()
-        self.url = self.server.url
-
-    def env(self, user):
-        return {"WERKBUND_URL": self.url, "WERKBUND_USER": user, "WERKBUND_PASSWORD": PASSWORDS[user],
-                "WERKBUND_HOME": str(self.tmp / user)}
-
-    def cli(self, user, *args):
-        for k, v in self.env(user).items():
-            self.monkeypatch.setenv(k, v)
-        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-    def api(self, user):
-        self.monkeypatch.setenv("WERKBUND_HOME", str(self.tmp / user))
-        return connect(url=self.url, user=user, password=PASSWORDS[user], identity=state.load_identity(self.url, user, PASSWORDS[user]))
-
-    def register(self, users=(("alice", "acme"), ("bob", "beta"), ("carol", "gamma"))) -> "Site":
-        for user, org in users:
-            result = self.cli(user, "register", "--org", org)
-            assert result.exit_code == 0, result.output
-        return self
-
-    def sql(self, statement, *args):
-        with sqlite3.connect(self.db) as db:
-            db.execute(statement, args)
-
 
 @pytest.fixture
 def site(tmp_path, monkeypatch):

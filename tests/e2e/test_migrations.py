@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from conftest import WERKBUND, quiet_env
-from support.platform_data_support import (PASSWORDS, check_platform, old_postgres_platform, old_sqlite_platform,
-                                   postgres_database)
+from support.cloud_support import postgres_database
+from support.platform_data_support import PASSWORDS, check_platform, old_postgres_platform, old_sqlite_platform
 from werkbund.client.transports.inproc import InProcPlatform
 from werkbund.platform import schema
 from werkbund.platform.db import Database

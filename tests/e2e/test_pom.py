@@ -287,7 +287,7 @@ def any_platform(request, tmp_path_factory):
 @pytest.mark.slow
 def test_pom2_and_pom3_tasks_run_end_to_end_as_separate_processes(any_platform, tmp_path):
     from conftest import Cli
-    from test_cli_end_to_end import wait_all, write_csv
+    from support.process_federation import wait_all, write_csv
 
     cli = Cli(any_platform[1], tmp_path, platform=any_platform[0])
     for user, org in (("alice", "acme"), ("bob", "beta"), ("carol", "gamma")):

@@ -212,7 +212,6 @@ def test_werkbund_simulate_help_tells_every_option_and_default():
     import click
     from click.testing import CliRunner
 
-    from werkbund.client.cli import simulate as cli_simulate
     from werkbund.client.cli import cli
 
     command = cli.commands["simulate"]

@@ -60,14 +60,22 @@ def database(kind: str, tmp: Path):
     if kind == "sqlite":
         yield f"sqlite:///{tmp / 'cloud.db'}"
         return
+    with postgres_database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def postgres_database():
+    """A new, empty PostgreSQL database werkbund_test_*; dropped afterwards."""
     from sqlalchemy import create_engine, text
 
-    name = f"wb_test_{uuid.uuid4().hex[:12]}"
+    name = f"werkbund_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
-        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # noqa: BLE001 - reported as unavailable
+        admin.dispose()
         unavailable(f"no PostgreSQL at {POSTGRES_ADMIN_URL}: {exc}")
     try:
         yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"

@@ -8,10 +8,8 @@ import json
 import os
 import shutil
 import sqlite3
-import uuid
 from pathlib import Path
 
-from support.cloud_support import POSTGRES_ADMIN_URL, unavailable
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 OLD = "platform-before-issue16"
@@ -29,27 +27,6 @@ def old_sqlite_platform(folder: Path) -> str:
     shutil.copyfile(FIXTURES / f"{OLD}.ledger-key.pem", key)
     os.chmod(key, 0o600)  # git keeps no file modes; the platform refuses a key others can read
     return f"sqlite:///{path}"
-
-
-@contextlib.contextmanager
-def postgres_database():
-    """A new, empty PostgreSQL database werkbund_test_*; dropped afterwards."""
-    from sqlalchemy import create_engine, text
-
-    name = f"werkbund_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - reported as unavailable
-        admin.dispose()
-        unavailable(f"no PostgreSQL at {POSTGRES_ADMIN_URL}: {exc}")
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def old_postgres_platform(url: str, folder: Path) -> Path:

@@ -28,6 +28,25 @@ def _write(folder: Path, name: str, cert, key) -> tuple[str, str]:
     return str(cert_path), str(key_path)
 
 
+def self_signed(folder: Path) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 that a client trusts as its own root: (certificate
+    file, key file) in ``folder``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    key = _key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    return _write(folder, "self-signed", cert, key)
+
+
 class CertificateAuthority:
     """A certificate authority of one test: ``cert`` is the file a client trusts."""
 

@@ -9,10 +9,6 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from werkbund.client.cli import (
-    check as cli_check, dashboard as cli_dashboard, ledger as cli_ledger, platform as cli_platform,
-    run as cli_run, usecase as cli_usecase,
-)
 from werkbund.client.cli import common as cli_common
 from werkbund.client.cli import cli
 from werkbund.algorithms.fields import BATCH_SIZE, EPOCHS, LEARNING_RATE

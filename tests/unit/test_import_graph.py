@@ -186,3 +186,18 @@ def test_the_check_passes_a_graph_without_cycles(tmp_path):
         "b.py": "def g():\n    return 1\n",
     })
     assert cycles(import_graph(files)) == []
+
+
+def test_no_test_file_imports_another():
+    """What several test files share lives in tests/support/ (imported as ``support.*``) or in
+    conftest.py, not in one of them: a test file imported by another runs its module code twice and
+    hides its helpers among tests."""
+    tests = ROOT / "tests"
+    found = []
+    for path in sorted(tests.rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.relative_to(tests)} imports {name}" for name in names
+                      if name.rpartition(".")[2].startswith("test_")]
+    assert found == []

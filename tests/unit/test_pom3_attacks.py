@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import tenseal as ts
 import tenseal.sealapi as sealapi
-from test_privacy_layers import SITES, federation, site_data
+from support.pooled_moments import SITES, federation, site_data
 
 from werkbund.algorithms.engine import aggregation_stack
 from werkbund.algorithms.privacy.ckks import encryption as he

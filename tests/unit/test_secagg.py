@@ -9,6 +9,8 @@ from Crypto.Cipher import AES
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from scipy import stats
 
+from support.secagg_rounds import exchange_keys
+
 from werkbund.algorithms.privacy import (
     FixedPointEncoder, SecAggConfig, SecAggError, SecAggOverflowError, SecAggParticipant, SecAggServer,
     SecAggSignatureError,
@@ -209,12 +211,7 @@ def test_forged_or_unsigned_announcement_is_refused():
 def test_participant_never_releases_both_shares_of_one_peer():
     cfg, server, parts = make_round(n=5, t=3)
     xs, ws = updates_for(parts)
-    for p in parts.values():
-        server.receive_announcement(p.advertise_keys())
-    broadcast = server.key_broadcast()
-    for p in parts.values():
-        server.receive_shares(p.share_keys(broadcast))
-    deliveries = server.share_deliveries()
+    _, deliveries = exchange_keys(server, parts)
     for name, p in parts.items():
         server.receive_masked_input(p.masked_input(deliveries[name], xs[name], ws[name]))
     check = server.consistency_request()
@@ -281,12 +278,7 @@ def test_shamir_reconstruction_is_checked():
 def test_server_detects_a_wrong_share_in_unmasking():
     cfg, server, parts = make_round(n=5, t=3)
     xs, ws = updates_for(parts)
-    for p in parts.values():
-        server.receive_announcement(p.advertise_keys())
-    broadcast = server.key_broadcast()
-    for p in parts.values():
-        server.receive_shares(p.share_keys(broadcast))
-    deliveries = server.share_deliveries()
+    _, deliveries = exchange_keys(server, parts)
     for name in ("p00", "p01", "p02", "p03"):
         server.receive_masked_input(parts[name].masked_input(deliveries[name], xs[name], ws[name]))
     check = server.consistency_request()
@@ -330,12 +322,7 @@ def test_fresh_keys_each_round_and_stage_order():
 
 def test_tampered_share_ciphertext_is_refused():
     cfg, server, parts = make_round(n=3, t=2)
-    for p in parts.values():
-        server.receive_announcement(p.advertise_keys())
-    broadcast = server.key_broadcast()
-    for p in parts.values():
-        server.receive_shares(p.share_keys(broadcast))
-    delivery = server.share_deliveries()["p00"]
+    delivery = exchange_keys(server, parts)[1]["p00"]
     ct = bytearray(delivery["ciphertexts"][0]["ciphertext"])
     ct[-1] ^= 1
     delivery["ciphertexts"][0]["ciphertext"] = bytes(ct)

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from support.secagg_rounds import exchange_keys
+
 from werkbund.algorithms.privacy import SecAggConfig, SecAggError, SecAggParticipant, SecAggServer
 from werkbund.algorithms.privacy.secagg import crypto as sc
 from werkbund.algorithms.privacy.secagg.errors import SecAggConsistencyError, SecAggRosterError
@@ -88,13 +90,8 @@ def test_an_aggregator_that_tells_different_stories_learns_nothing_and_is_refuse
     xs = {p: rng.uniform(-1, 1, D) for p in names}
     weight = 7
 
-    for p in parts.values():
-        server.receive_announcement(p.advertise_keys())
-    broadcast = server.key_broadcast()
-    for p in parts.values():
-        server.receive_shares(p.share_keys(broadcast))
+    broadcast, deliveries = exchange_keys(server, parts)
     keys = {a["sender"]: a for a in broadcast["announcements"]}
-    deliveries = server.share_deliveries()
     # the victim's story: only it and P shared keys
     own = deliveries[victim]
     deliveries[victim] = dict(own, senders=[victim] + peers,
@@ -140,12 +137,7 @@ def test_an_aggregator_that_tells_different_stories_learns_nothing_and_is_refuse
 
 def test_the_aggregator_side_refuses_a_signature_on_another_view_and_needs_t_of_them():
     cfg, server, parts = crafted_round(4)  # t = 3
-    for p in parts.values():
-        server.receive_announcement(p.advertise_keys())
-    broadcast = server.key_broadcast()
-    for p in parts.values():
-        server.receive_shares(p.share_keys(broadcast))
-    deliveries = server.share_deliveries()
+    _, deliveries = exchange_keys(server, parts)
     for name, p in parts.items():
         server.receive_masked_input(p.masked_input(deliveries[name], np.zeros(D), 1))
     check = server.consistency_request()
