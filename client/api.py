@@ -102,7 +102,7 @@ class User:
 
     @property
     def identity(self):
-        """The Ed25519 key (or None); a key file under WERKBUND_HOME (``state.IdentityFile``) is
+        """The Ed25519 key (or None); a key file under WERKBUND_HOME (``home_files.IdentityFile``) is
         read and unlocked on first use, so commands that sign nothing never need its passphrase."""
         if callable(getattr(self._identity, "load", None)):
             self._identity = self._identity.load()
@@ -280,10 +280,10 @@ class ParticipantHandle(_TaskHandle):
     def state_dir(self) -> Path | None:
         """Where the participant keeps its own state of this task across restarts (its DP account): under
         WERKBUND_HOME, or for an in-process platform its ``state_dir`` (None: kept in memory only)."""
-        from werkbund.client import state
+        from werkbund.client import home_files
 
         if hasattr(self.transport, "participant_state_base"):  # an in-process or simulated platform
             base = self.transport.participant_state_base
             return None if base is None else Path(base) / self.name / self.task
-        return state.participant_dir(getattr(self.transport, "url", None), self.name, self.task,
+        return home_files.participant_dir(getattr(self.transport, "url", None), self.name, self.task,
                                      self._info.get("created_at"))

@@ -311,10 +311,10 @@ def verify_task_ledger(user, url: str | None, task: str) -> tuple:
     the new view when it verifies, and cosigns the checkpoint with the member's identity key.
     Returns (report, bundle).
     """
-    from werkbund.client import state
+    from werkbund.client import home_files
 
     bundle = user.transport.call("ledger_bundle", task=task)
-    view = state.load_ledger_view(url, user.name, task)
+    view = home_files.load_ledger_view(url, user.name, task)
     consistency = None
     if view is not None and view["checkpoint"]["size"] <= bundle["latest"]["checkpoint"]["size"]:
         consistency = user.transport.call("ledger_consistency", task=task, old_size=view["checkpoint"]["size"],
@@ -322,7 +322,7 @@ def verify_task_ledger(user, url: str | None, task: str) -> tuple:
     report = bundle_report(bundle, view, consistency, view.get("platform_key") if view else None)
     if report.ok:
         cp = bundle["latest"]["checkpoint"]
-        state.save_ledger_view(url, user.name, task, {
+        home_files.save_ledger_view(url, user.name, task, {
             "platform_key": bundle["platform_key"], "checkpoint": cp, "signature": bundle["latest"]["signature"],
             "leaf_hashes": [entry_leaf(e) for e, _ in bundle_pairs(bundle)][:cp["size"]]})
         if user.identity is not None:

@@ -179,10 +179,10 @@ def register(app):
     @spec.validate(resp=Response(HTTP_200=Clusters, HTTP_404=ErrorReply), tags=["tasks"])
     def api_task_clusters(name: str):
         """A COMPLETE k-means task's centroids, over this user's own rows if a dataset of theirs joined it."""
-        from werkbund.client import state
+        from werkbund.client import home_files
 
         session = g.bs.werkbund
-        choice = state.load_join(session.url, session.name, name) or {}
+        choice = home_files.load_join(session.url, session.name, name) or {}
         mine = next((d for d in store.list_datasets(session.url, session.name) if d["path"] == choice.get("data")),
                     None)
         result = kmeans_scatter(session, name, mine)

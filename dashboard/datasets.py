@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from werkbund.client import state
+from werkbund.client import home_files
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SUFFIXES = (".csv", ".txt", ".npz", ".parquet", ".pq")
@@ -31,16 +31,16 @@ class DatasetError(ValueError):
 
 
 def store_path(platform_url: str | None, user: str) -> Path:
-    return state.home() / "dashboard" / "datasets" / state._platform_key(platform_url) / f"{user}.json"
+    return home_files.home() / "dashboard" / "datasets" / home_files._platform_key(platform_url) / f"{user}.json"
 
 
 def list_datasets(platform_url: str | None, user: str) -> list[dict]:
-    data = state._read(store_path(platform_url, user)) or {}
+    data = home_files._read(store_path(platform_url, user)) or {}
     return sorted(data.get("datasets", {}).values(), key=lambda d: d["name"].lower())
 
 
 def get_dataset(platform_url: str | None, user: str, name: str) -> dict | None:
-    data = state._read(store_path(platform_url, user)) or {}
+    data = home_files._read(store_path(platform_url, user)) or {}
     return data.get("datasets", {}).get(name)
 
 
@@ -48,10 +48,10 @@ def forget_dataset(platform_url: str | None, user: str, name: str) -> bool:
     """Forget a registration (the file itself is left alone)."""
     with _lock:
         path = store_path(platform_url, user)
-        data = state._read(path) or {}
+        data = home_files._read(path) or {}
         found = data.get("datasets", {}).pop(name, None)
         if found is not None:
-            state._write_private(path, data)
+            home_files._write_private(path, data)
         return found is not None
 
 
@@ -111,10 +111,10 @@ def register_dataset(platform_url: str | None, user: str, name: str, path_text: 
              "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with _lock:
         store = store_path(platform_url, user)
-        data = state._read(store) or {}
+        data = home_files._read(store) or {}
         datasets = data.setdefault("datasets", {})
         if name in datasets:
             raise DatasetError("name", f"you already have a dataset called {name!r}")
         datasets[name] = entry
-        state._write_private(store, data)
+        home_files._write_private(store, data)
     return entry

@@ -77,7 +77,7 @@ def register(app):
 
     @app.post("/logout")
     def logout():
-        from werkbund.client import state
+        from werkbund.client import home_files
 
         session = g.bs.werkbund
         g.bs.werkbund = None
@@ -87,7 +87,7 @@ def register(app):
                     session.logout()
                 except Exception as exc:  # noqa: BLE001 - a platform that is gone: forget the token here anyway
                     log.warning("logout of %s: %s", session.name, exc)
-                    state.forget_token(session.url, session.name)
+                    home_files.forget_token(session.url, session.name)
                     close_quietly(session)
         g.bs = g.store.renew(g.bs)
         g.bs.say("Logged out." + (" Your runs go on in this dashboard." if session and g.runs.uses(session) else ""))
@@ -96,7 +96,7 @@ def register(app):
 
 def connect(user: str, password: str):
     """Log in with the password (never a cached token: whoever uses the browser must know it)."""
-    from werkbund.client import state
+    from werkbund.client import home_files
     from werkbund.client.api import User, make_transport
     from werkbund.client.python_api.session import Session
 
@@ -108,13 +108,13 @@ def connect(user: str, password: str):
         _close_transport(transport)
         raise
     if data.get("token") and s.platform != "inproc":
-        state.save_token(s.url, user, data["token"])
-    return Session(User(transport, state.identity_file(s.url, user, password)), s.platform, s.url)
+        home_files.save_token(s.url, user, data["token"])
+    return Session(User(transport, home_files.identity_file(s.url, user, password)), s.platform, s.url)
 
 
 def create_account(user: str, password: str, org: str):
     """Register as `werkbund register` does: the account, the identity key made here, logged in."""
-    from werkbund.client import state
+    from werkbund.client import home_files
     from werkbund.client.api import User, make_transport
     from werkbund.client.python_api.session import Session, register_account
 
@@ -125,7 +125,7 @@ def create_account(user: str, password: str, org: str):
     except Exception:
         _close_transport(transport)
         raise
-    return Session(User(transport, state.identity_file(s.url, user, password)), s.platform, s.url)
+    return Session(User(transport, home_files.identity_file(s.url, user, password)), s.platform, s.url)
 
 
 def _close_transport(transport) -> None:

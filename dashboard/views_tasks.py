@@ -214,9 +214,9 @@ def register(app):
 
 
 def store_choice(task) -> str | None:
-    from werkbund.client import state
+    from werkbund.client import home_files
 
-    choice = state.load_join(task.session.url, task.session.name, task.name) or {}
+    choice = home_files.load_join(task.session.url, task.session.name, task.name) or {}
     mine = store.list_datasets(task.session.url, task.session.name)
     return next((d["name"] for d in mine if d["path"] == choice.get("data")), choice.get("data"))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from werkbund.platform.errors import AuthenticationFailed, InvalidInput, PermissionDenied, TaskNotFound
-from werkbund.platform.models import Membership, Task, User
+from werkbund.platform.tables import Membership, Task, User
 
 
 def iso(value) -> str | None:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from werkbund.platform import access, passwords
 from werkbund.platform.definition import check_name, check_organisation
 from werkbund.platform.errors import AuthenticationFailed, InvalidInput, UserExists
-from werkbund.platform.models import SessionToken, User, utcnow
+from werkbund.platform.tables import SessionToken, User, utcnow
 
 log = logging.getLogger("werkbund.platform")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from werkbund.platform.definition import column_difference, describe_column_difference
 from werkbund.platform.errors import InvalidInput, SchemaMismatch
-from werkbund.platform.models import Task
+from werkbund.platform.tables import Task
 
 AGREED_SCHEMA_KEYS = ("kind", "features", "target")
 # a declared row count beyond this is no data set (and beyond 2**53 not a JSON number every client reads)

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from werkbund.platform import access
 from werkbund.platform.errors import InvalidInput, InvalidState, ModelNotFound, Unavailable
 from werkbund.platform.storage.files import ContentFiles
-from werkbund.platform.models import StoredModel, Task
+from werkbund.platform.tables import StoredModel, Task
 
 log = logging.getLogger("werkbund.platform")
 

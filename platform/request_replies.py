@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 
 from werkbund.platform.db import SHARED_SESSION, advisory_lock, lock_key
 from werkbund.platform.errors import Conflict, InvalidInput
-from werkbund.platform.models import RequestReply, utcnow
+from werkbund.platform.tables import RequestReply, utcnow
 
 log = logging.getLogger("werkbund.platform.requests")
 

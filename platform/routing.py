@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from werkbund.platform import access, passwords
 from werkbund.platform.errors import InvalidInput, InvalidState, PermissionDenied
-from werkbund.platform.models import SessionToken, utcnow
+from werkbund.platform.tables import SessionToken, utcnow
 
 AGGREGATOR_INBOX = "@aggregator"
 TRANSFER_TOKEN_LIFETIME = timedelta(minutes=30)

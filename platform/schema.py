@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
 from werkbund.platform.errors import InvalidState, Unavailable
-from werkbund.platform.models import Base
+from werkbund.platform.tables import Base
 
 log = logging.getLogger("werkbund.platform.schema")
 logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-step INFO lines; werkbund says what it did

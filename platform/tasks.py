@@ -22,7 +22,7 @@ from werkbund.platform.errors import (
     TaskFull,
 )
 from werkbund.platform.join_schema import check_join_schema, merged_schema
-from werkbund.platform.models import Membership, RoundRecord, StoredModel, Task, User, utcnow
+from werkbund.platform.tables import Membership, RoundRecord, StoredModel, Task, User, utcnow
 
 log = logging.getLogger("werkbund.platform")
 

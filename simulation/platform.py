@@ -34,7 +34,7 @@ from werkbund.platform.errors import (AlreadyJoined, InvalidInput, InvalidState,
                                       UserExists)
 from werkbund.platform.join_schema import check_join_schema
 from werkbund.platform.storage.mailboxes import Mailboxes
-from werkbund.platform.models import Membership, User
+from werkbund.platform.tables import Membership, User
 from werkbund.platform import access
 from werkbund.platform.routing import AGGREGATOR_INBOX
 from werkbund.platform.tasks import canonical_sha256

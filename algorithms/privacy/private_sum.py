@@ -17,7 +17,7 @@ import numpy as np
 from werkbund.algorithms.arrays import UpdateRejected
 from werkbund.algorithms.engine.errors import TaskFailure
 from werkbund.algorithms.engine.update_aggregation import AggregationWrapper, Update, UpdateEncoding, arrays_of
-from werkbund.algorithms.privacy.pom_wire import PomError, flatten, from_header, unflatten
+from werkbund.algorithms.privacy.wire import PomError, flatten, from_header, unflatten
 from werkbund.algorithms.privacy.secagg.errors import SecAggError
 
 DEFAULT_CLIP_RANGE = 64.0          # |weight change| per round and entry; larger values are clipped

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from werkbund.client import state
+from werkbund.client import home_files
 from werkbund.client.cli import (
     check as cli_check, dashboard as cli_dashboard, ledger as cli_ledger, platform as cli_platform,
     platform_admin as cli_platform_admin, run as cli_run, simulate as cli_simulate, usecase as cli_usecase,
@@ -104,7 +104,7 @@ def login(conn: Connection):
 @handle_errors
 def logout(conn: Connection):
     """Revoke the cached session token on the platform and forget it."""
-    token = state.load_token(conn.url, conn.user)
+    token = home_files.load_token(conn.url, conn.user)
     revoked = False
     if token:
         transport = conn.transport()
@@ -115,7 +115,7 @@ def logout(conn: Connection):
                 revoked = True
             except WerkbundError:  # expired or revoked already: nothing left to revoke
                 pass
-    state.forget_token(conn.url, conn.user)
+    home_files.forget_token(conn.url, conn.user)
     click.echo(f"logged out {conn.user}" + ("; the session token is revoked on the platform" if revoked else ""))
 
 
@@ -380,9 +380,9 @@ def local_platform(host, port, db, tls_cert, tls_key, with_dashboard, dashboard_
     from werkbund.local_platform.server import LocalPlatformServer, default_db_url
 
     if upgrade:
-        cli_platform_admin.upgrade_before_start(db or default_db_url(state.home()))
+        cli_platform_admin.upgrade_before_start(db or default_db_url(home_files.home()))
     try:
-        server = LocalPlatformServer(db or default_db_url(state.home()), host=host, port=port,
+        server = LocalPlatformServer(db or default_db_url(home_files.home()), host=host, port=port,
                                      tls_certificate=tls_cert, tls_key=tls_key)
     except OSError as exc:
         raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from werkbund.client import state
+from werkbund.client import home_files
 from werkbund.client.api import User, load_credentials, make_transport
 from werkbund.platform.errors import AuthenticationFailed, InvalidInput, Unavailable, WerkbundError
 
@@ -109,19 +109,19 @@ class Connection:
 
     def login(self, fresh: bool = False) -> User:
         transport = self.transport()
-        token = None if fresh else state.load_token(self.url, self.user)
+        token = None if fresh else home_files.load_token(self.url, self.user)
         if token and hasattr(transport, "token"):
             transport.token, transport.user = token, self.user
             try:
                 transport.call("whoami")
-                return User(transport, state.identity_file(self.url, self.user, self.password))
+                return User(transport, home_files.identity_file(self.url, self.user, self.password))
             except AuthenticationFailed:
-                state.forget_token(self.url, self.user)
+                home_files.forget_token(self.url, self.user)
         password = self.password()
         data = transport.login(self.user, password)
         if data.get("token"):
-            state.save_token(self.url, self.user, data["token"])
-        return User(transport, state.identity_file(self.url, self.user, password))
+            home_files.save_token(self.url, self.user, data["token"])
+        return User(transport, home_files.identity_file(self.url, self.user, password))
 
 
 def _cloud_options(creds: dict) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import rfc8785
 
-from werkbund.client import state
+from werkbund.client import home_files
 from werkbund.client.cli.common import (
     CREDENTIALS_HELP, LOGIN_ENVIRONMENT, Connection, emit_json, environment, handle_errors, platform_options,
 )
@@ -121,13 +121,13 @@ def _new_key_file(conn: Connection, path: Path, unencrypted: bool):
     as `werkbund register` does."""
     if path.exists():
         return _load_pending(conn, path)
-    return generate_identity(path, None if unencrypted else (state.key_passphrase() or conn.password()))
+    return generate_identity(path, None if unencrypted else (home_files.key_passphrase() or conn.password()))
 
 
 def _load_pending(conn: Connection, path: Path):
     if not is_encrypted(path):
         return load_identity(path)
-    passphrase = state.key_passphrase() or conn.password()
+    passphrase = home_files.key_passphrase() or conn.password()
     return load_identity(path, passphrase)
 
 
@@ -139,7 +139,7 @@ def _recorded_on(tasks: list[str]) -> str:
 
 
 def _pending(conn: Connection) -> Path:
-    path = state.identity_path(conn.url, conn.user)
+    path = home_files.identity_path(conn.url, conn.user)
     return path.with_name(path.name + ".new")  # kept until the platform took the new key
 
 
@@ -156,7 +156,7 @@ def rotate_key_command(conn: Connection, unencrypted_key):
     me = conn.login()
     if me.identity is None:
         raise InvalidInput(f"you have no identity key here to rotate; {LOST_KEY}")
-    path, pending = state.identity_path(conn.url, conn.user), _pending(conn)
+    path, pending = home_files.identity_path(conn.url, conn.user), _pending(conn)
     new_key = _new_key_file(conn, pending, unencrypted_key)
     new_pub = E.encode_public_key(new_key)
     registered = me.transport.call("identity_key", user=conn.user)["public_key"]
@@ -183,7 +183,7 @@ def revoke_key_command(conn: Connection, reason):
     result = revoke_key(me.transport, conn.user, me.identity, reason)
     tasks = result["tasks"]
     click.echo(f"revoked the key {result['revoked']}; {_recorded_on(tasks)}")
-    path = state.identity_path(conn.url, conn.user)
+    path = home_files.identity_path(conn.url, conn.user)
     if path.exists():
         aside = path.with_name(f"{path.name}.revoked-{int(time.time())}")
         os.replace(path, aside)
@@ -201,7 +201,7 @@ def new_key_command(conn: Connection, unencrypted_key):
     platform operator out of band (they check it is you and run `werkbund platform reset-key`).
     Run it again after the reset: the new key is then taken into use."""
     me = conn.login()
-    path, pending = state.identity_path(conn.url, conn.user), _pending(conn)
+    path, pending = home_files.identity_path(conn.url, conn.user), _pending(conn)
     new_key = _new_key_file(conn, pending, unencrypted_key)
     new_pub = E.encode_public_key(new_key)
     registered = me.transport.call("identity_key", user=conn.user)["public_key"]
@@ -244,7 +244,7 @@ def reset_key_command(db, subject, public_key, reason):
     from werkbund.local_platform.server import default_db_url
     from werkbund.platform.service import PlatformService
 
-    service = PlatformService(db or default_db_url(state.home()))
+    service = PlatformService(db or default_db_url(home_files.home()))
     done = service.ledger.reset_identity_key(subject, public_key, reason)
     tasks = done["tasks"]
     click.echo(f"reset {subject}'s identity key to {done['public_key']} (was {done['previous_key'] or 'none'}); "
@@ -272,10 +272,10 @@ def maintenance(conn: Connection, task, machine, event):
               "salt": secrets.token_hex(16)}
     digest = commitment(record)
     result = publish(me.transport, task, conn.user, me.identity, "maintenance", {"commitment": digest})
-    folder = state.maintenance_dir(conn.url, conn.user, task)
+    folder = home_files.maintenance_dir(conn.url, conn.user, task)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = folder / f"{result['seq']}.json"
-    state._write_private(path, {"record": record, "commitment": digest, "seq": result["seq"]})
+    home_files._write_private(path, {"record": record, "commitment": digest, "seq": result["seq"]})
     click.echo(f"recorded entry {result['seq']} (commitment {digest}); the tuple is kept in {path}")
 
 

@@ -60,7 +60,7 @@ def platform_group():
 def serve(broker, broker_ca, db, management, workers, queue_type, queue_max_messages, queue_max_bytes, blob_port,
           blob_host, blob_url, blob_dir, blob_tls_cert, blob_tls_key, no_blobs, upgrade, new_ledger_key):
     """Answer control requests from the broker until interrupted."""
-    from werkbund.client import state
+    from werkbund.client import home_files
     from werkbund.client.cli.platform_admin import upgrade_before_start
     from werkbund.platform.amqp.server import AmqpPlatformServer
     from werkbund.platform.replicas import check_ledger_key
@@ -69,7 +69,7 @@ def serve(broker, broker_ca, db, management, workers, queue_type, queue_max_mess
         upgrade_before_start(db)
 
     server = AmqpPlatformServer(broker, db, management_url=management, workers=workers,
-                                blob_dir=blob_dir or str(state.home() / "platform-blobs"), blob_host=blob_host,
+                                blob_dir=blob_dir or str(home_files.home() / "platform-blobs"), blob_host=blob_host,
                                 blob_port=None if no_blobs else blob_port, blob_url=blob_url,
                                 blob_certificate=blob_tls_cert, blob_key=blob_tls_key, broker_ca=broker_ca,
                                 queue_type=queue_type, queue_max_messages=queue_max_messages,

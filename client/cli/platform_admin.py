@@ -38,16 +38,16 @@ def _engine(url: str):
 
 
 def _db(db):
-    from werkbund.client import state
+    from werkbund.client import home_files
     from werkbund.local_platform.server import default_db_url
 
-    return db or default_db_url(state.home())
+    return db or default_db_url(home_files.home())
 
 
 def _blob_dir(blob_dir):
-    from werkbund.client import state
+    from werkbund.client import home_files
 
-    return Path(blob_dir) if blob_dir else state.home() / "platform-blobs"
+    return Path(blob_dir) if blob_dir else home_files.home() / "platform-blobs"
 
 
 @click.command()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from werkbund.client import state
+from werkbund.client import home_files
 from werkbund.client.cli.common import (
     LOGIN_ENVIRONMENT, Connection, emit_json, environment, handle_errors, parse_value, platform_options,
 )
@@ -47,7 +47,7 @@ def aggregate(conn: Connection, task, data_spec, target, quorum_timeout, results
     """Run the aggregator of a task you created: wait for the quorum, then run the rounds."""
     from werkbund.algorithms.metrics import headline
 
-    out = Path(results) if results else state.results_dir(task)
+    out = Path(results) if results else home_files.results_dir(task)
     result = _task(conn, task).aggregate(holdout=data_spec or None, target=target, progress=_progress(),
                                          quorum_timeout=quorum_timeout, checkpoint_dir=checkpoint_dir,
                                          resume=resume, results=out)

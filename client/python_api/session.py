@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from werkbund.client import state
+from werkbund.client import home_files
 from werkbund.client.api import User, load_credentials, make_transport
 from werkbund.platform.errors import AuthenticationFailed, InvalidInput
 
@@ -75,21 +75,21 @@ def connect(platform: str | None = None, url: str | None = None, user: str | Non
     """
     platform, url, user, password, creds = _settings(platform, url, user, password, credentials)
     transport = make_transport(platform, url, inproc=inproc, **_cloud_options(creds))
-    token = None if password else state.load_token(url, user)
+    token = None if password else home_files.load_token(url, user)
     if token and hasattr(transport, "token"):
         transport.token, transport.user = token, user
         try:
             transport.call("whoami")
-            return Session(User(transport, state.identity_file(url, user)), platform, url)
+            return Session(User(transport, home_files.identity_file(url, user)), platform, url)
         except AuthenticationFailed:
-            state.forget_token(url, user)
+            home_files.forget_token(url, user)
     if not password:
         raise AuthenticationFailed(f"no password for {user}: give password=..., set WERKBUND_PASSWORD or put it "
                                    "in the credentials file")
     data = transport.login(user, password)
     if data.get("token") and platform != "inproc":
-        state.save_token(url, user, data["token"])
-    return Session(User(transport, state.identity_file(url, user, password)), platform, url)
+        home_files.save_token(url, user, data["token"])
+    return Session(User(transport, home_files.identity_file(url, user, password)), platform, url)
 
 
 def register(user: str, password: str, org: str, platform: str | None = None, url: str | None = None,
@@ -116,7 +116,7 @@ def register(user: str, password: str, org: str, platform: str | None = None, ur
     platform, url, user, _, creds = _settings(platform, url, user, password, credentials)
     transport = make_transport(platform, url, inproc=inproc, **_cloud_options(creds))
     register_account(transport, url, user, password, org, keep_token=platform != "inproc", encrypt_key=encrypt_key)
-    return Session(User(transport, state.identity_file(url, user, password)), platform, url)
+    return Session(User(transport, home_files.identity_file(url, user, password)), platform, url)
 
 
 def register_account(transport, url: str | None, user: str, password: str, org: str,
@@ -131,9 +131,9 @@ def register_account(transport, url: str | None, user: str, password: str, org: 
     """
     from werkbund.client.identity import generate_identity, is_encrypted, public_key_b64
 
-    key_path, made = state.identity_path(url, user), False
+    key_path, made = home_files.identity_path(url, user), False
     if not key_path.exists():  # the ledger identity key, made here and never sent anywhere
-        generate_identity(key_path, state.key_passphrase(password) if encrypt_key else None)
+        generate_identity(key_path, home_files.key_passphrase(password) if encrypt_key else None)
         made = True
     try:
         data = transport.register(user, password, org)
@@ -143,8 +143,8 @@ def register_account(transport, url: str | None, user: str, password: str, org: 
         raise
     login = transport.login(user, password)
     if login.get("token") and keep_token:
-        state.save_token(url, user, login["token"])
-    public_key = public_key_b64(state.load_identity(url, user, password))
+        home_files.save_token(url, user, login["token"])
+    public_key = public_key_b64(home_files.load_identity(url, user, password))
     transport.call("set_identity_key", public_key=public_key)
     return dict(data, key_path=str(key_path), public_key=public_key, encrypted=is_encrypted(key_path))
 
@@ -234,14 +234,14 @@ class Session:
     def logout(self) -> None:
         """End the session on the platform (its token, and on the cloud its broker account, open
         nothing afterwards), forget the cached token, and close the connection."""
-        from werkbund.client import state
+        from werkbund.client import home_files
 
         try:
             if hasattr(self._user.transport, "logout"):
                 self._user.transport.logout()
         finally:
             if self.platform != "inproc":
-                state.forget_token(self.url, self.name)
+                home_files.forget_token(self.url, self.name)
             self.close()
 
     def __enter__(self) -> "Session":
@@ -267,7 +267,7 @@ class LocalPlatform:
         from werkbund.platform.db import sqlite_url
 
         if path is None:
-            db = default_db_url(state.home())
+            db = default_db_url(home_files.home())
         else:
             folder = Path(path).expanduser()
             folder.mkdir(parents=True, exist_ok=True)

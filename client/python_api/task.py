@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from werkbund.client import state
+from werkbund.client import home_files
 from werkbund.client.python_api.progress import make_display
 from werkbund.client.python_api.results import FinalModel, Result
 from werkbund.client.python_api.runs import Run, StopFlag, StoppableChannel, TrackingProgress
@@ -148,7 +148,7 @@ class Task:
         if isinstance(data, (str, Path)):
             spec = str(data) if str(data).startswith("builtin:") else str(Path(data).expanduser().resolve())
             feature_list = [f.strip() for f in features.split(",")] if isinstance(features, str) else features
-            state.save_join(self.session.url, self.session.name, self.name,
+            home_files.save_join(self.session.url, self.session.name, self.name,
                             {"data": spec, "target": target, "features": feature_list, "shard": shard,
                              "kind": kind, "missing": missing})
         self.info()  # the handle shows the new member count
@@ -198,7 +198,7 @@ class Task:
         channel = self.session.client.aggregator(self.name)  # refuses anyone but the creator
         algorithm = _checked_algorithm(channel)
         holdout_data = None if holdout is None else as_dataset(holdout, target=target)
-        checkpoints = Path(checkpoint_dir) if checkpoint_dir else state.home() / "checkpoints" / self.name
+        checkpoints = Path(checkpoint_dir) if checkpoint_dir else home_files.home() / "checkpoints" / self.name
 
         def work(tracker, channel=channel) -> Result:
             aggregator = algorithm.aggregator(channel, holdout=holdout_data, progress=tracker,
@@ -256,7 +256,7 @@ class Task:
             dataset = dataset.in_order(agreed)  # the same columns, in the order the model was built for
         definition = channel.definition
         train, test = dataset.split(definition.get("test_size", 0.2), definition.get("seed", 0))
-        out = str(out or state.home() / "models" / self.session.name / f"{self.name}{algorithm.model_suffix}")
+        out = str(out or home_files.home() / "models" / self.session.name / f"{self.name}{algorithm.model_suffix}")
         if idle_timeout is not None:
             options["idle_timeout"] = idle_timeout
 
@@ -280,12 +280,12 @@ class Task:
 
     def _participant_data(self, data, target) -> "Dataset":
         if data is not None:
-            choice = state.load_join(self.session.url, self.session.name, self.name) or {}
+            choice = home_files.load_join(self.session.url, self.session.name, self.name) or {}
             return as_dataset(data, target=target or choice.get("target"), kind=choice.get("kind") or "classification",
                               missing=choice.get("missing") or self._missing_default())
         if self.name in self.session._joined:
             return self.session._joined[self.name]
-        choice = state.load_join(self.session.url, self.session.name, self.name)
+        choice = home_files.load_join(self.session.url, self.session.name, self.name)
         if not choice or not choice.get("data"):
             raise InvalidInput(f"no data chosen for task {self.name!r}: join it with data, or give data= here")
         return as_dataset(choice["data"], target=choice.get("target"), features=choice.get("features"),
@@ -344,7 +344,7 @@ class Task:
         report = self.verify_ledger()
         if not report.ok:
             raise LedgerError(f"the ledger of task {self.name!r} does not verify after the task: {report.problems}")
-        size = (state.load_ledger_view(self.session.url, self.session.name, self.name) or {}).get("checkpoint", {})
+        size = (home_files.load_ledger_view(self.session.url, self.session.name, self.name) or {}).get("checkpoint", {})
         progress.message(f"ledger verified; kept checkpoint {size.get('size')} covering the final model")
 
     def verify_ledger(self, return_bundle: bool = False):

@@ -27,7 +27,7 @@ from werkbund.platform.amqp import names
 from werkbund.platform.amqp.broker_admin import TAG, BrokerAdmin
 from werkbund.platform.commands import dispatch_public
 from werkbund.platform.errors import AuthenticationFailed
-from werkbund.platform.models import SessionToken, User, utcnow
+from werkbund.platform.tables import SessionToken, User, utcnow
 from werkbund.platform.accounts import SESSION_LIFETIME
 from werkbund.platform.service import PlatformService
 

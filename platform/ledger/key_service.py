@@ -33,7 +33,7 @@ from werkbund.platform import access
 from werkbund.platform.errors import Conflict, InvalidInput, InvalidState, PermissionDenied
 from werkbund.ledger import entries as E
 from werkbund.platform.ledger.store import IdentityKey, IdentityKeyEvent
-from werkbund.platform.models import Membership, Task, User
+from werkbund.platform.tables import Membership, Task, User
 
 MAX_REASON = 500
 

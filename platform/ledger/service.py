@@ -46,7 +46,7 @@ from werkbund.platform.ledger.store import (IdentityKey, IdentityKeyEvent, Ledge
                                             LedgerCosignature, LedgerEntry, default_key_path,
                                             load_or_create_key)
 from werkbund.platform.ledger.tree_cache import TreeCache
-from werkbund.platform.models import Membership, Task, User
+from werkbund.platform.tables import Membership, Task, User
 
 log = logging.getLogger("werkbund.ledger")
 

@@ -23,7 +23,7 @@ from sqlalchemy import Integer, String, Text, UniqueConstraint
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Mapped, mapped_column
 
-from werkbund.platform.models import Base, utcnow
+from werkbund.platform.tables import Base, utcnow
 
 log = logging.getLogger("werkbund.ledger")
 

@@ -99,14 +99,14 @@ def test_after_logout_the_secret_is_refused_by_the_broker(cloud):
 
 def test_the_cli_keeps_the_session_secret_not_the_password_and_logout_ends_it(cloud, tmp_path, monkeypatch):
     from conftest import Cli
-    from werkbund.client import state
+    from werkbund.client import home_files
 
     cli = Cli(cloud["url"], tmp_path, platform="cloud")
     result = cli.run("frank", "login", password=PASSWORD)
     assert result.returncode == 0, result.stderr
     monkeypatch.setenv("WERKBUND_HOME", str(tmp_path / "frank"))
-    token = state.load_token(cloud["url"], "frank")
-    assert token and PASSWORD not in state.session_path(cloud["url"], "frank").read_text()
+    token = home_files.load_token(cloud["url"], "frank")
+    assert token and PASSWORD not in home_files.session_path(cloud["url"], "frank").read_text()
     account = names.session_name("frank", names.session_id(token))
     assert connects(cloud["url"], account, token)
     result = cli.run("frank", "logout", password=PASSWORD)
@@ -132,7 +132,7 @@ def test_two_sessions_of_the_same_user_work_at_the_same_time(cloud):
 def test_an_expired_sessions_account_is_gone_after_the_sweep(cloud):
     from sqlalchemy import create_engine, select, update
 
-    from werkbund.platform.models import SessionToken, User, utcnow
+    from werkbund.platform.tables import SessionToken, User, utcnow
 
     eve = connect("cloud", cloud["url"], "eve", PASSWORD)
     transport = eve.transport
@@ -156,7 +156,7 @@ def test_an_expired_sessions_account_is_gone_after_the_sweep(cloud):
 def test_a_session_in_use_is_renewed_up_to_a_week_after_its_login(cloud):
     from sqlalchemy import create_engine, select, update
 
-    from werkbund.platform.models import SessionToken, User, utcnow
+    from werkbund.platform.tables import SessionToken, User, utcnow
 
     heidi = connect("cloud", cloud["url"], "heidi", PASSWORD)
     engine = create_engine(cloud["db"])

@@ -84,20 +84,20 @@ def test_every_post_needs_this_sessions_csrf_token(board):
 
 
 def test_logging_out_of_the_dashboard_revokes_the_platform_session(board):
-    from werkbund.client import state
+    from werkbund.client import home_files
 
     http, token = browser_session(board)
     http.post(f"{board.url}/register", data={"csrf_token": token, "user": "alice", "org": "Acme",
                                              "password": PASSWORDS["alice"], "password2": PASSWORDS["alice"]})
     platform_url = board.settings.url
-    platform_token = state.load_token(platform_url, "alice")
+    platform_token = home_files.load_token(platform_url, "alice")
     whoami = f"{platform_url}/api/v1/call/whoami"
     assert requests.post(whoami, json={}, headers={"Authorization": f"Bearer {platform_token}"}).status_code == 200
     token = TOKEN.search(http.get(f"{board.url}/tasks").text).group(1)
     assert http.post(f"{board.url}/logout", headers={"X-CSRF-Token": token}, allow_redirects=False).status_code == 302
     answer = requests.post(whoami, json={}, headers={"Authorization": f"Bearer {platform_token}"})
     assert answer.status_code == 401 and answer.json()["error"]["code"] == "authentication_failed"
-    assert state.load_token(platform_url, "alice") is None
+    assert home_files.load_token(platform_url, "alice") is None
 
 
 def test_pages_and_json_need_a_login(board):

@@ -122,19 +122,19 @@ def test_logout_revokes_the_token_on_the_platform(server, users, tmp_path, monke
     """`werkbund logout` revokes the cached token: a copy of it opens nothing afterwards."""
     from click.testing import CliRunner
 
-    from werkbund.client import state
+    from werkbund.client import home_files
     from werkbund.client.cli import cli
 
     monkeypatch.setenv("WERKBUND_HOME", str(tmp_path))
     env = {"WERKBUND_URL": server.url, "WERKBUND_USER": "bob", "WERKBUND_PASSWORD": "bob-password"}
     assert CliRunner().invoke(cli, ["list"], env=env).exit_code == 0  # logs in and caches the token
-    token = state.load_token(server.url, "bob")
+    token = home_files.load_token(server.url, "bob")
     api, auth = f"{server.url}/api/v1", {"Authorization": f"Bearer {token}"}
     assert requests.post(f"{api}/call/whoami", json={}, headers=auth).status_code == 200
     result = CliRunner().invoke(cli, ["logout"], env=env)
     assert result.exit_code == 0 and "revoked on the platform" in result.output
     assert requests.post(f"{api}/call/whoami", json={}, headers=auth).status_code == 401
-    assert state.load_token(server.url, "bob") is None
+    assert home_files.load_token(server.url, "bob") is None
 
 
 def test_logins_told_the_platform_is_busy_are_tried_again(server, users, monkeypatch):

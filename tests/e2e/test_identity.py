@@ -137,10 +137,10 @@ def site(tmp_path, monkeypatch):
 
 
 def _key_file(site, user):
-    from werkbund.client import state
+    from werkbund.client import home_files
 
     site.monkeypatch.setenv("WERKBUND_HOME", str(site.tmp / user))
-    return state.identity_path(site.url, user)
+    return home_files.identity_path(site.url, user)
 
 
 def test_register_encrypts_the_key_with_the_password_and_later_commands_unlock_it(site):
@@ -172,7 +172,7 @@ def test_register_encrypts_the_key_with_the_password_and_later_commands_unlock_i
 def test_the_passphrase_variable_wins_and_the_opt_out_is_explicit(site):
     from support.ledger_site import PASSWORDS
 
-    from werkbund.client import state
+    from werkbund.client import home_files
 
     site.monkeypatch.setenv("WERKBUND_KEY_PASSPHRASE", "a passphrase of its own")
     assert site.cli("bob", "register", "--org", "beta").exit_code == 0
@@ -180,10 +180,10 @@ def test_the_passphrase_variable_wins_and_the_opt_out_is_explicit(site):
     with pytest.raises(IdentityError, match="wrong passphrase"):
         load_identity(path, PASSWORDS["bob"])
     assert load_identity(path, "a passphrase of its own") is not None
-    assert state.load_identity(site.url, "bob") is not None  # the variable unlocks it
+    assert home_files.load_identity(site.url, "bob") is not None  # the variable unlocks it
     site.monkeypatch.delenv("WERKBUND_KEY_PASSPHRASE")
     with pytest.raises(IdentityError, match="wrong passphrase for your identity key"):
-        state.load_identity(site.url, "bob", PASSWORDS["bob"])
+        home_files.load_identity(site.url, "bob", PASSWORDS["bob"])
     plain = site.cli("carol", "register", "--org", "gamma", "--unencrypted-key")
     assert plain.exit_code == 0 and "(UNENCRYPTED; public " in plain.output, plain.output
     assert _key_file(site, "carol").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")

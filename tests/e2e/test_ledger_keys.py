@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from support.ledger_site import PASSWORDS, Site
 
-from werkbund.client import state
+from werkbund.client import home_files
 from werkbund.client.cli import cli
 from werkbund.client.identity import generate_identity
-from werkbund.algorithms.privacy.pom_wire import PomError, registered_identity_keys
+from werkbund.algorithms.privacy.wire import PomError, registered_identity_keys
 from werkbund.client.ledger import publish, revoke_key, rotate_key
 from werkbund.platform.db import sqlite_url
 from werkbund.platform.errors import Conflict, InvalidInput, InvalidState, PermissionDenied
@@ -57,7 +57,7 @@ def test_rotation_is_signed_by_the_old_key_and_the_old_key_is_refused_after(site
     result = site.cli("bob", "ledger", "rotate-key")
     assert result.exit_code == 0, result.output
     assert "recorded on the ledger of 2 task(s): cast, weld" in result.output
-    new_key = state.load_identity(site.url, "bob", PASSWORDS["bob"])
+    new_key = home_files.load_identity(site.url, "bob", PASSWORDS["bob"])
     new_pub = E.encode_public_key(new_key)
     assert new_pub != old_pub
     assert bob.transport.call("identity_key", user="bob")["public_key"] == new_pub
@@ -78,7 +78,7 @@ def test_rotation_is_signed_by_the_old_key_and_the_old_key_is_refused_after(site
                            signature=E.encode_signature(E.cosign_checkpoint(cp, bob.identity)))
     assert publish(bob.transport, "weld", "bob", new_key, "update_submitted", UPDATE)["seq"] == 6
     # the maintenance record made with the old key is still proven with the key in force then
-    record = state.maintenance_dir(site.url, "bob", "weld") / "4.json"
+    record = home_files.maintenance_dir(site.url, "bob", "weld") / "4.json"
     proven = site.cli("bob", "ledger", "prove", "--task", "weld", "--record", str(record))
     assert proven.exit_code == 0 and "entry 4 signed by bob" in proven.output, proven.output
     # a task joined later names the new key in its joined entry
@@ -103,7 +103,7 @@ def test_revocation_is_signed_by_the_key_and_later_entries_by_it_are_refused(sit
     result = site.cli("bob", "ledger", "revoke-key", "--reason", "key copied")
     assert result.exit_code == 0, result.output
     assert "recorded on the ledger of 2 task(s)" in result.output and "werkbund ledger new-key" in result.output
-    assert state.load_identity(site.url, "bob") is None  # the file is moved aside
+    assert home_files.load_identity(site.url, "bob") is None  # the file is moved aside
     last = _log(site)[-1]
     entry = last["entry"]
     assert (entry["type"], entry["author"]) == ("key_revoked", "bob")
@@ -179,7 +179,7 @@ def test_a_lost_key_is_replaced_by_the_operator_and_every_member_sees_the_reset(
     bob = site.users["bob"]
     old_pub = E.encode_public_key(bob.identity)
     site.monkeypatch.setenv("WERKBUND_HOME", str(site.tmp / "bob"))
-    state.identity_path(site.url, "bob").unlink()  # the laptop is gone
+    home_files.identity_path(site.url, "bob").unlink()  # the laptop is gone
     lost = site.cli("bob", "ledger", "revoke-key", "--reason", "laptop lost")
     assert lost.exit_code == 1 and "needs its signature" in lost.output
     asked = site.cli("bob", "ledger", "new-key")
@@ -198,7 +198,7 @@ def test_a_lost_key_is_replaced_by_the_operator_and_every_member_sees_the_reset(
                                "reason": "in person, ID card seen"}
     taken = site.cli("bob", "ledger", "new-key")
     assert taken.exit_code == 0 and "the operator's reset is in force" in taken.output, taken.output
-    new_key = state.load_identity(site.url, "bob", PASSWORDS["bob"])
+    new_key = home_files.load_identity(site.url, "bob", PASSWORDS["bob"])
     assert E.encode_public_key(new_key) == new_pub
     seq = publish(bob.transport, "weld", "bob", new_key, "update_submitted", UPDATE)["seq"]
     for member in ("alice", "carol"):
@@ -221,7 +221,7 @@ def test_the_pom_key_check_takes_keys_from_the_verified_ledger_not_the_platforms
     assert {u: E.encode_public_key(k) for u, k in got.items()} == keys
     # after a rotation the ledger names the new key, and the platform agrees
     assert site.cli("bob", "ledger", "rotate-key").exit_code == 0
-    rotated = E.encode_public_key(state.load_identity(site.url, "bob", PASSWORDS["bob"]))
+    rotated = E.encode_public_key(home_files.load_identity(site.url, "bob", PASSWORDS["bob"]))
     assert E.encode_public_key(registered_identity_keys(carol, ["bob"])["bob"]) == rotated
     # the database row changed behind the ledger's back: the platform now answers mallory's key
     mallory = E.encode_public_key(generate_identity(site.tmp / "mallory.pem"))

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from support.ledger_site import PASSWORDS, Site
 
-from werkbund.client import state
+from werkbund.client import home_files
 from werkbund.client.cli import cli
 from werkbund.client.identity import load_identity
 from werkbund.client.ledger import LedgerError, publish
@@ -209,7 +209,7 @@ def test_an_audit_proves_only_the_entries_since_the_last_one_and_still_catches_a
 
 def test_a_maintenance_record_is_proven_and_a_changed_tuple_is_not(site):
     site.monkeypatch.setenv("WERKBUND_HOME", str(site.tmp / "bob"))
-    record = state.maintenance_dir(site.url, "bob", "weld") / "6.json"
+    record = home_files.maintenance_dir(site.url, "bob", "weld") / "6.json"
     assert record.exists()
     proof = site.tmp / "proof.json"
     result = site.cli("bob", "ledger", "prove", "--task", "weld", "--record", str(record), "--out", str(proof))
@@ -221,5 +221,5 @@ def test_a_maintenance_record_is_proven_and_a_changed_tuple_is_not(site):
     forged = CliRunner().invoke(cli, ["ledger", "prove", "--proof", str(proof)])
     assert forged.exit_code == 1 and "does not hold the hash" in forged.output
     assert oct(record.stat().st_mode & 0o777) == "0o600"
-    key_file = state.identity_path(site.url, "bob")
+    key_file = home_files.identity_path(site.url, "bob")
     assert oct(key_file.stat().st_mode & 0o777) == "0o600" and load_identity(key_file, PASSWORDS["bob"]) is not None  # encrypted by default

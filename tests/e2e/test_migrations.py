@@ -157,7 +157,7 @@ def test_a_database_from_a_newer_werkbund_or_not_a_platform_is_refused(tmp_path)
 def test_a_login_deletes_the_expired_session_tokens_that_revision_0002_indexes():
     from datetime import timedelta
 
-    from werkbund.platform.models import SessionToken, utcnow
+    from werkbund.platform.tables import SessionToken, utcnow
     from werkbund.platform.service import PlatformService
 
     service = PlatformService("sqlite://")

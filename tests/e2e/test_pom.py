@@ -19,7 +19,7 @@ from werkbund.algorithms.engine.aggregator import TaskFailure
 from werkbund.algorithms.engine.participant import TaskEnded
 from werkbund.algorithms.builtin.neural_network import NeuralNetworkAggregator, NeuralNetworkParticipant
 from werkbund.algorithms.privacy.ckks import encryption as he_ckks
-from werkbund.algorithms.privacy.pom_wire import flatten, unpack_blobs, vector_from
+from werkbund.algorithms.privacy.wire import flatten, unpack_blobs, vector_from
 from werkbund.algorithms.strategies import FedAvg
 from werkbund.client.api import User, register
 from werkbund.client.transports.inproc import InProcPlatform, InProcTransport
@@ -333,7 +333,7 @@ def test_pom2_and_pom3_tasks_run_end_to_end_as_separate_processes(any_platform, 
 
 
 def test_packed_blobs_round_trip_and_cut_or_padded_ones_are_refused():
-    from werkbund.algorithms.privacy.pom_wire import PomError, pack_blobs
+    from werkbund.algorithms.privacy.wire import PomError, pack_blobs
 
     blobs = [b"a", b"", b"xyz" * 5]
     assert unpack_blobs(pack_blobs(blobs)) == blobs

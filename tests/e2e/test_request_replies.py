@@ -70,7 +70,7 @@ def test_a_ledger_statement_is_appended_once_without_a_recorded_reply_even_acros
     request_replies (two queries and a row saved on every append, about a dozen a round)."""
     from sqlalchemy import create_engine
 
-    from werkbund.platform.models import RequestReply
+    from werkbund.platform.tables import RequestReply
 
     platform = Platform(tmp_path)
     try:
@@ -282,7 +282,7 @@ def test_replies_older_than_the_retention_are_deleted_and_newer_ones_kept(tmp_pa
 
     from werkbund.platform import request_replies
     from werkbund.platform.commands import dispatch
-    from werkbund.platform.models import RequestReply, utcnow
+    from werkbund.platform.tables import RequestReply, utcnow
     from werkbund.platform.service import PlatformService
 
     monkeypatch.setenv("WERKBUND_RECONNECT_SECONDS", "172800")  # two days' patience: kept four days

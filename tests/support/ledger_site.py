@@ -5,7 +5,7 @@ import sqlite3
 
 from click.testing import CliRunner
 
-from werkbund.client import state
+from werkbund.client import home_files
 from werkbund.client.api import connect
 from werkbund.client.cli import cli
 from werkbund.local_platform.server import LocalPlatformServer
@@ -32,7 +32,7 @@ class Site:
 
     def api(self, user):
         self.monkeypatch.setenv("WERKBUND_HOME", str(self.tmp / user))
-        return connect(url=self.url, user=user, password=PASSWORDS[user], identity=state.load_identity(self.url, user, PASSWORDS[user]))
+        return connect(url=self.url, user=user, password=PASSWORDS[user], identity=home_files.load_identity(self.url, user, PASSWORDS[user]))
 
     def register(self, users=(("alice", "acme"), ("bob", "beta"), ("carol", "gamma"))) -> "Site":
         for user, org in users:

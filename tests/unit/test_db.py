@@ -2,7 +2,7 @@
 import threading
 
 from werkbund.platform.db import Database
-from werkbund.platform.models import User
+from werkbund.platform.tables import User
 
 
 def test_in_memory_database_takes_concurrent_units_of_work():

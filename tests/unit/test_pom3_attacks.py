@@ -27,7 +27,7 @@ from werkbund.algorithms.privacy.ckks import encryption as he
 from werkbund.algorithms.privacy.ckks.aggregation import (
     COMMIT, HomomorphicAggregation, HomomorphicParticipant,
 )
-from werkbund.algorithms.privacy.pom_wire import PomError, pack_blobs
+from werkbund.algorithms.privacy.wire import PomError, pack_blobs
 from werkbund.client.api import register
 from werkbund.client.transports.inproc import InProcPlatform
 from werkbund.client.ledger import publish

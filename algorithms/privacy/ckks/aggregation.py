@@ -44,7 +44,7 @@ import numpy as np
 from werkbund.algorithms.engine.errors import TaskFailure
 from werkbund.algorithms.engine.state_files import read_json, write_json, write_private
 from werkbund.algorithms.privacy.ckks import encryption as he
-from werkbund.algorithms.privacy.pom_wire import (
+from werkbund.algorithms.privacy.wire import (
     PomError, from_header, own_identity, pack_blobs, registered_identity_keys, to_header, unpack_blobs,
     vector_bytes, vector_from,
 )

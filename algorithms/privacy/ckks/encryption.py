@@ -56,7 +56,7 @@ import tenseal as ts  # noqa: E402
 from cryptography.exceptions import InvalidSignature  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey  # noqa: E402
 
-from werkbund.algorithms.privacy.pom_wire import PomError  # noqa: E402
+from werkbund.algorithms.privacy.wire import PomError  # noqa: E402
 from werkbund.algorithms.privacy.secagg.crypto import (  # noqa: E402
     aead_decrypt, aead_encrypt, agree, load_x25519_public, pair_info,
 )

@@ -27,7 +27,7 @@ import numpy as np
 
 from werkbund.algorithms.engine.errors import TaskFailure
 from werkbund.algorithms.engine.state_files import read_json, write_json
-from werkbund.algorithms.privacy.pom_wire import (
+from werkbund.algorithms.privacy.wire import (
     PomError, from_header, own_identity, registered_identity_keys, to_header, vector_bytes, vector_from,
 )
 from werkbund.algorithms.privacy.private_sum import PrivateSumAggregation, PrivateSumParticipant, own_field, rejecting

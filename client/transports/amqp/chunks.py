@@ -21,8 +21,9 @@ import threading
 import uuid
 import zlib
 
+from werkbund.client.bytes_builder import BytesBuilder
 from werkbund.client.messages import (
-    MAGIC, MAX_HEADER_BYTES, BytesBuilder, CheckedFrame, MalformedMessage, header_bytes, parse_header,
+    MAGIC, MAX_HEADER_BYTES, CheckedFrame, MalformedMessage, header_bytes, parse_header,
 )
 
 CHUNK_BYTES = 16 * 1024 * 1024
