@@ -286,4 +286,4 @@ class ParticipantHandle(_TaskHandle):
             base = self.transport.participant_state_base
             return None if base is None else Path(base) / self.name / self.task
         return home_files.participant_dir(getattr(self.transport, "url", None), self.name, self.task,
-                                     self._info.get("created_at"))
+                                          self._info.get("created_at"))

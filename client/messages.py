@@ -46,6 +46,14 @@ class TaskMessage:
 
 
 @dataclass(frozen=True)
+class MalformedFrame:
+    """What a transport hands on for a message it read whole that failed a check on the way
+    (``read_message``): ``decode_message`` raises MalformedMessage with the reason."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class CheckedFrame:
     """A frame ``read_message`` took from a stream and checked on the way (header, size, sha256)."""
 
@@ -63,14 +71,26 @@ def header_bytes(header: dict) -> bytes:
     return head_bytes
 
 
-def encode_message(task: str, kind: str, payload: bytes = b"", **header) -> bytes:
+def _byte_view(payload) -> memoryview:
     if not isinstance(payload, (bytes, bytearray, memoryview)) or not memoryview(payload).c_contiguous:
         payload = bytes(payload)
-    source = memoryview(payload).cast("B")
+    return memoryview(payload).cast("B")
+
+
+def frame_parts(task: str, kind: str, payload: bytes = b"", **header) -> tuple[bytes, memoryview]:
+    """The frame ``encode_message`` builds, as its two parts and without copying the payload: (magic,
+    header length and header, as bytes; the payload as a byte view). For a transport that streams a
+    large message from its payload."""
+    source = _byte_view(payload)
+    head = header_bytes(dict(header, kind=kind, task=task, size=len(source), sha256=hashlib.sha256(source).hexdigest()))
+    return MAGIC + struct.pack(">I", len(head)) + head, source
+
+
+def encode_message(task: str, kind: str, payload: bytes = b"", **header) -> bytes:
+    source = _byte_view(payload)
     if len(source) < HASH_BESIDE:
-        head = dict(header, kind=kind, task=task, size=len(source), sha256=hashlib.sha256(source).hexdigest())
-        head_bytes = header_bytes(head)
-        return b"".join([MAGIC, struct.pack(">I", len(head_bytes)), head_bytes, source])
+        prefix, source = frame_parts(task, kind, source, **header)
+        return b"".join([prefix, source])
     # a sha256 has 64 hex digits: the header's length is known before the hash, so the payload is
     # copied into the frame while a second thread hashes it
     head = dict(header, kind=kind, task=task, size=len(source), sha256="0" * 64)
@@ -97,6 +117,8 @@ def parse_header(head_bytes) -> dict:
 def decode_message(frame: bytes, sender: str = "") -> TaskMessage:
     if isinstance(frame, CheckedFrame):  # read and checked by read_message: nothing left to copy or hash
         return TaskMessage(kind=frame.header["kind"], header=frame.header, payload=frame.payload, sender=sender)
+    if isinstance(frame, MalformedFrame):
+        raise MalformedMessage(frame.reason)
     view = memoryview(frame)
     if len(view) < 8 or bytes(view[:4]) != MAGIC:
         raise MalformedMessage("not a werkbund message (bad magic)")

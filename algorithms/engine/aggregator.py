@@ -33,13 +33,12 @@ process); nothing here imports the client or the platform.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
 
 from werkbund.algorithms.arrays import UpdateRejected, encode_weights
 from werkbund.algorithms.engine.aggregation_stack import build_aggregation
+from werkbund.algorithms.engine.broadcast import Broadcast, Collected, sha256_hex as _sha
 from werkbund.algorithms.engine.checkpoint import Checkpoint, CheckpointError
 from werkbund.algorithms.engine.early_stopping import EarlyStopping
 from werkbund.algorithms.engine.errors import TaskFailure
@@ -51,17 +50,7 @@ log = logging.getLogger("werkbund.aggregator")
 
 MAX_SAMPLES = 10**12  # the platform's bound on a declared row count (platform/join_schema.py MAX_DECLARED_SAMPLES)
 
-__all__ = ["Collected", "RoundAggregator", "TaskFailure"]
-
-
-@dataclass
-class Collected:
-    """What one exchange with the participants brought back."""
-
-    accepted: list[str] = field(default_factory=list)
-    rejected: dict[str, str] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
-    headers: dict[str, dict] = field(default_factory=dict)
+__all__ = ["RoundAggregator", "TaskFailure"]
 
 
 class RoundAggregator:
@@ -244,16 +233,20 @@ class RoundAggregator:
                  **header) -> Collected:
         """Broadcast a request and collect the replies of kind ``expect`` until all active answered.
 
+        ``payload``: bytes, or a ``Broadcast`` (the round's, which a large model need not keep in memory);
         ``among``: ask only these active participants (one message each instead of a broadcast);
         ``minimum``: the fewest valid replies that let the task go on (default: ``min_updates``).
         """
+        held = payload if isinstance(payload, Broadcast) else Broadcast(payload)
+        del payload
         if among is None:
-            self.channel.broadcast(kind, payload, round=number, **header)
+            self.channel.broadcast(kind, held.payload(), round=number, **header)
             waiting = set(self.active)
         else:
             waiting = {p for p in among if p in self.active}
             for participant in sorted(waiting):
-                self.channel.send(participant, kind, payload, round=number, **header)
+                self.channel.send(participant, kind, held.payload(), round=number, **header)
+        held.sent()
         collected = Collected()
         leaving: set[str] = set()
         deadline = time.monotonic() + float(self.definition["round_timeout"])
@@ -261,12 +254,13 @@ class RoundAggregator:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            message = None  # the last one is handled: not held while the next arrives (a GiB each)
             message = self.channel.receive(timeout=min(remaining, 30.0))
             if message is None:
                 continue
             sender = message.sender
             if message.kind == "resync":  # a restarted participant: the set-up, and this request if it owes one
-                self._resync(sender, sender in waiting, kind, payload, number, header)
+                self._resync(sender, sender in waiting, kind, held, number, header)
                 continue
             if sender not in waiting:
                 if message.kind == "error" and message.get("leaving") is True and sender in self.active:
@@ -320,7 +314,7 @@ class RoundAggregator:
             )
         return collected
 
-    def _resync(self, sender: str, owes: bool, kind: str, payload: bytes, number: int, header: dict) -> None:
+    def _resync(self, sender: str, owes: bool, kind: str, held: Broadcast, number: int, header: dict) -> None:
         if sender not in self.active:
             log.info("ignoring resync from %s (not an active participant)", sender or "?")
             return
@@ -331,7 +325,7 @@ class RoundAggregator:
         if self._setup is not None:
             self.channel.send(sender, "setup", self._setup[0], round=-1, **self._setup[1])
         if owes:
-            self.channel.send(sender, kind, payload, round=number, **header)
+            self.channel.send(sender, kind, held.payload(), round=number, **header)
 
     # ----------------------------------------------------------- internals
     def _run_round(self, number: int) -> None:
@@ -339,10 +333,13 @@ class RoundAggregator:
         self.begin_round(number)
         weights = self.global_weights() if self.weighted_mean_update else None
         payload, header = self.global_payload()
-        self._publish("round_started", {"round": number, "global_sha256": _sha(payload)})
+        held = Broadcast(payload, (lambda: self.global_payload()[0]) if self.weighted_mean_update else None)
+        del payload
+        self._publish("round_started", {"round": number, "global_sha256": held.sha256})
         # the stack may add header fields (POM 2: the key set-up and shares riding on the broadcast)
         header = {**header, **self.aggregation.begin_round(number, weights)}
-        collected = self.exchange("round", payload, expect="update", number=number,
+        del weights  # (the stack keeps what it needs of them)
+        collected = self.exchange("round", held, expect="update", number=number,
                                   handler=self._checked_accept(number), **header)
         self.aggregation.end_round(number, collected)  # POM 2/3: unmask or decrypt, accept_update gets the mean
         self._complete_pending(collected.headers)
@@ -452,7 +449,9 @@ class RoundAggregator:
 
     def _finish(self) -> dict:
         payload, header = self.global_payload()
-        collected = self.exchange("final", payload, expect="final_eval", number=self.definition["rounds"], **header)
+        held = Broadcast(payload, (lambda: self.global_payload()[0]) if self.weighted_mean_update else None)
+        del payload
+        collected = self.exchange("final", held, expect="final_eval", number=self.definition["rounds"], **header)
         self._complete_pending(collected.headers, last=True)  # nothing left to stop
         model, meta = self.final_model()
         meta = dict(meta, history=self.history)
@@ -485,6 +484,3 @@ def _not_selected(selection: dict, meta: dict) -> str | None:
         return f"validation loss {loss} is above the task's limit {most}"
     return None
 
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(bytes(data)).hexdigest()

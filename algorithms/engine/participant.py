@@ -48,6 +48,7 @@ log = logging.getLogger("werkbund.participant")
 IDLE_CHECK_SECONDS = 30.0
 RUN_MARK = "participant-ran"  # in state_dir: this participant ran in the task before (a restart resyncs)
 LAST_UPDATE = "last-update"    # in state_dir: .json (round, header, sha256) and .bin (the bytes) of the last update
+KEEP_IN_MEMORY_BELOW = 16 * 1024 * 1024  # bytes: a larger last update is held on disk only
 
 
 class TaskEnded(RuntimeError):
@@ -72,7 +73,6 @@ class RoundParticipant:
         self._ran = False          # run() was called before (a simulation calls it once per message)
         self._awaiting_resync = False
         self._setup_key: str | None = None         # digest of the set-up this participant is configured with
-        self._last_update: tuple | None = None     # (round, payload, header) of the last update sent
         self.restarted = False  # this run follows an earlier one of the same participant (its state_dir says so)
         self.encoding = build_encoding(self)  # how the update goes on the wire: plain, masked or encrypted
 
@@ -126,6 +126,7 @@ class RoundParticipant:
                 self.channel.send("resync", b"", round=-1)
         idle_since = time.monotonic()
         while True:
+            message = self._received = None  # the last one is handled: not held while the next arrives
             message = self.channel.receive(timeout=IDLE_CHECK_SECONDS)
             if message is None:
                 self._check_still_running(idle_since)
@@ -159,9 +160,11 @@ class RoundParticipant:
                     evaluation = self._released(number, self.evaluate_global(message))
                     update, header = self.train(message)
                     payload, header = self.encoding.encode(message, update, header)  # the bytes on the wire
+                    update = None  # (at a GiB: the arrays are not held beside their bytes from here on)
                     self._keep_update(number, payload, {"eval": evaluation, **header})
                     hint = self._publish_metadata(number, payload, header, evaluation)
                     self.channel.send("update", payload, round=number, eval=evaluation, **header, **hint)
+                    payload = None  # kept by _keep_update where it is needed again, not by this loop
                     self._audit_ledger()
                 elif message.kind == "final":
                     self.result = self.keep_final(message)
@@ -200,6 +203,12 @@ class RoundParticipant:
         """Answer a round asked again with the update already made for it: the same bytes, or, where the
         privacy mode says they no longer fit the round, the same update encoded anew (and published)."""
         _, payload, header = self._last_update
+        if payload is None:  # a large update, kept on disk only (``_keep_update``)
+            stored = self._stored_update(quiet=True)
+            if stored is None or stored[0] != number:
+                raise RuntimeError(f"the update of round {number + 1} kept in {self.state_dir} cannot be read "
+                                   "back; it cannot be sent again")
+            payload = stored[1]
         fresh = self.encoding.encode_again(message, payload, header)
         if fresh is not None:
             payload, header = fresh
@@ -219,7 +228,8 @@ class RoundParticipant:
         return entry.get("sha256") == hashlib.sha256(payload).hexdigest()
 
     def _keep_update(self, number: int, payload: bytes, header: dict) -> None:
-        """Remember the update (in state_dir too, before anything of it leaves this machine)."""
+        """Remember the update (in state_dir too, before anything of it leaves this machine). A large one
+        kept on disk is read back from there if it is asked for again, not held in memory meanwhile."""
         self._last_update = (number, bytes(payload), dict(header))
         if self.state_dir is None or getattr(self.channel, "restartable", True) is False:
             return
@@ -233,9 +243,12 @@ class RoundParticipant:
             return
         write_private(folder / f"{LAST_UPDATE}.bin", bytes(payload))
         write_json(folder / f"{LAST_UPDATE}.json", text)
+        if len(payload) >= KEEP_IN_MEMORY_BELOW:
+            self._last_update = (number, None, dict(header))
 
-    def _stored_update(self) -> tuple | None:
-        """The last update an earlier run of this participant made, if its bytes are whole."""
+    def _stored_update(self, quiet: bool = False) -> tuple | None:
+        """The last update kept in state_dir (by this run, or an earlier one of this participant), if
+        its bytes are whole."""
         folder = Path(self.state_dir)
         try:
             kept = read_json(folder / f"{LAST_UPDATE}.json")
@@ -246,8 +259,9 @@ class RoundParticipant:
         if (not kept or kept.get("task") != self.channel.task or not isinstance(kept.get("round"), int)
                 or hashlib.sha256(payload).hexdigest() != kept.get("sha256")):
             return None  # the bytes were not written whole: they never left this machine
-        self.progress.message(f"task {self.channel.task}: kept the update of round {kept['round'] + 1} "
-                              "from before the restart; it is sent again if that round is asked again")
+        if not quiet:
+            self.progress.message(f"task {self.channel.task}: kept the update of round {kept['round'] + 1} "
+                                  "from before the restart; it is sent again if that round is asked again")
         return kept["round"], payload, dict(kept.get("header") or {})
 
     def _same_setup(self, message) -> bool:

@@ -149,7 +149,7 @@ class Task:
             spec = str(data) if str(data).startswith("builtin:") else str(Path(data).expanduser().resolve())
             feature_list = [f.strip() for f in features.split(",")] if isinstance(features, str) else features
             home_files.save_join(self.session.url, self.session.name, self.name,
-                            {"data": spec, "target": target, "features": feature_list, "shard": shard,
+                                 {"data": spec, "target": target, "features": feature_list, "shard": shard,
                              "kind": kind, "missing": missing})
         self.info()  # the handle shows the new member count
         return answer

@@ -37,7 +37,9 @@ class Transport(ABC):
 
     @abstractmethod
     def receive(self, task: str, timeout: float) -> tuple[str, bytes] | None:
-        """The caller's next (sender, frame) in ``task``, or None after ``timeout`` seconds."""
+        """The caller's next (sender, frame) in ``task``, or None after ``timeout`` seconds. The frame is
+        its bytes, or what ``decode_message`` takes in their place: a ``CheckedFrame`` read and checked
+        on the way, a ``MalformedFrame`` that failed those checks."""
 
     @abstractmethod
     def put_model(self, task: str, data: bytes, meta: dict) -> dict: ...

@@ -25,12 +25,16 @@ from pathlib import Path
 
 import requests
 
+from werkbund.client.messages import (MAGIC, CheckedFrame, MalformedFrame, MalformedMessage, frame_parts,
+                                       read_message)
 from werkbund.client.transports.base import Transport
 from werkbund.platform.errors import (AuthenticationFailed, PayloadTooLarge, Unavailable, WerkbundError,
                                       error_from_dict)
 from werkbund.platform.tls import client_context, explain
 
 POLL_SECONDS = 25.0
+STREAM_FROM = 4 * 1024 * 1024  # bytes of payload from which a message is sent without building its frame
+READ_PIECE = 1024 * 1024  # bytes read from a reply at a time
 RECONNECT_SECONDS = 300.0      # default patience with an unreachable platform (WERKBUND_RECONNECT_SECONDS)
 BACKOFF_FIRST, BACKOFF_CAP = 0.2, 5.0
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -162,14 +166,35 @@ class HttpTransport(Transport):
             return self._json(self._request("POST", f"/tasks/{task}/messages", params={"to": to}, data=data,
                                             headers=headers, timeout=600))
 
+    def send_message(self, task, to, kind, payload, header):
+        """A large message goes out as its frame's header and then its payload, read from where the
+        payload is (``frame_parts``), never copied into a frame first."""
+        if len(payload) < STREAM_FROM:
+            return super().send_message(task, to, kind, payload, header)
+        return self.send(task, to, _FrameBody(*frame_parts(task, kind, payload, **header)))
+
     def receive(self, task, timeout):
+        """The next message as (sender, frame), or None after ``timeout`` s. The frame is read from the
+        reply straight into its payload and checked on the way (``read_message``): a GiB message is
+        held once, not as the reply's body and then as its payload. A reply cut off mid-body is asked
+        for again (the platform deletes a message only once it was sent whole); a frame that arrived
+        whole but fails its checks comes back as a ``MalformedFrame``; a body that is no frame at all, as
+        its bytes."""
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             wait = max(0.0, min(POLL_SECONDS, deadline - time.monotonic()))
             response = self._request("GET", f"/tasks/{task}/messages", params={"timeout": f"{wait:.3f}"},
-                                     timeout=wait + 60)
-            if response.status_code == 200:
-                return response.headers.get("X-Werkbund-Sender", ""), response.content
+                                     timeout=wait + 60, stream=True)
+            with response:
+                if response.status_code == 200:
+                    sender = response.headers.get("X-Werkbund-Sender", "")
+                    try:
+                        return sender, _read_body(response)
+                    except MalformedMessage as exc:
+                        return sender, MalformedFrame(str(exc))  # decodes as 'malformed' upstream
+                    except _CUT_OFF as exc:
+                        log.info("a message's reply was cut off (%s); asking again", exc)
+                        continue
             if time.monotonic() >= deadline:
                 return None
 
@@ -268,3 +293,77 @@ def _error_of(response: requests.Response) -> WerkbundError:
         if response.status_code == 413:  # the HTTP server's own refusal, before the platform saw the body
             return PayloadTooLarge(f"the platform refused a body this large: {response.text[:200]}")
         return WerkbundError(f"HTTP {response.status_code} from the platform: {response.text[:200]}")
+
+
+_CUT_OFF = (requests.exceptions.RequestException, OSError)  # what requests raises when a reply breaks off
+
+
+class _FrameBody:
+    """A message frame as requests streams a body: the header part, then the payload, read in pieces
+    from where they are; with its length (the Content-Length) and a rewind for a request sent again."""
+
+    def __init__(self, prefix: bytes, payload: memoryview):
+        self._parts, self._size, self._at = (memoryview(prefix), payload), len(prefix) + len(payload), 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self):
+        return iter(lambda: self.read(1 << 20), b"")
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, position: int, whence: int = 0) -> int:
+        self._at = position if whence == 0 else self._at + position if whence == 1 else self._size + position
+        return self._at
+
+    def read(self, count: int = -1):
+        prefix, payload = self._parts
+        if count is None or count < 0:
+            count = self._size - self._at
+        if self._at < len(prefix):
+            piece = prefix[self._at:self._at + count]
+        else:
+            start = self._at - len(prefix)
+            piece = payload[start:start + count]
+        self._at += len(piece)
+        return piece
+
+
+def _read_body(response: requests.Response) -> CheckedFrame | bytes:
+    """The body of a 200 reply: a message frame read into its payload's own bytes and checked on the
+    way (``read_message``), or the bytes as they came when it does not start like a frame."""
+    try:
+        size = int(response.headers["Content-Length"])
+    except (KeyError, ValueError):
+        raise MalformedMessage("a message reply without its Content-Length") from None
+    pieces = response.iter_content(READ_PIECE)
+    held = memoryview(b"")
+
+    def readinto(buffer) -> int:  # the body's pieces, each copied once into where the frame goes
+        nonlocal held
+        if not held:
+            held = memoryview(next(pieces, b""))
+        count = min(len(buffer), len(held))
+        buffer[:count] = held[:count]
+        held = held[count:]
+        return count
+    head = memoryview(bytearray(min(len(MAGIC), size)))
+    got = 0
+    while got < len(head):
+        step = readinto(head[got:])
+        if not step:
+            raise MalformedMessage(f"the message ends after {got} of {size} bytes")
+        got += step
+    if bytes(head) != MAGIC:
+        return bytes(head) + b"".join([bytes(held), *pieces])
+    served = [head]
+
+    def after_head(buffer) -> int:  # what was read to look at the magic, then the rest
+        if served:
+            first = served.pop()
+            buffer[:len(first)] = first
+            return len(first)
+        return readinto(buffer)
+    return read_message(after_head, size)

@@ -1,5 +1,6 @@
 """The Flask front over a real socket: statuses, JSON errors, binary messages, long-polling."""
 import json
+import os
 import threading
 import time
 
@@ -73,6 +74,32 @@ def test_binary_messages_and_long_polling(users):
     part.send("update", b"\x00\xff", round=0)
     waiter.join()
     assert (got["m"].kind, got["m"].sender, got["m"].payload) == ("update", "bob", b"\x00\xff")
+
+
+def test_a_large_message_goes_out_from_its_payload_and_arrives_checked_whole(users):
+    """Past STREAM_FROM a message is sent as its header, then its payload (no frame built), and read
+    into its payload's own bytes with its sha256 checked on the way; a corrupt one is 'malformed' with
+    the reason."""
+    from werkbund.client.messages import CheckedFrame, encode_message
+    from werkbund.client.transports.http import STREAM_FROM
+
+    alice, bob = users
+    agg, part = alice.aggregator("t"), bob.participant("t")
+    payload = os.urandom(STREAM_FROM + 12345)
+    agg.broadcast("round", payload, round=0, note="big")
+    message = part.receive(timeout=10)
+    assert (message.kind, message.sender, message.get("note"), message.payload == payload) == (
+        "round", "alice", "big", True)
+    sender, frame = bob.transport.receive("t", 0) or (None, None)
+    assert frame is None  # delivered once
+
+    corrupt = bytearray(encode_message("t", "update", payload, round=0))
+    corrupt[-1] ^= 1
+    bob.transport.send("t", "aggregator", bytes(corrupt))
+    message = agg.receive(timeout=10)
+    assert message.kind == "malformed" and message.sender == "bob" and "sha256" in message.extra["error"]
+    bob.transport.send("t", "aggregator", encode_message("t", "update", payload, round=0))
+    assert isinstance(alice.transport.receive("t", 10)[1], CheckedFrame)
 
 
 def test_a_participant_cannot_send_to_another_participant(users):

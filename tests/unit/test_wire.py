@@ -90,6 +90,66 @@ def test_weights_round_trip_and_validation():
         decode_weights(b"\x80\x04\x95 pickle-looking bytes", expected)
 
 
+def test_weights_are_read_as_the_library_reads_them_but_as_views_of_the_bytes():
+    from safetensors.numpy import load
+
+    weights = [np.random.default_rng(0).random((3, 4), np.float32), np.arange(5), np.zeros((0, 3)),
+               np.array([True]), np.ones((2, 2), np.float16), np.arange(6, dtype=np.uint16).reshape(2, 3)]
+    data = encode_weights(weights)
+    library = load(data)
+    ours = decode_weights(data)
+    assert [(w.shape, w.dtype) for w in ours] == [(library[f"w{i:05d}"].shape, library[f"w{i:05d}"].dtype)
+                                                 for i in range(len(weights))]
+    assert all(np.array_equal(a, b) for a, b in zip(ours, weights))
+    # no copy: each array is a read-only view of the received bytes (a GiB model is held once, not twice)
+    raw = np.frombuffer(data, np.uint8)
+    assert all(np.shares_memory(raw, w) and not w.flags.writeable for w in ours if w.size)
+
+
+def test_weights_are_written_byte_for_byte_as_the_library_writes_them():
+    from safetensors.numpy import load, save
+
+    weights = [np.random.default_rng(1).random((3, 4), np.float32), np.arange(5), np.zeros((0, 3)), np.array(True),
+               np.ones((2, 2), np.float16), np.arange(4, dtype=">i4"), np.asfortranarray(np.eye(3))]
+    ours = encode_weights(weights)
+    assert ours == save({f"w{i:05d}": np.ascontiguousarray(w) for i, w in enumerate(weights)})
+    assert all(np.array_equal(load(ours)[f"w{i:05d}"], np.ascontiguousarray(w)) for i, w in enumerate(weights))
+    with pytest.raises(ValueError, match="cannot be sent"):
+        encode_weights([np.array(["text"])])
+
+
+def _safetensors(header, body: bytes = b"") -> bytes:
+    head = json.dumps(header).encode()
+    return struct.pack("<Q", len(head)) + head + body
+
+
+def _f32(offsets, shape=(1,), dtype="F32"):
+    return {"dtype": dtype, "shape": list(shape), "data_offsets": list(offsets)}
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"\x01\x02", "shorter than the 8-byte header length"),
+    (struct.pack("<Q", 2**64 - 1) + b"{}", "does not fit"),
+    (struct.pack("<Q", 2) + b"\xff\xfe", "not JSON"),
+    (struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000, "not JSON"),
+    (_safetensors([1, 2]), "not a JSON object"),
+    (_safetensors({"__metadata__": [1]}), "__metadata__"),
+    (_safetensors({"w00000": _f32((0, 4)), "w00001": _f32((0, 4))}, bytes(8)), "does not start where"),
+    (_safetensors({"w00000": _f32((4, 8))}, bytes(8)), "does not start where"),
+    (_safetensors({"w00000": _f32((0, 4))}, bytes(5)), "cover 4 of 5 bytes"),
+    (_safetensors({"w00000": _f32((0, 4))}, bytes(3)), "cover 4 of 3 bytes"),
+    (_safetensors({"w00000": _f32((0, 8))}, bytes(8)), "not described correctly"),  # 2 floats, shape says 1
+    (_safetensors({"w00000": _f32((0, 4), (2**40, 2**40))}, bytes(4)), "not described correctly"),
+    (_safetensors({"w00000": _f32((0, 4), (-1,))}, bytes(4)), "not described correctly"),
+    (_safetensors({"w00000": _f32((0, 4), (True,))}, bytes(4)), "not described correctly"),
+    (_safetensors({"w00000": _f32((0, 2), dtype="BF16")}, bytes(2)), "not described correctly"),
+    (_safetensors({"w00000": "F32"}), "not described correctly"),
+])
+def test_a_hostile_weights_header_is_rejected_with_the_reason(data, reason):
+    with pytest.raises(UpdateRejected, match=reason):
+        decode_weights(data)
+
+
 def test_merged_moments_match_pooled_statistics():
     rng = np.random.default_rng(1)
     sites = [rng.normal(loc, scale, size=(n, 4)) for loc, scale, n in ((0, 1, 50), (100, 5, 7), (-3, 0.1, 300))]

@@ -38,7 +38,7 @@ import pika
 from werkbund.client.transports.amqp.blobs import BlobClient
 from werkbund.client.transports.amqp.chunks import CHUNK_BYTES, Reassembler, StreamedFrame, split
 from werkbund.client.transports.amqp.session import AmqpSession, ConnectionLost
-from werkbund.client.messages import CheckedFrame, MalformedMessage
+from werkbund.client.messages import CheckedFrame, MalformedFrame, MalformedMessage
 from werkbund.client.transports.base import Transport
 from werkbund.platform.amqp import names
 from werkbund.platform.tls import client_context
@@ -377,7 +377,7 @@ class AmqpTransport(Transport):
                 except (MalformedMessage, WerkbundError) as exc:
                     session.ack(tag)
                     log.warning("malformed blob message from %s in %s: %s", sender, task, exc)
-                    return sender, f"malformed blob message: {exc}".encode()  # decodes as 'malformed' upstream
+                    return sender, MalformedFrame(f"malformed blob message: {exc}")  # 'malformed' upstream
                 self._pending_ack[task] = tag
                 return sender, whole
             if "wb-chunk-id" not in headers:
@@ -388,7 +388,7 @@ class AmqpTransport(Transport):
             except MalformedMessage as exc:
                 session.ack(tag)
                 log.warning("malformed chunk from %s in %s: %s", sender, task, exc)
-                return sender, f"malformed chunk: {exc}".encode()  # decodes as 'malformed' upstream
+                return sender, MalformedFrame(f"malformed chunk: {exc}")  # decodes as 'malformed' upstream
             if whole is None:
                 session.ack(tag)  # copied into the reassembly buffer
                 continue
