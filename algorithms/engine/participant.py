@@ -73,6 +73,7 @@ class RoundParticipant:
         self._ran = False          # run() was called before (a simulation calls it once per message)
         self._awaiting_resync = False
         self._setup_key: str | None = None         # digest of the set-up this participant is configured with
+        self._last_update: tuple | None = None     # (round, payload, header) of the last update sent
         self.restarted = False  # this run follows an earlier one of the same participant (its state_dir says so)
         self.encoding = build_encoding(self)  # how the update goes on the wire: plain, masked or encrypted
 
@@ -164,6 +165,7 @@ class RoundParticipant:
                     self._keep_update(number, payload, {"eval": evaluation, **header})
                     hint = self._publish_metadata(number, payload, header, evaluation)
                     self.channel.send("update", payload, round=number, eval=evaluation, **header, **hint)
+                    self.progress.message(f"round {number + 1}: update sent ({len(payload)} bytes)")
                     payload = None  # kept by _keep_update where it is needed again, not by this loop
                     self._audit_ledger()
                 elif message.kind == "final":
@@ -218,6 +220,7 @@ class RoundParticipant:
         else:
             hint = {}
         self.channel.send("update", payload, round=number, **header, **hint)
+        self.progress.message(f"round {number + 1}: update sent again ({len(payload)} bytes)")
         if fresh is not None:
             self._audit_ledger()
 

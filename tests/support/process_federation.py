@@ -150,41 +150,51 @@ class Federation:
         return started, {e["author"] for e in entries
                          if e["type"] == "update_submitted" and e["payload"]["round"] == started}
 
+    def sent(self, user: str, number: int) -> bool:
+        """Whether ``user``'s log says their update of round ``number`` left (the line after the send)."""
+        return f"round {number + 1}: update sent" in self.log(user)
+
     def hold_a_round_open(self, published_ok: bool = False) -> int:
         """Round 1 recorded, then carol frozen (SIGSTOP) in a round R where bob (every other participant)
-        published his update and she did not: the aggregator waits for her update of R, and the task
-        cannot end before she is let go. Returns R.
+        sent his update and she did not publish hers: the aggregator waits for her update of R, and the
+        task cannot end before she is let go. Returns R.
 
-        Carol stays frozen from the start: if she published her update of the round under way before the
-        SIGSTOP, it was sent too (she publishes, then sends), so that round ends without her and the next
-        is one she cannot publish for. Only if the SIGSTOP fell between her publishing and her sending does
-        the round never end; then she is let go until the next round starts, and frozen again.
+        Found without a deadline: the aggregator is frozen as soon as its log records round 1, so no
+        round starts or ends while carol is frozen and the round under way is read from the ledger. If
+        she had not published her update of that round, it is R. If she had, she is let go until her log
+        says it was sent (the frozen aggregator cannot start the next round meanwhile), frozen again
+        waiting for that next round, and R is the next round.
 
         ``published_ok``: a round that cannot end while she is frozen after publishing counts as held too
         (under POM 2 and 3 the round needs her after her update: her signed view and shares, or her
-        decryption), so R may be a round whose update she published."""
+        decryption), so R may be a round whose update she published: the one under way if the next has
+        not started 30 s after the aggregator is let go, else the next."""
         procs = list(self.procs.values())
-        wait_for(lambda: len(self.rounds()) >= 1, 300, "round 1's record", procs)
-        carol = self.procs["carol"].pid
+        aggregator, carol = self.procs["aggregate"].pid, self.procs["carol"].pid
+        wait_for(lambda: "round 1/" in self.log("aggregate"), 300, "round 1's record", procs)
+        os.kill(aggregator, signal.SIGSTOP)
         os.kill(carol, signal.SIGSTOP)
-        others = set(self.participants) - {"carol"}
-        while True:
-            number, published = wait_for(lambda: (lambda r: r if others <= r[1] else None)(self.round_under_way()),
-                                         120, "the others' updates of the round under way", procs)
-            if "carol" not in published:
-                assert number < self.n_rounds - 1 or len(self.rounds()) < self.n_rounds, \
-                    "the task ended before carol was frozen"
-                return number
-            try:  # her update of `number` is on its way: the next round starts without her
+        number, published = self.round_under_way()
+        if "carol" in published and published_ok:
+            os.kill(aggregator, signal.SIGCONT)
+            try:  # the round ends without her if she had done her part of it; the next cannot
                 wait_for(lambda: self.round_under_way()[0] > number, 30, "the next round", procs)
+                number += 1
             except AssertionError as exc:
                 if "did not happen" not in str(exc):
                     raise
-                if published_ok:
-                    return number
-                os.kill(carol, signal.SIGCONT)  # frozen between publishing and sending: let the update go
-                wait_for(lambda: self.round_under_way()[0] > number, 120, "the next round", procs)
-                os.kill(carol, signal.SIGSTOP)
+        elif "carol" in published:
+            os.kill(carol, signal.SIGCONT)
+            wait_for(lambda: self.sent("carol", number), 120, f"carol's update of round {number + 1} to leave",
+                     procs)
+            os.kill(carol, signal.SIGSTOP)
+            number += 1
+        os.kill(aggregator, signal.SIGCONT)
+        assert number < self.n_rounds, "the task reached its last round before carol could be frozen"
+        others = set(self.participants) - {"carol"}
+        wait_for(lambda: all(self.sent(user, number) for user in others), 120,
+                 f"the others' updates of round {number + 1}", procs)
+        return number
 
     def finish(self, timeout: float = 600, every_round_whole: bool = True):
         """Every process ends 0 and the task COMPLETE; with ``every_round_whole`` every round also lists
@@ -263,5 +273,5 @@ def hold_at(federation, when: str) -> int:
     elif when == "after":
         os.kill(federation.procs["aggregate"].pid, signal.SIGSTOP)
         os.kill(federation.procs["carol"].pid, signal.SIGCONT)
-        wait_for(lambda: "carol" in federation.round_under_way()[1], 120, "carol's update", procs)
+        wait_for(lambda: federation.sent("carol", number), 120, "carol's update", procs)
     return number
