@@ -124,6 +124,8 @@ SERVICE_MARKERS = {
     "require_broker": ("broker",),
     "broker_node": ("broker",),
     "BrokerNode": ("broker",),
+    "broker_cluster": ("broker",),
+    "BrokerCluster": ("broker",),
     "tls_broker_node": ("broker",),
     "CloudFederation": ("broker",),
     "postgres_database": ("postgres",),

@@ -160,15 +160,23 @@ class BrokerNode:
         self.stop()
         self.start()
 
-    def queue(self, vhost: str, name: str) -> dict:
-        quoted = "/".join(requests.utils.quote(part, safe="") for part in (vhost, name))
-        response = requests.get(f"http://127.0.0.1:{self.management_port}/api/queues/{quoted}",
-                                auth=("guest", "guest"), timeout=10)
-        return response.json() if response.ok else {}
-
     def log_tail(self, chars: int = 2000) -> str:
         logs = sorted((self.base / "log").glob("*.log"))
         return "".join(path.read_text(errors="replace")[-chars:] for path in logs)
+
+
+def queue_path(vhost: str, name: str) -> str:
+    return "queues/" + "/".join(requests.utils.quote(part, safe="") for part in (vhost, name))
+
+
+def management_get(port: int, path: str, missing_ok: bool = False):
+    """GET ``/api/<path>`` of the management API on ``port`` as guest; its JSON ({} for an answer that
+    is not OK where ``missing_ok``; otherwise such an answer raises)."""
+    response = requests.get(f"http://127.0.0.1:{port}/api/{path}", auth=("guest", "guest"), timeout=10)
+    if missing_ok and not response.ok:
+        return {}
+    response.raise_for_status()
+    return response.json()
 
 
 @contextlib.contextmanager

@@ -87,10 +87,16 @@ class Federation:
                  60, "the platform to listen")
         assert self.platform.poll() is None, (self.tmp / f"platform-{self.starts}.log").read_text()
 
-    def kill(self, proc):
-        if proc is self.platform and self._api is not None:  # asked again only once it runs again
+    def forget_api(self):
+        """Close alice's connection; `api()` opens a new one when next asked (once the platform or
+        broker it went to runs again)."""
+        if self._api is not None:
             self._api.close()
             self._api = None
+
+    def kill(self, proc):
+        if proc is self.platform:  # asked again only once it runs again
+            self.forget_api()
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGCONT)
             os.kill(proc.pid, signal.SIGKILL)
@@ -220,8 +226,7 @@ class Federation:
         return info
 
     def close(self):
-        if self._api is not None:
-            self._api.close()
+        self.forget_api()
         for proc in [*self.procs.values(), self.platform]:
             if proc is not None and proc.poll() is None:
                 self.kill(proc)
@@ -229,17 +234,23 @@ class Federation:
 
 class CloudFederation(Federation):
     """The same with the cloud platform: `werkbund platform serve` over a SQLite file, in a vhost of its
-    own on the system's RabbitMQ broker, which keeps the queues while the service is down."""
+    own on the system's RabbitMQ broker, which keeps the queues while the service is down. ``broker``:
+    another broker (a node or cluster of the test's own, with ``port`` and ``management_url``);
+    ``extra``: more options of `werkbund platform serve`; the rest as Federation takes it."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, broker=None, extra: tuple = (), **federation):
         import uuid
 
         from support.cloud_support import BROKER_PORT, MANAGEMENT, require_broker
 
-        require_broker()
-        super().__init__(tmp)
-        self.vhost, self.management = f"wb-test-{uuid.uuid4().hex[:8]}", MANAGEMENT
-        self.cli = Cli(f"amqp://127.0.0.1:{BROKER_PORT}/{self.vhost}", tmp, platform="cloud")
+        if broker is None:
+            require_broker()
+        super().__init__(tmp, **federation)
+        self.broker_port, self.management = (broker.port, broker.management_url) if broker else (BROKER_PORT,
+                                                                                                  MANAGEMENT)
+        self.extra = tuple(extra)
+        self.vhost = f"wb-test-{uuid.uuid4().hex[:8]}"
+        self.cli = Cli(f"amqp://127.0.0.1:{self.broker_port}/{self.vhost}", tmp, platform="cloud")
 
     def start_platform(self):
         from support.cloud_support import start_cloud_platform
@@ -248,7 +259,8 @@ class CloudFederation(Federation):
         folder = self.tmp / f"service-{self.starts}"
         folder.mkdir()
         (folder / "platform-home").symlink_to(self.tmp / "platform-home", target_is_directory=True)
-        self.platform, _ = start_cloud_platform(folder, self.db, self.vhost)
+        self.platform, _ = start_cloud_platform(folder, self.db, self.vhost, self.broker_port, self.management,
+                                                extra=self.extra)
 
     def close(self):
         super().close()
