@@ -179,8 +179,9 @@ class HttpTransport(Transport):
         held once, not as the reply's body and then as its payload. A reply cut off mid-body is asked
         for again (the platform deletes a message only once it was sent whole); a frame that arrived
         whole but fails its checks comes back as a ``MalformedFrame``; a body that is no frame at all, as
-        its bytes."""
+        its bytes. Replies cut off again and again are asked for with backoff, and never past ``timeout``."""
         deadline = time.monotonic() + max(0.0, timeout)
+        cuts = 0
         while True:
             wait = max(0.0, min(POLL_SECONDS, deadline - time.monotonic()))
             response = self._request("GET", f"/tasks/{task}/messages", params={"timeout": f"{wait:.3f}"},
@@ -192,11 +193,14 @@ class HttpTransport(Transport):
                         return sender, _read_body(response)
                     except MalformedMessage as exc:
                         return sender, MalformedFrame(str(exc))  # decodes as 'malformed' upstream
-                    except _CUT_OFF as exc:
+                    except _CUT_OFF as exc:  # asked again within the deadline, after a backoff
                         log.info("a message's reply was cut off (%s); asking again", exc)
-                        continue
+                        left = deadline - time.monotonic()
+                        if left > 0:
+                            time.sleep(min(_backoff(cuts), left))
+                        cuts += 1
             if time.monotonic() >= deadline:
-                return None
+                return None  # the message, if one was cut off, is still there for the next call
 
     # ------------------------------------------------------------ models
     def put_model(self, task, data, meta):

@@ -230,3 +230,45 @@ def test_a_final_model_with_a_long_round_history_is_stored_and_fetched(server, u
     creator.finish(b"model bytes", meta)
     model, fetched = bob.get_model("history")
     assert model == b"model bytes" and fetched["meta"] == meta
+
+
+def test_a_platform_that_cuts_off_every_reply_is_asked_again_with_backoff_and_receive_keeps_its_timeout():
+    """A message reply that breaks off mid-body is asked for again (the platform keeps a message until it
+    was sent whole), but not without pause and not past the caller's timeout: against a server that cuts
+    every reply, ``receive`` answers None at its timeout after a few tries."""
+    import socket
+
+    from werkbund.client.messages import MAGIC
+    from werkbund.client.transports.http import HttpTransport
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    asked = []
+
+    def serve():
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            with client:
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    piece = client.recv(1)
+                    if not piece:
+                        break
+                    head += piece
+                asked.append(head.split(b"\r\n", 1)[0])
+                client.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nX-Werkbund-Sender: bob\r\n\r\n"
+                               + MAGIC + b"\0" * 100)  # then the connection closes: the reply is cut off
+
+    threading.Thread(target=serve, daemon=True).start()
+    transport = HttpTransport(f"http://127.0.0.1:{listener.getsockname()[1]}", token="t" * 40, user="alice")
+    got = {}
+    waiter = threading.Thread(target=lambda: got.setdefault("answer", transport.receive("t", 1.0)), daemon=True)
+    waiter.start()
+    waiter.join(60)  # a receive that ignored its timeout would still be asking
+    listener.close()
+    assert not waiter.is_alive() and got == {"answer": None}
+    assert asked and all(line.startswith(b"GET /api/v1/tasks/t/messages") for line in asked)
+    assert 2 <= len(asked) <= 8, asked  # backoff 0.1-0.2 s, then doubling: a handful in one second, not hundreds
+    transport.close()
