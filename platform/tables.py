@@ -75,7 +75,7 @@ class Membership(Base):
     schema: Mapped[dict | None] = mapped_column(JSON, default=None)
 
     task: Mapped[Task] = relationship(back_populates="memberships")
-    # loaded with the membership: routing a message reads every member's name (one query, not one per member)
+    # loaded with the membership: a broadcast reads every member's name (one query, not one per member)
     user: Mapped[User] = relationship(lazy="joined", innerjoin=True)
 
 

@@ -310,3 +310,46 @@ def test_a_transfer_token_opens_only_its_tasks_blobs_and_logout_revokes_a_sessio
     core.logout("bob", session)
     with pytest.raises(errors.AuthenticationFailed, match="expired or is unknown"):
         core.authenticate(session)
+
+
+def test_a_participants_request_reads_its_own_membership_not_every_members(core):
+    """Every request of a participant checks that it is a member of the task (a message, its inbox, a ledger
+    append): that check reads its own membership, so a round of N participants costs O(N) reads, not
+    O(N^2). With 200 members, the check loads a handful of rows; the answers are those of the rule."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    from werkbund.platform.tables import Membership, Task, User
+
+    with core.db.session() as s:
+        task = s.query(Task).filter_by(name="weld-1").one()
+        for i in range(200):
+            user = User(name=f"site{i:03d}", org=f"org{i}", password_hash="(not a login)")
+            s.add(user)
+            s.add(Membership(task=task, user=user, schema=SCHEMA))
+    core.start_task("alice", "weld-1")
+    loaded = []
+
+    def count(session, instance):
+        loaded.append(type(instance).__name__)
+
+    event.listen(Session, "loaded_as_persistent", count)
+    try:
+        for check in (lambda: core.route_message("site123", "weld-1", "aggregator"),
+                      lambda: core.inbox_of("site123", "weld-1"),
+                      lambda: core.route_message("alice", "weld-1", "site007"),
+                      lambda: core.check_blob_access("site123", "weld-1", "upload")):
+            loaded.clear()
+            check()
+            assert len(loaded) <= 6, loaded  # the task, its creator, the member and its user: not 200 members
+        assert core.route_message("site123", "weld-1", "aggregator") == ["@aggregator"]
+        assert core.inbox_of("site199", "weld-1") == "site199"
+        with pytest.raises(errors.PermissionDenied, match="not a participant"):
+            core.route_message("dave", "weld-1", "aggregator")
+        with pytest.raises(errors.InvalidInput, match="'dave' is not a participant"):
+            core.route_message("alice", "weld-1", "dave")
+        loaded.clear()
+        assert len(core.route_message("alice", "weld-1", "all")) == 200  # a broadcast does read every member
+        assert loaded.count("Membership") == 200
+    finally:
+        event.remove(Session, "loaded_as_persistent", count)
