@@ -12,7 +12,10 @@ Routes (all under ``/api/v1``):
   ``X-Werkbund-Message-Id`` (1-64 of ``A-Za-z0-9_-``) makes a repeated send of it store nothing again.
 - ``GET /tasks/<task>/messages?timeout=S``: long-poll for the caller's next message
   (200 with the body and ``X-Werkbund-Sender``; 204 when none came in time).
-- ``PUT /tasks/<task>/model`` (creator) and ``GET /tasks/<task>/model`` (creator, participants).
+- ``PUT /tasks/<task>/model`` (creator) and ``GET /tasks/<task>/model`` (creator, participants). The
+  model's metadata (its round history, which grows with rounds and participants) travels as JSON at the
+  start of the body, its length in ``X-Werkbund-Meta-Bytes`` (up to 16 MiB; ``GET ...?meta=body``), or,
+  small, in the header ``X-Werkbund-Meta``.
 - ``GET /openapi.json``: the OpenAPI 3 spec of these routes, built from the commands' parameter models.
 
 Message bodies and models are streamed: read from ``request.stream`` in pieces into a file (the inbox's,
@@ -46,6 +49,8 @@ from werkbund.platform.service import PlatformService
 log = logging.getLogger("werkbund.local_platform")
 
 MAX_POLL_SECONDS = 60.0
+META_BYTES_HEADER = "X-Werkbund-Meta-Bytes"  # a model's metadata opens the body; its length
+MAX_META_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024**3
 
 
@@ -140,19 +145,37 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
     @app.put("/api/v1/tasks/<task>/model")
     def put_model(task: str):
         user = caller()
-        meta = parse_json(request.headers.get("X-Werkbund-Meta", "{}"), "the header X-Werkbund-Meta")
+        size = _body_size(max_model_bytes + MAX_META_BYTES, "a model")
+        prefix = request.headers.get(META_BYTES_HEADER)
+        if prefix is not None:  # the metadata opens the body (it grows with rounds and participants)
+            meta_size = _whole_number(prefix, META_BYTES_HEADER, min(size, MAX_META_BYTES))
+            where, text = f"the metadata ({META_BYTES_HEADER} bytes at the start of the body)", _read_exactly(meta_size)
+            size -= meta_size
+        else:
+            where, text = "the header X-Werkbund-Meta", request.headers.get("X-Werkbund-Meta", "{}")
+        meta = parse_json(text, where)
         if not isinstance(meta, dict):
-            raise InvalidInput("the header X-Werkbund-Meta must be a JSON object")
+            raise InvalidInput(f"{where} must be a JSON object")
         check_json(meta, "X-Werkbund-Meta")
-        size = _body_size(max_model_bytes, "a model")
+        if size > max_model_bytes:
+            raise PayloadTooLarge(f"a model may have at most {max_model_bytes} bytes; this one has {size}")
         # streamed into a file named by its sha256 in the platform's model folder (service.put_model_stream)
         return jsonify({"data": service.put_model_stream(user, task, request.stream, meta, size=size)})
 
     @app.get("/api/v1/tasks/<task>/model")
     def get_model(task: str):
+        """The model's bytes; its info (size, sha256, metadata) in the header X-Werkbund-Meta, or, with
+        ``?meta=body``, as JSON before the bytes (its length in X-Werkbund-Meta-Bytes): a long round
+        history does not fit a header that an HTTP client reads (64 KiB a line)."""
         user = caller()
         handle, info = service.open_model(user, task)
-        return _file_response(handle, info["size"], {"X-Werkbund-Meta": json.dumps(info)})
+        if request.args.get("meta") != "body":
+            return _file_response(handle, info["size"], {"X-Werkbund-Meta": json.dumps(info)})
+        text = json.dumps(info).encode()
+        response = Response(_prefixed(text, handle), mimetype="application/octet-stream",
+                            headers={META_BYTES_HEADER: str(len(text))}, direct_passthrough=True)
+        response.content_length = len(text) + info["size"]
+        return response
 
     @app.get("/api/v1/health")
     def health():
@@ -196,6 +219,39 @@ class _ClosingFile:
             self._handle.close()
         finally:
             self._then()
+
+
+def _whole_number(text: str, what: str, limit: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidInput(f"the header {what} must be a whole number of bytes") from None
+    if not 0 <= value <= limit:
+        raise InvalidInput(f"the header {what} must be between 0 and {limit} (the body's size, at most "
+                           f"{MAX_META_BYTES} bytes of metadata)")
+    return value
+
+
+def _read_exactly(size: int) -> bytes:
+    """The next ``size`` bytes of the request body (InvalidInput if it ends before)."""
+    parts, left = [], size
+    while left:
+        piece = request.stream.read(left)
+        if not piece:
+            raise InvalidInput(f"the body ended {left} bytes into its metadata")
+        parts.append(piece)
+        left -= len(piece)
+    return b"".join(parts)
+
+
+def _prefixed(text: bytes, handle):
+    """``text``, then the open file ``handle`` in 1 MiB pieces; the file is closed at the end."""
+    try:
+        yield text
+        while piece := handle.read(1 << 20):
+            yield piece
+    finally:
+        handle.close()
 
 
 def _file_response(handle, size: int, headers: dict) -> Response:

@@ -89,12 +89,22 @@ def openapi_spec() -> dict:
             operationId="put_model", requestBody={"required": True, "content": BINARY},
             parameters=[TASK, {"name": "X-Werkbund-Meta", "in": "header", "required": False,
                                "description": f"the model's metadata: a JSON object, at most {MAX_JSON_DEPTH} "
-                                              "levels deep", "schema": {"type": "string"}}]),
+                                              "levels deep", "schema": {"type": "string"}},
+                        {"name": "X-Werkbund-Meta-Bytes", "in": "header", "required": False,
+                         "description": "instead of X-Werkbund-Meta: the body opens with the metadata's JSON, "
+                                        "this many bytes (at most 16 MiB), then the model",
+                         "schema": {"type": "integer", "minimum": 0}}]),
         "get": _operation(
             "fetch the final model of a COMPLETE task (its creator and participants)",
-            {"200": {"description": "the model", "content": BINARY,
-                     "headers": {"X-Werkbund-Meta": {"schema": {"type": "string"}}}}}, 403, 404,
-            operationId="get_model", parameters=[TASK]),
+            {"200": {"description": "the model; with meta=body, its info's JSON (X-Werkbund-Meta-Bytes long) first",
+                     "content": BINARY,
+                     "headers": {"X-Werkbund-Meta": {"schema": {"type": "string"}},
+                                 "X-Werkbund-Meta-Bytes": {"schema": {"type": "integer"}}}}}, 403, 404,
+            operationId="get_model",
+            parameters=[TASK, {"name": "meta", "in": "query", "required": False,
+                               "description": "body: the model's info (size, sha256, metadata) as JSON at the "
+                                              "start of the body instead of in a header",
+                               "schema": {"type": "string", "enum": ["body"]}}]),
     }
     paths["/api/v1/health"] = {"get": {"summary": "is the platform up", "operationId": "health",
                                        "responses": {"200": {"description": "ok", "content": _json(DATA)}}}}

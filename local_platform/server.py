@@ -14,7 +14,7 @@ from pathlib import Path
 import uvicorn
 from sqlalchemy.engine import make_url
 
-from werkbund.local_platform.app import DEFAULT_MAX_MESSAGE_BYTES, create_app
+from werkbund.local_platform.app import DEFAULT_MAX_MESSAGE_BYTES, MAX_META_BYTES, create_app
 from werkbund.local_platform.front import PlatformFront
 from werkbund.platform.db import sqlite_url
 from werkbund.platform.errors import InvalidInput
@@ -60,7 +60,7 @@ class LocalPlatformServer:
         self.app = create_app(self.service, mailboxes=boxes, max_message_bytes=max_message_bytes,
                               max_model_bytes=max_model_bytes)
         # a body larger than any route takes is refused at its headers; the routes check their own bounds
-        self.front = PlatformFront(self.app, threads, max(max_message_bytes, max_model_bytes) + (1 << 20))
+        self.front = PlatformFront(self.app, threads, max(max_message_bytes, max_model_bytes + MAX_META_BYTES) + (1 << 20))
         self._socket = _listening_socket(host, port)
         self.port = self._socket.getsockname()[1]
         self.host, self.tls = host, context is not None

@@ -39,6 +39,7 @@ RECONNECT_SECONDS = 300.0      # default patience with an unreachable platform (
 BACKOFF_FIRST, BACKOFF_CAP = 0.2, 5.0
 RETRY_STATUSES = frozenset({502, 503, 504})
 DOWNLOAD_PIECE = 1 << 20
+HEADER_META_BYTES = 8 * 1024  # a model's metadata up to this size travels in a header, larger in the body
 
 log = logging.getLogger("werkbund.transport")
 
@@ -204,11 +205,27 @@ class HttpTransport(Transport):
 
     # ------------------------------------------------------------ models
     def put_model(self, task, data, meta):
-        """Store the final model: bytes, or a file (a ``pathlib.Path`` or a binary file object) streamed from disk."""
+        """Store the final model: bytes, or a file (a ``pathlib.Path`` or a binary file object) streamed from disk.
+        Its metadata goes in a header while small; larger (the round history grows with rounds and
+        participants), as JSON at the start of the body (``X-Werkbund-Meta-Bytes``)."""
+        text = json.dumps(meta).encode()
+        headers = {"Content-Type": "application/octet-stream"}
         with _upload_body(data) as body:
-            return self._json(self._request("PUT", f"/tasks/{task}/model", data=body, timeout=600,
-                                            headers={"X-Werkbund-Meta": json.dumps(meta),
-                                                     "Content-Type": "application/octet-stream"}))
+            if len(text) <= HEADER_META_BYTES:
+                headers["X-Werkbund-Meta"] = text.decode()
+                return self._json(self._request("PUT", f"/tasks/{task}/model", data=body, timeout=600,
+                                                headers=headers))
+            if isinstance(body, (bytes, bytearray, memoryview)):
+                payload, size = memoryview(body), len(body)
+            else:
+                payload, size = body, os.fstat(body.fileno()).st_size - body.tell()
+            headers["X-Werkbund-Meta-Bytes"] = str(len(text))
+            stored = self._json(self._request("PUT", f"/tasks/{task}/model", data=_FrameBody(text, payload, size),
+                                              timeout=600, headers=headers))
+        if stored.get("size") != size:  # a platform from before the metadata in the body kept it as model bytes
+            raise WerkbundError(f"the platform at {self.url} stored {stored.get('size')} bytes for a model of {size}: "
+                                "it is too old to take metadata this large; update werkbund there")
+        return stored
 
     def get_model(self, task):
         with tempfile.TemporaryFile() as spool:
@@ -237,12 +254,25 @@ class HttpTransport(Transport):
         while True:
             out.seek(0)
             out.truncate()
-            response = self._request("GET", f"/tasks/{task}/model", timeout=600, stream=True)
-            meta = json.loads(response.headers.get("X-Werkbund-Meta", "{}"))
-            digest, size = hashlib.sha256(), 0
+            response = self._request("GET", f"/tasks/{task}/model", params={"meta": "body"}, timeout=600, stream=True)
+            prefix = response.headers.get("X-Werkbund-Meta-Bytes")  # (absent: a platform from before, in a header)
+            if prefix is None:
+                meta = json.loads(response.headers.get("X-Werkbund-Meta", "{}"))
+            elif prefix.isdigit():
+                meta, prefix = None, int(prefix)
+            else:
+                response.close()
+                raise WerkbundError(f"the platform sent a model with X-Werkbund-Meta-Bytes {prefix[:40]!r}")
+            head, digest, size = bytearray(), hashlib.sha256(), 0
             try:
                 with response:
                     for piece in response.iter_content(DOWNLOAD_PIECE):
+                        if meta is None:  # the metadata's JSON first, then the model's bytes
+                            take = prefix - len(head)
+                            head += piece[:take]
+                            piece = piece[take:]
+                            if len(head) == prefix:
+                                meta = _json_object(bytes(head), f"the model of task {task!r}'s metadata")
                         digest.update(piece)
                         out.write(piece)
                         size += len(piece)
@@ -251,6 +281,8 @@ class HttpTransport(Transport):
                     raise Unavailable(f"the download of task {task!r}'s model from {self.url} broke off") from None
                 time.sleep(BACKOFF_FIRST)
                 continue
+            if meta is None:
+                raise WerkbundError(f"the model of task {task!r} ended inside its metadata")
             if (size, digest.hexdigest()) != (meta.get("size"), meta.get("sha256")):
                 raise WerkbundError(f"the model of task {task!r} arrived with {size} bytes and sha256 "
                                     f"{digest.hexdigest()}; the platform announced {meta.get('size')} and "
@@ -271,6 +303,16 @@ def _upload_body(body):
             yield handle
     else:
         yield body
+
+
+def _json_object(text: bytes, what: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise WerkbundError(f"{what} is not a JSON object")
+    return value
 
 
 def _backoff(attempt: int) -> float:
@@ -304,10 +346,13 @@ _CUT_OFF = (requests.exceptions.RequestException, OSError)  # what requests rais
 
 class _FrameBody:
     """A message frame as requests streams a body: the header part, then the payload, read in pieces
-    from where they are; with its length (the Content-Length) and a rewind for a request sent again."""
+    from where they are; with its length (the Content-Length) and a rewind for a request sent again.
+    The payload: bytes (a memoryview), or an open binary file of ``size`` bytes from where it stands."""
 
-    def __init__(self, prefix: bytes, payload: memoryview):
-        self._parts, self._size, self._at = (memoryview(prefix), payload), len(prefix) + len(payload), 0
+    def __init__(self, prefix: bytes, payload, size: int | None = None):
+        size = len(payload) if size is None else size
+        self._parts, self._size, self._at = (memoryview(prefix), payload), len(prefix) + size, 0
+        self._base = None if isinstance(payload, memoryview) else payload.tell()
 
     def __len__(self) -> int:
         return self._size
@@ -328,9 +373,12 @@ class _FrameBody:
             count = self._size - self._at
         if self._at < len(prefix):
             piece = prefix[self._at:self._at + count]
-        else:
+        elif self._base is None:
             start = self._at - len(prefix)
             piece = payload[start:start + count]
+        else:
+            payload.seek(self._base + self._at - len(prefix))
+            piece = payload.read(min(count, self._size - self._at))
         self._at += len(piece)
         return piece
 

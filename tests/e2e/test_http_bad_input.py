@@ -80,6 +80,20 @@ def test_a_list_as_model_metadata(api):
         assert_invalid(r, "X-Werkbund-Meta")
 
 
+def test_model_metadata_at_the_start_of_the_body_that_is_no_json_object_or_no_length(api):
+    """A large model's metadata opens the body, its length in X-Werkbund-Meta-Bytes: a length that is no
+    whole number, or more than the body, and a prefix that is no JSON object are clear 400s."""
+    auth = {"Authorization": f"Bearer {api.tokens['alice']}"}
+    for meta in (b"[1, 2]", b'"text"', b"{not json"):
+        r = requests.put(f"{api.base}/tasks/run/model", data=meta + b"model bytes",
+                         headers={**auth, "X-Werkbund-Meta-Bytes": str(len(meta))})
+        assert_invalid(r, "X-Werkbund-Meta")
+    for count in ("abc", "-1", "1e3", str(len(b"{}model bytes") + 1)):
+        r = requests.put(f"{api.base}/tasks/run/model", data=b"{}model bytes",
+                         headers={**auth, "X-Werkbund-Meta-Bytes": count})
+        assert_invalid(r, "X-Werkbund-Meta-Bytes")
+
+
 @pytest.mark.parametrize("name", ["status", "creator", "algorithm", "search"])
 @pytest.mark.parametrize("value", [["CREATED"], {"a": 1}, 7])
 def test_lists_or_objects_as_filters(api, name, value):
