@@ -232,12 +232,17 @@ def main() -> None:
                   f"platform peak {figures['platform_peak_rss_mib'] or 0:.0f} MiB | "
                   + (f"Flower {flower['median_round_s']:.4f} s/round, wall {flower['wall_s']:.1f} s | "
                      f"werkbund/Flower {ratio:.1f}x" if flower else "Flower -"), flush=True)
-    print("\n| N | platform | werkbund s/round | werkbund wall s | Flower s/round | Flower wall s | werkbund / Flower |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| N | platform | werkbund s/round | werkbund wall s | Flower s/round | Flower wall s | werkbund / Flower "
+          "| growth from the smallest N: werkbund | Flower |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         w, f = row["werkbund"], row["flower"]
+        first = next(r for r in rows if r["platform"] == row["platform"])  # (issue 15: at most 10x from 10 to 100)
+        grown = w["median_round_s"] / first["werkbund"]["median_round_s"]
+        flower_grown = f["median_round_s"] / first["flower"]["median_round_s"] if f and first["flower"] else None
         print(f"| {row['participants']} | {row['platform']} | {w['median_round_s']:.3f} | {w['wall_s']:.1f} | "
-              + (f"{f['median_round_s']:.4f} | {f['wall_s']:.1f} | {row['ratio']:.1f}x |" if f else "- | - | - |"))
+              + (f"{f['median_round_s']:.4f} | {f['wall_s']:.1f} | {row['ratio']:.1f}x |" if f else "- | - | - |")
+              + f" {grown:.1f}x | " + (f"{flower_grown:.1f}x |" if flower_grown else "- |"))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
