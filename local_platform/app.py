@@ -156,7 +156,7 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
         meta = parse_json(text, where)
         if not isinstance(meta, dict):
             raise InvalidInput(f"{where} must be a JSON object")
-        check_json(meta, "X-Werkbund-Meta")
+        check_json(meta, where)
         if size > max_model_bytes:
             raise PayloadTooLarge(f"a model may have at most {max_model_bytes} bytes; this one has {size}")
         # streamed into a file named by its sha256 in the platform's model folder (service.put_model_stream)

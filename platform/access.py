@@ -7,7 +7,7 @@ part's private methods.
 """
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.orm import object_session
 
 from werkbund.platform.errors import AuthenticationFailed, InvalidInput, PermissionDenied, TaskNotFound
@@ -44,7 +44,7 @@ def membership(row: Task, user: str) -> Membership | None:
     """``user``'s membership of the task ``row``, or None. One indexed query, not the task's whole member
     list: every request of every participant asks this, so reading all N members each time made a
     round cost O(N^2) (unless the list is loaded already, e.g. for the task's details)."""
-    if "memberships" in row.__dict__:  # loaded in this session: no query needed
+    if "memberships" not in inspect(row).unloaded:  # loaded in this session: no query needed
         return next((m for m in row.memberships if m.user.name == user), None)
     return object_session(row).scalar(select(Membership).join(User, Membership.user_id == User.id)
                                       .where(Membership.task_id == row.id, User.name == user))
