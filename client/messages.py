@@ -40,6 +40,7 @@ class TaskMessage:
     payload: bytes = b""
     sender: str = ""
     extra: dict = field(default_factory=dict)
+    checked_sha256: str = ""  # the payload's sha256, checked against it on receipt (``decode_message``)
 
     def get(self, key, default=None):
         return self.header.get(key, default)
@@ -116,7 +117,8 @@ def parse_header(head_bytes) -> dict:
 
 def decode_message(frame: bytes, sender: str = "") -> TaskMessage:
     if isinstance(frame, CheckedFrame):  # read and checked by read_message: nothing left to copy or hash
-        return TaskMessage(kind=frame.header["kind"], header=frame.header, payload=frame.payload, sender=sender)
+        return TaskMessage(kind=frame.header["kind"], header=frame.header, payload=frame.payload, sender=sender,
+                           checked_sha256=frame.header["sha256"])
     if isinstance(frame, MalformedFrame):
         raise MalformedMessage(frame.reason)
     view = memoryview(frame)
@@ -132,7 +134,7 @@ def decode_message(frame: bytes, sender: str = "") -> TaskMessage:
     payload, sha256 = _copy_hashed(source)
     if header.get("sha256") != sha256:
         raise MalformedMessage("payload checksum does not match its header")
-    return TaskMessage(kind=header["kind"], header=header, payload=payload, sender=sender)
+    return TaskMessage(kind=header["kind"], header=header, payload=payload, sender=sender, checked_sha256=sha256)
 
 
 def _copy_hashed(source: memoryview) -> tuple[bytes, str]:

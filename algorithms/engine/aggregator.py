@@ -394,7 +394,8 @@ class RoundAggregator:
             if meta is None:
                 raise UpdateRejected(f"no update_submitted entry for round {number} on the ledger "
                                      "(the metadata must be published before the update)")
-            digest = _sha(message.payload)
+            # the bytes as received were checked against their frame's sha256 already: not hashed again
+            digest = getattr(message, "checked_sha256", "") or _sha(message.payload)
             if digest != meta.get("sha256"):
                 raise UpdateRejected(f"update bytes have sha256 {digest}, but ledger entry {meta['seq']} "
                                      f"published {meta.get('sha256')}")

@@ -162,8 +162,10 @@ class RoundParticipant:
                     update, header = self.train(message)
                     payload, header = self.encoding.encode(message, update, header)  # the bytes on the wire
                     update = None  # (at a GiB: the arrays are not held beside their bytes from here on)
-                    self._keep_update(number, payload, {"eval": evaluation, **header})
-                    hint = self._publish_metadata(number, payload, header, evaluation)
+                    # hashed once where the ledger needs it too: for the entry and for state_dir
+                    digest = hashlib.sha256(payload).hexdigest() if getattr(self.channel, "ledger_enabled", False) else None
+                    self._keep_update(number, payload, {"eval": evaluation, **header}, digest)
+                    hint = self._publish_metadata(number, payload, header, evaluation, digest)
                     self.channel.send("update", payload, round=number, eval=evaluation, **header, **hint)
                     self.progress.message(f"round {number + 1}: update sent ({len(payload)} bytes)")
                     payload = None  # kept by _keep_update where it is needed again, not by this loop
@@ -230,16 +232,17 @@ class RoundParticipant:
         entry = self.channel.published_update(self.channel.name, number) or {}
         return entry.get("sha256") == hashlib.sha256(payload).hexdigest()
 
-    def _keep_update(self, number: int, payload: bytes, header: dict) -> None:
+    def _keep_update(self, number: int, payload: bytes, header: dict, sha256: str | None = None) -> None:
         """Remember the update (in state_dir too, before anything of it leaves this machine). A large one
-        kept on disk is read back from there if it is asked for again, not held in memory meanwhile."""
+        kept on disk is read back from there if it is asked for again, not held in memory meanwhile.
+        ``sha256``: the payload's, where the caller has it already."""
         self._last_update = (number, bytes(payload), dict(header))
         if self.state_dir is None or getattr(self.channel, "restartable", True) is False:
             return
         folder = Path(self.state_dir)
         try:
             text = {"format": 1, "task": self.channel.task, "round": number, "header": header,
-                    "sha256": hashlib.sha256(payload).hexdigest()}
+                    "sha256": sha256 or hashlib.sha256(payload).hexdigest()}
             json.dumps(text)
         except (TypeError, ValueError) as exc:
             log.warning("round %s: the update's header cannot be kept in %s: %s", number, folder, exc)
@@ -281,13 +284,14 @@ class RoundParticipant:
                                   f"{shown or 'none'}")
         return {}
 
-    def _publish_metadata(self, number: int, payload: bytes, header: dict, evaluation: dict) -> dict:
+    def _publish_metadata(self, number: int, payload: bytes, header: dict, evaluation: dict,
+                          sha256: str | None = None) -> dict:
         """Metadata before the model (Fujitsu): the update's sha256, sample count and local
         validation metrics (none under DP; the DP-SGD steps instead) go on the ledger before the
         update itself is sent. Returns the header field that tells the aggregator where the entry is
         (``ledger_seq``: it reads the ledger only when it has not read that far), or nothing."""
         if getattr(self.channel, "ledger_enabled", False):
-            entry = {"round": number, "sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload),
+            entry = {"round": number, "sha256": sha256 or hashlib.sha256(payload).hexdigest(), "size": len(payload),
                      "n_samples": header.get("n_samples"), "train_loss": _json_safe(header.get("train_loss")),
                      "validation": _json_safe(evaluation)}
             if isinstance(header.get("dp"), dict):

@@ -18,6 +18,8 @@ def test_message_round_trip_and_checks():
     frame = encode_message("t", "update", b"\x00\x01payload", round=3, n_samples=5)
     message = decode_message(frame, sender="bob")
     assert (message.kind, message.sender, message.payload, message.get("round")) == ("update", "bob", b"\x00\x01payload", 3)
+    # the digest checked on receipt travels with the message: the ledger check need not hash the bytes again
+    assert message.checked_sha256 == hashlib.sha256(b"\x00\x01payload").hexdigest()
     with pytest.raises(MalformedMessage, match="bad magic"):
         decode_message(b"garbage")
     with pytest.raises(MalformedMessage, match="checksum"):
@@ -52,6 +54,7 @@ def test_read_message_checks_a_stream_as_it_reads_it():
     assert isinstance(checked, CheckedFrame) and type(checked.payload) is bytes and checked.payload == payload
     message = decode_message(checked, sender="bob")
     assert (message.kind, message.sender, message.get("round"), message.payload) == ("update", "bob", 1, payload)
+    assert message.checked_sha256 == hashlib.sha256(payload).hexdigest()
     flipped = bytearray(frame)
     flipped[-1000] ^= 1
     with pytest.raises(MalformedMessage, match="does not match its sha256"):
