@@ -96,6 +96,23 @@ def test_without_the_blob_store_large_messages_travel_in_chunks(platform):
         users["bob"].transport.blob_threshold = 8 * MiB
 
 
+def test_a_large_message_whose_blob_store_cannot_be_reached_goes_through_the_broker_whole(platform):
+    """A grant naming a blob store that does not answer (a replica gone, say): the message is not lost,
+    it goes in chunks through the broker, cut from its payload."""
+    users = platform["users"]
+    transport = users["bob"].transport
+    transport._blob_grants["big"] = (BlobClient("http://127.0.0.1:1", "no-token"), time.monotonic() + 600)
+    try:
+        payload = os.urandom(40 * MiB + 3)
+        sent = users["bob"].participant("big").send("update", payload, round=3)
+        assert "blob" not in sent and sent["size"] > len(payload)  # the frame: header and payload
+        message = users["alice"].aggregator("big").receive(60)
+        assert (message.sender, message.get("round"), message.payload) == ("bob", 3, payload)
+        assert message.checked_sha256 == hashlib.sha256(payload).hexdigest()
+    finally:
+        transport._blob_grants.pop("big", None)
+
+
 def test_blob_store_access_follows_task_membership(platform, tmp_path):
     users = platform["users"]
     bob, carol, mallory = users["bob"].transport, users["carol"].transport, users["mallory"].transport

@@ -41,7 +41,7 @@ class BlobClient:
     def _request(self, method: str, task: str, blob_id: str, body=None, headers=None, query: str = ""):
         connection = self._connection()
         headers = {"Authorization": f"Bearer {self.token}", **(headers or {})}
-        if body is not None:
+        if body is not None and "Content-Length" not in headers:
             headers["Content-Length"] = str(len(body))
         try:
             connection.request(method, f"{self.prefix}/blobs/{task}/{blob_id}{query}", body=body, headers=headers)
@@ -67,15 +67,18 @@ class BlobClient:
         return blob_id
 
     def upload(self, task: str, data, blob_id: str | None = None) -> dict:
-        """Store ``data`` (bytes-like) once; returns {id, size, sha256} as the platform computed them."""
+        """Store ``data`` (bytes-like, or a list of them sent one after the other as one blob: a frame's
+        header and its payload, never joined) once; returns {id, size, sha256} as the platform computed them."""
         blob_id = blob_id or uuid.uuid4().hex
-        connection, response = self._request("PUT", task, blob_id, memoryview(data).cast("B"))
+        parts = [memoryview(part).cast("B") for part in (data if isinstance(data, list) else [data])]
+        size = sum(part.nbytes for part in parts)
+        connection, response = self._request("PUT", task, blob_id, parts, headers={"Content-Length": str(size)})
         try:
             meta = json.loads(response.read())
         finally:
             connection.close()
-        if meta.get("size") != len(data):
-            raise WerkbundError(f"the blob store kept {meta.get('size')} of {len(data)} bytes")
+        if meta.get("size") != size:
+            raise WerkbundError(f"the blob store kept {meta.get('size')} of {size} bytes")
         return meta
 
     def _open_body(self, task: str, blob_id: str, size: int) -> tuple:

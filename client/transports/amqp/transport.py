@@ -38,7 +38,7 @@ import pika
 from werkbund.client.transports.amqp.blobs import BlobClient
 from werkbund.client.transports.amqp.chunks import CHUNK_BYTES, Reassembler, StreamedFrame, split
 from werkbund.client.transports.amqp.session import AmqpSession, ConnectionLost
-from werkbund.client.messages import CheckedFrame, MalformedFrame, MalformedMessage
+from werkbund.client.messages import CheckedFrame, MalformedFrame, MalformedMessage, frame_parts
 from werkbund.client.transports.base import Transport
 from werkbund.platform.amqp import names
 from werkbund.platform.tls import client_context
@@ -233,17 +233,19 @@ class AmqpTransport(Transport):
 
     # ------------------------------------------------------------ messages
     def send_message(self, task, to, kind, payload, header):
-        """A message too large for one chunk and not for the blob store is cut into chunks straight
-        from its payload (``StreamedFrame``), without building its frame first."""
+        """A large message is never built into a frame first: for the blob store, the frame's header
+        and then its payload are uploaded from where they are (``frame_parts``); one too large for one
+        chunk and not for the blob store is cut into chunks straight from its payload (``StreamedFrame``)."""
         view = memoryview(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else None
-        frame = None
-        if (view is not None and view.c_contiguous and view.nbytes >= self.chunk_bytes
-                and not (view.nbytes > self.blob_threshold and self.blob_client(task) is not None)):
-            try:
-                frame = StreamedFrame(task, kind, payload, header, self.chunk_bytes)
-            except ValueError:  # a header as large as a chunk (tiny chunks): the frame is built and split
-                pass
-        if frame is None:  # one message, the claim-check path, or an odd payload: the whole frame
+        if view is None or not view.c_contiguous or view.nbytes < self.chunk_bytes:
+            return super().send_message(task, to, kind, payload, header)  # one message, or an odd payload
+        if view.nbytes > self.blob_threshold and self.blob_client(task) is not None:
+            sent = self._send_blob(task, to, list(frame_parts(task, kind, view, **header)))
+            if sent is not None:
+                return sent
+        try:
+            frame = StreamedFrame(task, kind, payload, header, self.chunk_bytes)
+        except ValueError:  # a header as large as a chunk (tiny chunks): the frame is built and split
             return super().send_message(task, to, kind, payload, header)
         self._publish_chunks(task, to, frame.chunks)
         return {"delivered_to": to, "size": frame.size}
@@ -316,28 +318,36 @@ class AmqpTransport(Transport):
                          f"{more}; send again once {reader} has read some")
 
     def send(self, task, to, body):
-        session, exchange, key = self._session(), names.task_exchange(task), names.routing_key(to)
-        blobs = self.blob_client(task) if len(body) > self.blob_threshold else None
-        if blobs is not None:
-            try:
-                blob_id = blobs.announce(task, len(body))
-            except Unavailable as exc:
-                log.warning("%s; sending the message through the broker instead", exc)
-                self._blob_grants.pop(task, None)  # the next one asks again (another replica may answer)
-            else:  # the reference first: the receiver streams the blob while it is uploaded
-                headers = {"wb-blob": blob_id, "wb-size": len(body), "wb-blob-readers": "all" if to == "all" else "one"}
-                properties = pika.BasicProperties(user_id=self.broker_account,
-                                                  delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
-                try:
-                    retrying(lambda: session.publish(exchange, key, b"", properties))
-                except InboxFull:
-                    _quietly(blobs.delete, task, blob_id)
-                    raise self._inbox_full(task, to) from None
-                ref = blobs.upload(task, body, blob_id)
-                return {"delivered_to": to, "size": len(body), "blob": ref["id"], "sha256": ref["sha256"]}
-
+        if len(body) > self.blob_threshold and self.blob_client(task) is not None:
+            sent = self._send_blob(task, to, [body])
+            if sent is not None:
+                return sent
         self._publish_chunks(task, to, lambda transfer: split(body, self.chunk_bytes, transfer))
         return {"delivered_to": to, "size": len(body)}
+
+    def _send_blob(self, task: str, to: str, parts: list) -> dict | None:
+        """The claim-check path: the frame (``parts``, bytes-likes in order) goes to the blob store and a
+        reference through the broker; None where the blob store cannot be reached (send by the broker)."""
+        session, exchange, key = self._session(), names.task_exchange(task), names.routing_key(to)
+        blobs = self.blob_client(task)
+        size = sum(memoryview(part).nbytes for part in parts)
+        try:
+            blob_id = blobs.announce(task, size)
+        except Unavailable as exc:
+            log.warning("%s; sending the message through the broker instead", exc)
+            self._blob_grants.pop(task, None)  # the next one asks again (another replica may answer)
+            return None
+        # the reference first: the receiver streams the blob while it is uploaded
+        headers = {"wb-blob": blob_id, "wb-size": size, "wb-blob-readers": "all" if to == "all" else "one"}
+        properties = pika.BasicProperties(user_id=self.broker_account,
+                                          delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
+        try:
+            retrying(lambda: session.publish(exchange, key, b"", properties))
+        except InboxFull:
+            _quietly(blobs.delete, task, blob_id)
+            raise self._inbox_full(task, to) from None
+        ref = blobs.upload(task, parts, blob_id)
+        return {"delivered_to": to, "size": size, "blob": ref["id"], "sha256": ref["sha256"]}
 
     def _queue_of(self, task: str) -> str:
         if task not in self._queues:
