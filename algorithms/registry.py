@@ -78,6 +78,9 @@ class Algorithm:
             raise ValueError(f"algorithm {self.name!r} declares generic field(s) {', '.join(clash)}")
         if not self.privacy_modes or not self.privacy_modes <= set(POM_NAMES) or 1 not in self.privacy_modes:
             raise ValueError(f"algorithm {self.name!r}: privacy_modes must include 1 and be among 1, 2, 3")
+        if self.privacy_modes - {1} and getattr(self.aggregator, "reuses_global_arrays", False):
+            raise ValueError(f"algorithm {self.name!r} reuses its global arrays during a round, so it runs under POM 1 "
+                             "only: POM 2 and 3 keep the round's arrays while the updates come in")
         if self.privacy_modes - {1} and not getattr(self.aggregator, "weighted_mean_update", False):
             raise ValueError(f"algorithm {self.name!r} declares POM {', '.join(map(str, sorted(self.privacy_modes)))}, "
                              "but POM 2 and 3 need an update that is a weighted sum of arrays: an aggregator with "

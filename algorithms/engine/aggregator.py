@@ -57,6 +57,11 @@ class RoundAggregator:
     """Template for the aggregator of a round-based federated algorithm."""
 
     weighted_mean_update = False  # True: the update is arrays and a sample count, combined from their mean
+    # True: once a round's updates come in (``accept_update``), the algorithm may overwrite the arrays
+    # ``global_weights`` returned (to use their memory for its running sum, say); the engine then keeps
+    # the round's broadcast in a temporary file for a restarted participant instead of making it again
+    # from them. POM 1 only: the layers of POM 2 and 3 keep the round's arrays (registry.Algorithm checks).
+    reuses_global_arrays = False
     dp = None  # the DP budget (privacy/dp/budget.py) of a task with "dp", made by the algorithm's DP-SGD setup
 
     def __init__(self, channel, holdout=None, progress: Progress | None = None,
@@ -333,14 +338,18 @@ class RoundAggregator:
         self.begin_round(number)
         weights = self.global_weights() if self.weighted_mean_update else None
         payload, header = self.global_payload()
-        held = Broadcast(payload, (lambda: self.global_payload()[0]) if self.weighted_mean_update else None)
+        held = Broadcast(payload, spool=True) if self.reuses_global_arrays else \
+            Broadcast(payload, (lambda: self.global_payload()[0]) if self.weighted_mean_update else None)
         del payload
         self._publish("round_started", {"round": number, "global_sha256": held.sha256})
         # the stack may add header fields (POM 2: the key set-up and shares riding on the broadcast)
         header = {**header, **self.aggregation.begin_round(number, weights)}
         del weights  # (the stack keeps what it needs of them)
-        collected = self.exchange("round", held, expect="update", number=number,
-                                  handler=self._checked_accept(number), **header)
+        try:
+            collected = self.exchange("round", held, expect="update", number=number,
+                                      handler=self._checked_accept(number), **header)
+        finally:
+            held.close()
         self.aggregation.end_round(number, collected)  # POM 2/3: unmask or decrypt, accept_update gets the mean
         self._complete_pending(collected.headers)
         self.aggregate(number)

@@ -5,16 +5,21 @@ broadcast bytes while the updates come in when it can make them again (``Broadca
 participant keeps a large last update on disk only. Both are thresholds in bytes; the tests set them
 to 0 so that a small model takes the large model's path.
 """
+import threading
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from werkbund.algorithms.arrays import encode_weights
+from werkbund.algorithms.arrays import decode_weights, encode_weights
+from werkbund.algorithms.data.loading import load_dataset
 from werkbund.algorithms.engine import participant as participant_module
-from werkbund.algorithms.engine.aggregator import TaskFailure
+from werkbund.algorithms.engine.aggregator import RoundAggregator, TaskFailure
 from werkbund.algorithms.engine.broadcast import Broadcast
 from werkbund.algorithms.engine.participant import RoundParticipant
+from werkbund.algorithms.registry import Algorithm
+from werkbund.client.api import register
+from werkbund.client.transports.inproc import InProcPlatform
 
 
 def test_a_sent_broadcast_that_can_be_made_again_is_not_held_and_comes_back_the_same(monkeypatch):
@@ -69,3 +74,112 @@ def test_a_large_last_update_whose_file_was_damaged_is_not_sent(tmp_path, monkey
     with pytest.raises(RuntimeError, match="cannot be read back; it cannot be sent again"):
         part._send_again(SimpleNamespace(kind="round", header={"round": 1}, get=lambda k, d=None: d), 1)
     assert part.channel.send == []
+
+
+class _ReusingAggregator(RoundAggregator):
+    """Like bench/big_model: the running sum takes the global vector's memory at the round's first update."""
+
+    weighted_mean_update = True
+    reuses_global_arrays = True
+
+    def setup(self):
+        self.weights, self.overwritten = [np.arange(1000, dtype=np.float32)], threading.Event()
+
+    def global_weights(self):
+        return self.weights
+
+    def begin_round(self, number):
+        self.sum, self.total = None, 0
+
+    def accept_update(self, update):
+        (w,), n = update.weights, update.n_samples
+        if self.sum is None:
+            (self.sum,), self.weights = self.weights, None
+            np.multiply(w, np.float32(n), out=self.sum)
+            self.overwritten.set()
+        else:
+            self.sum += np.float32(n) * w
+        self.total += n
+
+    def aggregate(self, number):
+        self.weights, self.sum = [self.sum / np.float32(self.total)], None
+
+    def final_model(self):
+        return encode_weights(self.weights), {}
+
+
+def _scripted_participant(handle, step, seen, before_update=None):
+    """Answers every round with the global vector plus ``step``; ``seen``: the round broadcasts it got.
+    ``before_update(handle)`` runs once, before its first update (a restart, say)."""
+    while True:
+        message = handle.receive(timeout=30)
+        if message is None or message.kind == "failed":
+            return
+        if message.kind == "final":
+            handle.send("final_eval", round=message.get("round"), eval={})
+            return
+        if message.kind != "round":
+            continue
+        seen.append(message.payload)
+        if before_update is not None:
+            before, before_update = before_update, None
+            before(handle)
+            continue  # the request comes again after the resync
+        (w,) = decode_weights(message.payload)
+        handle.send("update", encode_weights([w + np.float32(step)]), round=message.get("round"), n_samples=1)
+
+
+def test_an_algorithm_that_reuses_its_global_arrays_sends_a_restarted_participant_the_broadcast_as_sent(monkeypatch):
+    """The sum overwrote the global vector before carol (restarted) asked again: she still gets the round's
+    broadcast byte for byte, from the engine's temporary file, and the round's mean is right."""
+    monkeypatch.setattr(Broadcast, "RELEASE_FROM", 0)  # the large model's path, for a small one
+    platform = InProcPlatform()
+    users = {name: register(name, f"{name}-password", name, platform="inproc", inproc=platform)
+             for name in ("alice", "bob", "carol")}
+    users["alice"].create_task("t", {"quorum": 2, "rounds": 1, "round_timeout": 30, "min_updates": 2})
+    data = load_dataset("builtin:digits")
+    for name in ("bob", "carol"):
+        users[name].join_task("t", data.shard(1, 2).schema())
+    aggregator = _ReusingAggregator(users["alice"].aggregator("t"))
+
+    def restart(handle):  # asks again only once bob's update went into the sum (the global is gone)
+        assert aggregator.overwritten.wait(timeout=30)
+        handle.send("resync", round=0)
+
+    seen = {"bob": [], "carol": []}
+    threads = [threading.Thread(target=_scripted_participant, args=(users["bob"].participant("t"), 1.0, seen["bob"]),
+                                daemon=True),
+               threading.Thread(target=_scripted_participant, args=(users["carol"].participant("t"), 3.0,
+                                                                   seen["carol"], restart), daemon=True)]
+    for thread in threads:
+        thread.start()
+    result = aggregator.run()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert result["task"]["status"] == "COMPLETE"
+    sent = encode_weights([np.arange(1000, dtype=np.float32)])
+    assert seen["carol"][:2] == [sent, sent] and seen["bob"][0] == sent
+    assert np.array_equal(aggregator.weights[0], np.arange(1000, dtype=np.float32) + 2.0)  # mean of +1 and +3
+
+
+def test_a_broadcast_kept_on_disk_comes_back_byte_for_byte_and_a_damaged_one_is_not_sent(monkeypatch):
+    monkeypatch.setattr(Broadcast, "RELEASE_FROM", 0)
+    payload = encode_weights([np.linspace(0, 1, 64, dtype=np.float32)])
+    held = Broadcast(payload, spool=True)
+    held.sent()
+    assert held._payload is None and held.payload() == payload
+    held._file.seek(10)
+    held._file.write(b"\x00")  # the disk changed it
+    with pytest.raises(TaskFailure, match="changed on disk"):
+        held.payload()
+    held.close()
+    small = Broadcast(encode_weights([np.zeros(3)]), spool=True)
+    monkeypatch.setattr(Broadcast, "RELEASE_FROM", 1 << 20)
+    small.sent()  # below RELEASE_FROM: stays in memory, no file
+    assert small._file is None and small.payload() == encode_weights([np.zeros(3)])
+
+
+def test_an_algorithm_that_reuses_its_global_arrays_cannot_declare_pom_2_or_3():
+    with pytest.raises(ValueError, match="POM 1 only"):
+        Algorithm(name="reusing", aggregator=_ReusingAggregator, participant=RoundParticipant,
+                  description="", privacy_modes=frozenset({1, 2}))

@@ -5,9 +5,11 @@ The work is nothing next to moving the model, so a round's time and memory are t
 broadcast, the updates, their checks and the weighted mean. It is a plug-in (an entry point in
 ``werkbund.algorithms``), installed the way a third-party algorithm is, not a built-in.
 
-The aggregator holds the global vector and one running sum, both float32, and adds each update into
-the sum in slices, so what it allocates itself is twice the model; anything above that in its peak
-memory is the engine's and the transport's. To show where that memory is, every round record carries
+The aggregator holds one float32 vector: the global model, and, once the round's broadcast went
+out, the running sum in the same memory (``reuses_global_arrays``: the engine keeps the broadcast in
+a temporary file for a participant that asks for it again). It adds each update into the sum in
+slices, so what it allocates itself is the model once; anything above that in its peak memory is
+the engine's and the transport's (the update being added, as received). To show where that memory is, every round record carries
 (``round_metrics``) the resident memory of the aggregator when the round begins and as each update
 is handed to it, and of each participant as ``train`` is called and after its step (Linux: VmRSS).
 """
@@ -38,6 +40,7 @@ def rss_mib() -> float | None:
 
 class BigModelAggregator(RoundAggregator):
     weighted_mean_update = True
+    reuses_global_arrays = True  # the sum takes the global vector's memory once the round's updates come in
 
     def setup(self):
         self.weights = [np.zeros(self.definition["floats"], np.float32)]
@@ -47,14 +50,21 @@ class BigModelAggregator(RoundAggregator):
 
     def begin_round(self, number):
         self.memory = {"aggregator_at_begin_round": rss_mib(), "aggregator_at_accept_update": [], "participants": []}
-        self.sum, self.total = np.zeros(self.definition["floats"], np.float32), 0
+        self.sum, self.total = None, 0
 
     def accept_update(self, update):
         self.memory["aggregator_at_accept_update"].append(rss_mib())
         self.memory["participants"].append(update.get("memory"))
         (w,), n = update.weights, update.n_samples
+        first = self.sum is None
+        if first:  # the broadcast went out: the global vector's memory becomes the running sum
+            (self.sum,), self.weights = self.weights, None
         for start in range(0, w.size, SLICE):
-            self.sum[start:start + SLICE] += np.float32(n) * w[start:start + SLICE]
+            part = slice(start, start + SLICE)
+            if first:
+                np.multiply(w[part], np.float32(n), out=self.sum[part])
+            else:
+                self.sum[part] += np.float32(n) * w[part]
         self.total += n
 
     def aggregate(self, number):
