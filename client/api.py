@@ -239,11 +239,12 @@ class AggregatorHandle(_TaskHandle):
         self._info = self.transport.call("start_task", task=self.task)
         return self._info
 
-    def broadcast(self, kind: str, payload: bytes = b"", **header) -> dict:
-        return self.transport.send_message(self.task, "all", kind, payload, header)
+    def broadcast(self, kind: str, payload: bytes = b"", *, payload_sha256: str | None = None, **header) -> dict:
+        """A message to every participant; ``payload_sha256``: the payload's, where the caller has it."""
+        return self.transport.send_message(self.task, "all", kind, payload, header, payload_sha256)
 
-    def send(self, to: str, kind: str, payload: bytes = b"", **header) -> dict:
-        return self.transport.send_message(self.task, to, kind, payload, header)
+    def send(self, to: str, kind: str, payload: bytes = b"", *, payload_sha256: str | None = None, **header) -> dict:
+        return self.transport.send_message(self.task, to, kind, payload, header, payload_sha256)
 
     def record_round(self, number: int, reported=(), rejected=None, missing=(), metrics=None) -> dict:
         return self.transport.call("record_round", task=self.task, number=number, reported=list(reported),
@@ -273,8 +274,9 @@ class ParticipantHandle(_TaskHandle):
         if self._info.get("role") != "participant":
             raise InvalidInput(f"you have not joined task {task!r}; run `werkbund join` first")
 
-    def send(self, kind: str, payload: bytes = b"", **header) -> dict:
-        return self.transport.send_message(self.task, "aggregator", kind, payload, header)
+    def send(self, kind: str, payload: bytes = b"", *, payload_sha256: str | None = None, **header) -> dict:
+        """A message to the aggregator; ``payload_sha256``: the payload's, where the caller has it."""
+        return self.transport.send_message(self.task, "aggregator", kind, payload, header, payload_sha256)
 
     @property
     def state_dir(self) -> Path | None:

@@ -78,19 +78,23 @@ def _byte_view(payload) -> memoryview:
     return memoryview(payload).cast("B")
 
 
-def frame_parts(task: str, kind: str, payload: bytes = b"", **header) -> tuple[bytes, memoryview]:
+def frame_parts(task: str, kind: str, payload: bytes = b"", *, payload_sha256: str | None = None,
+                **header) -> tuple[bytes, memoryview]:
     """The frame ``encode_message`` builds, as its two parts and without copying the payload: (magic,
     header length and header, as bytes; the payload as a byte view). For a transport that streams a
-    large message from its payload."""
+    large message from its payload. ``payload_sha256``: the payload's, where the sender has it already
+    (a GiB is not hashed twice); the receiver checks it as any other."""
     source = _byte_view(payload)
-    head = header_bytes(dict(header, kind=kind, task=task, size=len(source), sha256=hashlib.sha256(source).hexdigest()))
+    sha256 = payload_sha256 or hashlib.sha256(source).hexdigest()
+    head = header_bytes(dict(header, kind=kind, task=task, size=len(source), sha256=sha256))
     return MAGIC + struct.pack(">I", len(head)) + head, source
 
 
-def encode_message(task: str, kind: str, payload: bytes = b"", **header) -> bytes:
+def encode_message(task: str, kind: str, payload: bytes = b"", *, payload_sha256: str | None = None,
+                   **header) -> bytes:
     source = _byte_view(payload)
-    if len(source) < HASH_BESIDE:
-        prefix, source = frame_parts(task, kind, source, **header)
+    if len(source) < HASH_BESIDE or payload_sha256:
+        prefix, source = frame_parts(task, kind, source, payload_sha256=payload_sha256, **header)
         return b"".join([prefix, source])
     # a sha256 has 64 hex digits: the header's length is known before the hash, so the payload is
     # copied into the frame while a second thread hashes it

@@ -245,12 +245,12 @@ class RoundAggregator:
         held = payload if isinstance(payload, Broadcast) else Broadcast(payload)
         del payload
         if among is None:
-            self.channel.broadcast(kind, held.payload(), round=number, **header)
+            self.channel.broadcast(kind, held.payload(), round=number, **held.known_sha256, **header)
             waiting = set(self.active)
         else:
             waiting = {p for p in among if p in self.active}
             for participant in sorted(waiting):
-                self.channel.send(participant, kind, held.payload(), round=number, **header)
+                self.channel.send(participant, kind, held.payload(), round=number, **held.known_sha256, **header)
         held.sent()
         collected = Collected()
         leaving: set[str] = set()
@@ -330,7 +330,7 @@ class RoundAggregator:
         if self._setup is not None:
             self.channel.send(sender, "setup", self._setup[0], round=-1, **self._setup[1])
         if owes:
-            self.channel.send(sender, kind, held.payload(), round=number, **header)
+            self.channel.send(sender, kind, held.payload(), round=number, **held.known_sha256, **header)
 
     # ----------------------------------------------------------- internals
     def _run_round(self, number: int) -> None:

@@ -55,6 +55,11 @@ class Broadcast:
             self._sha256 = sha256_hex(self._payload)
         return self._sha256
 
+    @property
+    def known_sha256(self) -> dict:
+        """``payload_sha256=`` for the channel where the digest was computed already (the frame is not hashed again)."""
+        return {"payload_sha256": self._sha256} if self._sha256 else {}
+
     def payload(self) -> bytes:
         if self._payload is not None:
             return self._payload

@@ -166,7 +166,8 @@ class RoundParticipant:
                     digest = hashlib.sha256(payload).hexdigest() if getattr(self.channel, "ledger_enabled", False) else None
                     self._keep_update(number, payload, {"eval": evaluation, **header}, digest)
                     hint = self._publish_metadata(number, payload, header, evaluation, digest)
-                    self.channel.send("update", payload, round=number, eval=evaluation, **header, **hint)
+                    self.channel.send("update", payload, round=number, eval=evaluation, **header, **hint,
+                                      **({"payload_sha256": digest} if digest else {}))
                     self.progress.message(f"round {number + 1}: update sent ({len(payload)} bytes)")
                     payload = None  # kept by _keep_update where it is needed again, not by this loop
                     self._audit_ledger()

@@ -31,9 +31,11 @@ class Transport(ABC):
     def send(self, task: str, to: str, body: bytes) -> dict:
         """Deliver a message frame to 'aggregator', 'all' or one participant."""
 
-    def send_message(self, task: str, to: str, kind: str, payload: bytes, header: dict) -> dict:
-        """Frame a task message and send it; a transport may stream a large one without the frame."""
-        return self.send(task, to, encode_message(task, kind, payload, **header))
+    def send_message(self, task: str, to: str, kind: str, payload: bytes, header: dict,
+                     payload_sha256: str | None = None) -> dict:
+        """Frame a task message and send it; a transport may stream a large one without the frame.
+        ``payload_sha256``: the payload's, where the caller has it (not hashed again)."""
+        return self.send(task, to, encode_message(task, kind, payload, payload_sha256=payload_sha256, **header))
 
     @abstractmethod
     def receive(self, task: str, timeout: float) -> tuple[str, bytes] | None:

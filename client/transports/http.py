@@ -167,12 +167,13 @@ class HttpTransport(Transport):
             return self._json(self._request("POST", f"/tasks/{task}/messages", params={"to": to}, data=data,
                                             headers=headers, timeout=600))
 
-    def send_message(self, task, to, kind, payload, header):
+    def send_message(self, task, to, kind, payload, header, payload_sha256=None):
         """A large message goes out as its frame's header and then its payload, read from where the
         payload is (``frame_parts``), never copied into a frame first."""
         if len(payload) < STREAM_FROM:
-            return super().send_message(task, to, kind, payload, header)
-        return self.send(task, to, _FrameBody(*frame_parts(task, kind, payload, **header)))
+            return super().send_message(task, to, kind, payload, header, payload_sha256)
+        return self.send(task, to, _FrameBody(*frame_parts(task, kind, payload, payload_sha256=payload_sha256,
+                                                           **header)))
 
     def receive(self, task, timeout):
         """The next message as (sender, frame), or None after ``timeout`` s. The frame is read from the

@@ -10,8 +10,8 @@ import pytest
 
 from werkbund.algorithms.arrays import UpdateRejected, decode_weights, encode_weights, signature
 from werkbund.algorithms.moments import feature_moments, merge_moments
-from werkbund.client.messages import (CheckedFrame, MalformedMessage, decode_message, encode_message, read_hashed,
-                                      read_message)
+from werkbund.client.messages import (CheckedFrame, MalformedMessage, decode_message, encode_message, frame_parts,
+                                      read_hashed, read_message)
 
 
 def test_message_round_trip_and_checks():
@@ -39,6 +39,20 @@ def test_a_large_frame_is_the_plain_layout_built_in_place():
     assert decode_message(frame, "bob").payload == payload
     with pytest.raises(MalformedMessage, match="checksum"):
         decode_message(frame[:-1] + bytes([frame[-1] ^ 1]))
+
+
+def test_a_sender_that_has_its_payloads_sha256_is_not_made_to_hash_it_again_and_a_wrong_one_is_refused():
+    for payload in (b"small", os.urandom(4 * 1024 * 1024 + 1)):
+        digest = hashlib.sha256(payload).hexdigest()
+        frame = encode_message("t", "update", payload, round=2)
+        assert encode_message("t", "update", payload, payload_sha256=digest, round=2) == frame
+        prefix, view = frame_parts("t", "update", payload, payload_sha256=digest, round=2)
+        assert prefix + bytes(view) == frame
+        wrong = encode_message("t", "update", payload, payload_sha256="0" * 64, round=2)
+        with pytest.raises(MalformedMessage, match="checksum"):  # the receiver trusts no sender's digest
+            decode_message(wrong)
+        with pytest.raises(MalformedMessage, match="does not match its sha256"):
+            read_message(trickle(wrong, 1 << 20), len(wrong))
 
 
 def trickle(data: bytes, most: int):

@@ -232,21 +232,22 @@ class AmqpTransport(Transport):
             self.token = self.account = None
 
     # ------------------------------------------------------------ messages
-    def send_message(self, task, to, kind, payload, header):
+    def send_message(self, task, to, kind, payload, header, payload_sha256=None):
         """A large message is never built into a frame first: for the blob store, the frame's header
         and then its payload are uploaded from where they are (``frame_parts``); one too large for one
         chunk and not for the blob store is cut into chunks straight from its payload (``StreamedFrame``)."""
         view = memoryview(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else None
         if view is None or not view.c_contiguous or view.nbytes < self.chunk_bytes:
-            return super().send_message(task, to, kind, payload, header)  # one message, or an odd payload
+            return super().send_message(task, to, kind, payload, header, payload_sha256)  # one message, or odd
         if view.nbytes > self.blob_threshold and self.blob_client(task) is not None:
-            sent = self._send_blob(task, to, list(frame_parts(task, kind, view, **header)))
+            sent = self._send_blob(task, to, list(frame_parts(task, kind, view, payload_sha256=payload_sha256,
+                                                              **header)))
             if sent is not None:
                 return sent
         try:
             frame = StreamedFrame(task, kind, payload, header, self.chunk_bytes)
         except ValueError:  # a header as large as a chunk (tiny chunks): the frame is built and split
-            return super().send_message(task, to, kind, payload, header)
+            return super().send_message(task, to, kind, payload, header, payload_sha256)
         self._publish_chunks(task, to, frame.chunks)
         return {"delivered_to": to, "size": frame.size}
 
