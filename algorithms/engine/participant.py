@@ -160,6 +160,8 @@ class RoundParticipant:
                 elif message.kind == "round":
                     evaluation = self._released(number, self.evaluate_global(message))
                     update, header = self.train(message)
+                    if not self.encoding.reads_round_model:  # at a GiB: the round's model is not held beside
+                        self._received, message.payload = None, b""  # the update and its bytes from here on
                     payload, header = self.encoding.encode(message, update, header)  # the bytes on the wire
                     update = None  # (at a GiB: the arrays are not held beside their bytes from here on)
                     # hashed once where the ledger needs it too: for the entry and for state_dir

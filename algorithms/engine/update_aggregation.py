@@ -163,6 +163,7 @@ class UpdateEncoding:
 
     privacy_mode = 1
     kinds: frozenset = frozenset()  # message kinds handed to ``handle``
+    reads_round_model = True  # ``encode`` reads the round's global model from its message (POM 2 and 3)
 
     def __init__(self, participant):
         self.part = participant
@@ -185,6 +186,8 @@ class UpdateEncoding:
 
 class PlainEncoding(UpdateEncoding):
     """POM 1: the arrays as safetensors (an algorithm that made its own payload bytes sends them as they are)."""
+
+    reads_round_model = False
 
     def encode(self, message, update, header):
         payload = bytes(update) if isinstance(update, (bytes, bytearray, memoryview)) else encode_weights(update)

@@ -19,6 +19,7 @@ from werkbund.algorithms.engine.broadcast import Broadcast
 from werkbund.algorithms.engine.participant import RoundParticipant
 from werkbund.algorithms.registry import Algorithm
 from werkbund.client.api import register
+from werkbund.client.messages import TaskMessage
 from werkbund.client.transports.inproc import InProcPlatform
 
 
@@ -183,3 +184,38 @@ def test_an_algorithm_that_reuses_its_global_arrays_cannot_declare_pom_2_or_3():
     with pytest.raises(ValueError, match="POM 1 only"):
         Algorithm(name="reusing", aggregator=_ReusingAggregator, participant=RoundParticipant,
                   description="", privacy_modes=frozenset({1, 2}))
+
+
+class _StepParticipant(RoundParticipant):
+    def train(self, message):
+        (w,) = self.global_weights(message)
+        return [w + np.float32(1)], {"n_samples": 3}
+
+    def evaluate_global(self, message):
+        return {}
+
+    def keep_final(self, message):
+        return {"eval": {}}
+
+
+def test_a_participant_does_not_hold_the_rounds_model_beside_its_update_and_their_bytes():
+    """At a GiB every copy counts: once ``train`` returned, a plain (POM 1) participant lets go of the
+    round's model, so what it holds while the update is encoded is the update and its bytes."""
+    import tracemalloc
+
+    size = 32 * 1024 * 1024
+    channel = SimpleNamespace(definition={"rounds": 1}, task="t", name="bob", state_dir=None,
+                              ledger_enabled=False, send=_Sent())
+    tracemalloc.start()
+    try:
+        script = [TaskMessage("round", {"round": 0}, encode_weights([np.zeros(size // 4, np.float32)]), "alice"),
+                  TaskMessage("final", {"round": 1}, b"", "alice")]
+        channel.receive = lambda timeout: script.pop(0)
+        tracemalloc.reset_peak()
+        RoundParticipant.run(_StepParticipant(channel, train=None, test=None))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    (kind, payload, header), _ = channel.send
+    assert kind == "update" and decode_weights(payload)[0][0] == 1.0 and header["n_samples"] == 3
+    assert peak < 2.5 * size, f"{peak / size:.2f} models held at once"  # 3 when the round's model stayed
