@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Integer, String, Text, UniqueConstraint
+from sqlalchemy import Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -32,7 +32,9 @@ KEY_ENV = "WERKBUND_LEDGER_KEY"
 
 class LedgerEntry(Base):
     __tablename__ = "ledger_entries"
-    __table_args__ = (UniqueConstraint("task", "seq"),)
+    # (task, signature): an append looks for its statement sent before (a retry whose answer was lost)
+    # without reading the task's whole log (revision 0005)
+    __table_args__ = (UniqueConstraint("task", "seq"), Index("ix_ledger_entries_task_signature", "task", "signature"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task: Mapped[str] = mapped_column(String(64), index=True)

@@ -165,6 +165,36 @@ def test_a_replayed_statement_is_flagged_by_verify_and_never_appended_twice(plat
             in str(report.check("statements unique").problems[0]))
 
 
+def test_an_append_looks_for_its_statement_by_index_not_by_reading_the_log(platform):
+    """Every append first looks whether its statement is there already (a retry whose answer was lost).
+    That lookup goes by the (task, signature) index (revision 0005), so an append does not cost more with
+    every entry the task's log holds (it read them all: 5.6 ms an append at 10,000 entries)."""
+    from sqlalchemy import event
+
+    service = _task(platform, "indexed")
+    if service.db.engine.dialect.name != "sqlite":
+        pytest.skip("the query plan is read from SQLite; PostgreSQL's planner scans a table this small")
+    key = platform.keys["bob"]
+    bob = Direct(service, "bob")
+    seen = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if "FROM ledger_entries" in statement and "signature =" in statement:
+            seen.append((statement, parameters))
+
+    event.listen(service.db.engine, "before_cursor_execute", record)
+    try:
+        statement = E.make_statement("indexed", "update_submitted", "bob", {"round": 0})
+        bob.call("ledger_append", task="indexed", statement=statement,
+                 signature=E.encode_signature(E.sign_statement(statement, key)))
+    finally:
+        event.remove(service.db.engine, "before_cursor_execute", record)
+    assert len(seen) == 1
+    with service.db.engine.connect() as conn:
+        plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + seen[0][0], seen[0][1]))
+    assert "ix_ledger_entries_task_signature" in plan, plan
+
+
 def test_a_forged_answer_to_an_append_is_refused(platform):
     """The member believes the answer only when the platform key signed a promise for its very
     statement at the seq given."""
