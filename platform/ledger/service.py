@@ -264,15 +264,21 @@ class LedgerService(IdentityKeys):
         """The checkpoint row of ``size`` (default: the log's size), signing it first when the log
         holds that many entries and no head of that size was signed yet (a row another process
         signed at the same moment is taken instead: the (task, size) constraint keeps one); the
-        task's tree, and how many entries are stored."""
-        tree, stored = self.trees.tree(s, task)
+        task's tree, and how many entries are stored.
+
+        The head is read before the entries: each statement reads what was committed when it ran (SQLite
+        outside a write, PostgreSQL's read committed), and the entries a head covers were committed before
+        it. Read the other way round, a head signed between the two reads looked larger than the log, and a
+        member's audit reported the platform's promise broken when nothing was."""
         query = select(LedgerCheckpoint).where(LedgerCheckpoint.task == task)
         if size is None:  # the latest head; one larger than the log (shrunk behind the platform's back) shows it
             row = s.scalar(query.order_by(LedgerCheckpoint.size.desc()).limit(1))
+            tree, stored = self.trees.tree(s, task)
             if row is not None and row.size >= stored:
                 return row, tree, stored
         else:
             row = s.scalar(query.where(LedgerCheckpoint.size == size))
+            tree, stored = self.trees.tree(s, task)
             if row is not None:
                 return row, tree, stored
         want = stored if size is None else size
@@ -375,9 +381,11 @@ class LedgerService(IdentityKeys):
         return {"platform_key": self.public_key, "keys": keys}
 
     def bundle(self, caller: str, task: str) -> dict:
-        """Everything needed to verify the log offline."""
-        return {"task": task, "entries": self.entries(caller, task), **self.keys(caller, task),
-                "latest": self.checkpoint(caller, task)}
+        """Everything needed to verify the log offline. The head first: every entry it covers was
+        committed before it, so the entries read next hold them all (read the other way round, a head
+        signed in between covered entries the bundle did not have, and verification failed)."""
+        latest = self.checkpoint(caller, task)
+        return {"task": task, "entries": self.entries(caller, task), **self.keys(caller, task), "latest": latest}
 
     def drop(self, task: str, s=None) -> None:
         """Forget a deleted task's log (its name may be reused), in the caller's transaction ``s``

@@ -195,6 +195,49 @@ def test_an_append_looks_for_its_statement_by_index_not_by_reading_the_log(platf
     assert "ix_ledger_entries_task_signature" in plan, plan
 
 
+def test_a_head_signed_while_an_audit_reads_the_log_is_no_broken_promise(platform):
+    """Two reads make an audit's answer: the latest signed head and the stored entries. Between them,
+    another member appends and has a larger head signed (100 participants on one platform do this all the
+    time). bob's audit still proves his entry: a head newer than the entries read made his promise look
+    broken ("checkpoint 193 does not include it") though nothing was dropped."""
+    from sqlalchemy import event
+
+    service = _task(platform, "meanwhile")
+    bob, carol = _member(platform, "bob", "meanwhile", 0), _member(platform, "carol", "meanwhile", 0)
+    bob.publish_entry("update_submitted", {"round": 0, "sha256": "ab" * 32, "n_samples": 1})
+    bob.publish_entry("update_submitted", {"round": 1, "sha256": "cd" * 32, "n_samples": 1})
+    service.ledger.checkpoint("alice", "meanwhile")  # a head, of the log as it is
+    engine, injected = service.db.engine, []
+
+    def meanwhile(conn, cursor, statement, parameters, context, executemany):
+        """Once, after the audit's first read of the stored entries: carol appends, and a head of the
+        grown log is signed and committed, by other connections."""
+        if injected or "FROM ledger_entries" not in statement:
+            return
+        injected.append(statement)
+        carol.publish_entry("update_submitted", {"round": 1, "sha256": "ef" * 32, "n_samples": 1})
+        service.ledger.checkpoint("carol", "meanwhile")
+
+    event.listen(engine, "after_cursor_execute", meanwhile)
+    try:
+        checked = bob.audit_ledger()  # its first: no cosignature to store; "a broken promise" before the fix
+    finally:
+        event.remove(engine, "after_cursor_execute", meanwhile)
+    assert injected and checked["own_entries"] == 2
+    assert bob.audit_ledger()["size"] == service.ledger.head("bob", "meanwhile")["size"]  # and it goes on
+
+    injected.clear()  # the same for the bundle a member verifies offline (`werkbund ledger verify`)
+    event.listen(engine, "after_cursor_execute", meanwhile)
+    try:
+        bundle = service.ledger.bundle("bob", "meanwhile")
+    finally:
+        event.remove(engine, "after_cursor_execute", meanwhile)
+    latest = bundle["latest"]
+    report = verify_log([(i["entry"], i["signature"]) for i in bundle["entries"]], bundle["keys"],
+                        latest["checkpoint"], latest["signature"], bundle["platform_key"])
+    assert injected and report.ok, str(report)
+
+
 def test_a_forged_answer_to_an_append_is_refused(platform):
     """The member believes the answer only when the platform key signed a promise for its very
     statement at the seq given."""
