@@ -101,7 +101,7 @@ def test_a_large_message_whose_blob_store_cannot_be_reached_goes_through_the_bro
     it goes in chunks through the broker, cut from its payload."""
     users = platform["users"]
     transport = users["bob"].transport
-    transport._blob_grants["big"] = (BlobClient("http://127.0.0.1:1", "no-token"), time.monotonic() + 600)
+    transport.blobs._grants["big"] = (BlobClient("http://127.0.0.1:1", "no-token"), time.monotonic() + 600)
     try:
         payload = os.urandom(40 * MiB + 3)
         sent = users["bob"].participant("big").send("update", payload, round=3)
@@ -110,7 +110,7 @@ def test_a_large_message_whose_blob_store_cannot_be_reached_goes_through_the_bro
         assert (message.sender, message.get("round"), message.payload) == ("bob", 3, payload)
         assert message.checked_sha256 == hashlib.sha256(payload).hexdigest()
     finally:
-        transport._blob_grants.pop("big", None)
+        transport.blobs.forget("big")
 
 
 def test_blob_store_access_follows_task_membership(platform, tmp_path):

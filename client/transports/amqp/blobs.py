@@ -41,8 +41,8 @@ class BlobClient:
     def _request(self, method: str, task: str, blob_id: str, body=None, headers=None, query: str = ""):
         connection = self._connection()
         headers = {"Authorization": f"Bearer {self.token}", **(headers or {})}
-        if body is not None and "Content-Length" not in headers:
-            headers["Content-Length"] = str(len(body))
+        if body is not None:  # byte views, sent one after the other
+            headers["Content-Length"] = str(sum(part.nbytes for part in body))
         try:
             connection.request(method, f"{self.prefix}/blobs/{task}/{blob_id}{query}", body=body, headers=headers)
             response = connection.getresponse()
@@ -72,7 +72,7 @@ class BlobClient:
         blob_id = blob_id or uuid.uuid4().hex
         parts = [memoryview(part).cast("B") for part in (data if isinstance(data, list) else [data])]
         size = sum(part.nbytes for part in parts)
-        connection, response = self._request("PUT", task, blob_id, parts, headers={"Content-Length": str(size)})
+        connection, response = self._request("PUT", task, blob_id, parts)
         try:
             meta = json.loads(response.read())
         finally:

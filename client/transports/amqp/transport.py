@@ -22,7 +22,8 @@ chunks out, for up to ``RETRY_SECONDS``, so that no half message is left behind.
 
 Large messages and models take the claim-check path when the platform serves a blob store
 (``client/transports/amqp/blobs.py``): stored once, only a reference through the broker. Without one they
-travel through the broker in checksummed chunks (``client/transports/amqp/chunks.py``).
+travel through the broker in checksummed chunks (``client/transports/amqp/chunks.py``). The grants to the
+blob store, fetching a referenced message and deleting it once handled: ``claim_check.py``.
 """
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ import uuid
 import pika
 
 from werkbund.client.transports.amqp.blobs import BlobClient
+from werkbund.client.transports.amqp.claim_check import BlobGrants, quietly
 from werkbund.client.transports.amqp.chunks import CHUNK_BYTES, Reassembler, StreamedFrame, split
 from werkbund.client.transports.amqp.session import AmqpSession, ConnectionLost
-from werkbund.client.messages import CheckedFrame, MalformedFrame, MalformedMessage, frame_parts
+from werkbund.client.messages import MalformedFrame, MalformedMessage, frame_parts
 from werkbund.client.transports.base import Transport
 from werkbund.platform.amqp import names
 from werkbund.platform.tls import client_context
@@ -52,8 +54,6 @@ MODEL_TIMEOUT = 600.0
 RETRY_SECONDS = 180.0  # how long to keep repeating work lost with the connection
 BLOB_THRESHOLD = 8 * 1024 * 1024  # larger messages and models go through the blob store, if there is one
 # (WERKBUND_BLOB_THRESHOLD, in bytes, changes it)
-BLOB_GRANT_SECONDS = 20 * 60  # reuse a transfer token this long (the platform's last 30 minutes)
-BLOB_ATTEMPTS = 30  # downloads tried, 2 s apart, while the blob store cannot be reached
 RENEW_SECONDS = 3600.0  # a session in use is renewed this often (it lasts 12 hours from each renewal)
 QUEUE_LIMIT_HEADERS = ("wb-queue-max-messages", "wb-queue-max-bytes")  # the platform's bound, in every reply
 
@@ -106,8 +106,7 @@ class AmqpTransport(Transport):
             except ValueError:
                 raise InvalidInput("WERKBUND_BLOB_THRESHOLD must be a number of bytes") from None
         self.blob_threshold = blob_threshold
-        self._blob_grants: dict[str, tuple] = {}  # task -> (BlobClient or None, valid until)
-        self._pending_blob: dict[str, tuple] = {}  # task -> (client, blob id) to delete once handled
+        self.blobs = BlobGrants(lambda task: self.call("transfer_token", task=task), ca_certificate)
         self.queue_limits: tuple[int, int] | None = None  # (messages, bytes) per queue, as the platform says
 
     @property
@@ -239,9 +238,10 @@ class AmqpTransport(Transport):
         view = memoryview(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else None
         if view is None or not view.c_contiguous or view.nbytes < self.chunk_bytes:
             return super().send_message(task, to, kind, payload, header, payload_sha256)  # one message, or odd
-        if view.nbytes > self.blob_threshold and self.blob_client(task) is not None:
-            sent = self._send_blob(task, to, list(frame_parts(task, kind, view, payload_sha256=payload_sha256,
-                                                              **header)))
+        blobs = self.blob_client(task) if view.nbytes > self.blob_threshold else None
+        if blobs is not None:
+            sent = self._send_blob(blobs, task, to, list(frame_parts(task, kind, view, payload_sha256=payload_sha256,
+                                                                     **header)))
             if sent is not None:
                 return sent
         try:
@@ -319,24 +319,24 @@ class AmqpTransport(Transport):
                          f"{more}; send again once {reader} has read some")
 
     def send(self, task, to, body):
-        if len(body) > self.blob_threshold and self.blob_client(task) is not None:
-            sent = self._send_blob(task, to, [body])
+        blobs = self.blob_client(task) if len(body) > self.blob_threshold else None
+        if blobs is not None:
+            sent = self._send_blob(blobs, task, to, [body])
             if sent is not None:
                 return sent
         self._publish_chunks(task, to, lambda transfer: split(body, self.chunk_bytes, transfer))
         return {"delivered_to": to, "size": len(body)}
 
-    def _send_blob(self, task: str, to: str, parts: list) -> dict | None:
+    def _send_blob(self, blobs: BlobClient, task: str, to: str, parts: list) -> dict | None:
         """The claim-check path: the frame (``parts``, bytes-likes in order) goes to the blob store and a
         reference through the broker; None where the blob store cannot be reached (send by the broker)."""
         session, exchange, key = self._session(), names.task_exchange(task), names.routing_key(to)
-        blobs = self.blob_client(task)
         size = sum(memoryview(part).nbytes for part in parts)
         try:
             blob_id = blobs.announce(task, size)
         except Unavailable as exc:
             log.warning("%s; sending the message through the broker instead", exc)
-            self._blob_grants.pop(task, None)  # the next one asks again (another replica may answer)
+            self.blobs.forget(task)
             return None
         # the reference first: the receiver streams the blob while it is uploaded
         headers = {"wb-blob": blob_id, "wb-size": size, "wb-blob-readers": "all" if to == "all" else "one"}
@@ -345,7 +345,7 @@ class AmqpTransport(Transport):
         try:
             retrying(lambda: session.publish(exchange, key, b"", properties))
         except InboxFull:
-            _quietly(blobs.delete, task, blob_id)
+            quietly(blobs.delete, task, blob_id)
             raise self._inbox_full(task, to) from None
         ref = blobs.upload(task, parts, blob_id)
         return {"delivered_to": to, "size": size, "blob": ref["id"], "sha256": ref["sha256"]}
@@ -368,7 +368,7 @@ class AmqpTransport(Transport):
         previous = self._pending_ack.pop(task, None)
         if previous is not None:  # the caller asks for the next one: the previous one is handled
             session.ack(previous)
-            self._delete_handled_blob(task)
+            self.blobs.delete_handled(task)
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             try:
@@ -378,7 +378,7 @@ class AmqpTransport(Transport):
             sender = names.platform_user(account, self.broker_vhost) or ""
             if "wb-blob" in headers:
                 try:
-                    whole = self._fetch_blob(task, sender, headers)
+                    whole = self.blobs.fetch(task, sender, headers)
                 except NotFound as exc:  # handled and deleted before: a redelivery after a lost ack
                     log.info("skipping a message whose blob is gone: %s", exc)
                     session.ack(tag)
@@ -430,76 +430,20 @@ class AmqpTransport(Transport):
             if ref.get("sha256") != meta.get("sha256"):
                 raise WerkbundError("the platform's copy of the model does not match the model's sha256")
             data = bytes(blobs.download(task, ref["id"], ref["size"], ref["sha256"])[0])
-            _quietly(blobs.delete, task, ref["id"])
+            quietly(blobs.delete, task, ref["id"])
         return data, meta
 
     # ------------------------------------------------------------ blobs
     def blob_client(self, task: str) -> BlobClient | None:
         """A client of the platform's blob store for ``task``, or None when the platform has none."""
-        client, until = self._blob_grants.get(task, (None, 0.0))
-        if until > time.monotonic():
-            return client
-        try:
-            grant = self.call("transfer_token", task=task)
-            client = BlobClient(grant["url"], grant["token"], self.ca_certificate)
-        except Unavailable as exc:
-            log.info("no blob store (%s); large messages travel through the broker in chunks", exc)
-            client = None
-        self._blob_grants[task] = (client, time.monotonic() + BLOB_GRANT_SECONDS)
-        return client
-
-    def _fresh_blob_client(self, task: str) -> BlobClient | None:
-        """Forget the grant of ``task`` and ask the platform for a new one: the blob store that gave it
-        may be a replica that went away, and the platform names one that answers."""
-        self._blob_grants.pop(task, None)
-        try:
-            return self.blob_client(task)
-        except WerkbundError as exc:
-            log.info("no new blob grant (%s)", exc)
-            return None
-
-    def _fetch_blob(self, task: str, sender: str, headers: dict) -> CheckedFrame:
-        """The message a blob reference stands for, read and checked on the way (``read_message``)."""
-        try:
-            blob_id, size = str(headers["wb-blob"]), int(headers["wb-size"])
-        except (KeyError, TypeError, ValueError):
-            raise MalformedMessage("a blob reference without valid headers") from None
-        blobs = self.blob_client(task)
-        if blobs is None:
-            raise MalformedMessage("a blob reference, but the platform serves no blob store")
-        for attempt in range(BLOB_ATTEMPTS):  # the platform may be restarting: the message stays unacked
-            try:
-                whole = blobs.download_message(task, blob_id, size, sender)
-                break
-            except Unavailable as exc:
-                if attempt == BLOB_ATTEMPTS - 1:
-                    raise
-                log.warning("%s; trying again", exc)
-                time.sleep(2.0)
-                blobs = self._fresh_blob_client(task) or blobs
-        if headers.get("wb-blob-readers") == "one":  # read once: deleted when the message is handled
-            self._pending_blob[task] = (blobs, blob_id)
-        return whole
-
-    def _delete_handled_blob(self, task: str) -> None:
-        pending = self._pending_blob.pop(task, None)
-        if pending is not None:
-            _quietly(pending[0].delete, task, pending[1])
+        return self.blobs.client(task)
 
     def close(self):
         if self.session is not None:
             for tag in self._pending_ack.values():
                 self.session.ack(tag)
-            for task in list(self._pending_blob):
-                self._delete_handled_blob(task)
+            self.blobs.delete_handled()
             self._pending_ack.clear()
             self.session.close()
             self.session = None
 
-
-def _quietly(action, *args) -> None:
-    """Tidying up the blob store: a failure only leaves a blob for the platform's sweep."""
-    try:
-        action(*args)
-    except WerkbundError as exc:
-        log.info("could not delete a blob: %s", exc)
