@@ -12,7 +12,7 @@ import logging
 import time
 from pathlib import Path
 
-from werkbund.client.ledger import LedgerChannel
+from werkbund.client.ledger_relay import RelayedLedger
 from werkbund.client.messages import MalformedMessage, TaskMessage, decode_message
 from werkbund.client.transports.base import Transport
 from werkbund.platform.errors import InvalidInput, InvalidState
@@ -161,7 +161,7 @@ class User:
         self.transport.close()
 
 
-class _TaskHandle(LedgerChannel):
+class _TaskHandle(RelayedLedger):
     def __init__(self, user: User, task: str):
         self.user = user
         self.transport = user.transport

@@ -144,6 +144,28 @@ class LedgerAuditParams(TaskParams):
     cosign: Cosignature | None = Field(None, description="your cosignature of that checkpoint")
 
 
+class SignedStatement(Params):
+    statement: JsonObject = Field(description="a v2 statement, signed by its author (you or a member)")
+    signature: Signature
+
+
+class MemberCosignature(Cosignature):
+    member: Name
+
+
+class RelayAudit(Params):
+    seqs: Annotated[list[Count], Field(max_length=MAX_LIST_ITEMS, strict=False,
+                                       description="entries to prove included in the new checkpoint")] = ()
+    old_sizes: Annotated[list[Count], Field(max_length=MAX_LIST_ITEMS, strict=False,
+                                            description="checkpoint sizes to prove it consistent with")] = ()
+
+
+class LedgerRelayParams(TaskParams):
+    items: Annotated[list[SignedStatement], Field(max_length=MAX_LIST_ITEMS, strict=False)] = ()
+    cosigns: Annotated[list[MemberCosignature], Field(max_length=MAX_LIST_ITEMS, strict=False)] = ()
+    audit: RelayAudit | None = Field(None, description="sign the head covering the log and prove it")
+
+
 class SignedEntry(Params):
     entry: JsonObject
     signature: Signature
@@ -206,6 +228,7 @@ PARAMS: dict[str, type[Params]] = {
     "ledger_consistency": LedgerConsistencyParams,
     "ledger_cosign": LedgerCosignParams,
     "ledger_audit": LedgerAuditParams,
+    "ledger_relay": LedgerRelayParams,
     "ledger_keys": TaskParams,
     "ledger_bundle": TaskParams,
     "ledger_key_logs": NoParams,

@@ -77,6 +77,7 @@ class RoundAggregator:
         self._setup_rejected: dict[str, str] = {}  # set-up answers refused (statistics, keys): for round 1's record
         self.history: list[dict] = []
         self._pending: dict | None = None
+        self._receipts: dict | None = None  # the last relay's proofs, for the next broadcast (ledger_relay.py)
         self.aggregation = build_aggregation(self)  # DP accounting -> POM 2/3 -> accept_update
         self.checkpoint = Checkpoint(checkpoint_dir, channel.task, self.definition) if checkpoint_dir else None
         self.early_stopping = EarlyStopping.from_definition(self.definition.get("early_stopping"))
@@ -199,6 +200,8 @@ class RoundAggregator:
         self.declared = dict(state.get("declared") or {})
         self.history, self._pending = list(state.get("history") or []), state.get("pending")
         self.stop_reason = state.get("stop_reason")
+        if self._relayed:  # the last round's statements, signed but not yet on the log when it stopped
+            self.channel.restore_relay_queue(state.get("ledger_queue") or [])
         setup = state.get("setup")
         if isinstance(setup, dict):
             self._setup = (base64.b64decode(setup.get("payload") or ""), dict(setup.get("header") or {}))
@@ -231,7 +234,8 @@ class RoundAggregator:
             "setup": None if self._setup is None else {"payload": base64.b64encode(self._setup[0]).decode("ascii"),
                                                         "header": self._setup[1]},
             "stop_reason": self.stop_reason, "early_stopping": early, "algorithm": meta,
-            "aggregation": self.aggregation.checkpoint_state()})
+            "aggregation": self.aggregation.checkpoint_state(),
+            "ledger_queue": self.channel.relay_queue() if self._relayed else []})
 
     def exchange(self, kind: str, payload: bytes = b"", expect: str = "", number: int = -1,
                  handler=None, among: list[str] | None = None, minimum: int | None = None,
@@ -342,21 +346,27 @@ class RoundAggregator:
             Broadcast(payload, (lambda: self.global_payload()[0]) if self.weighted_mean_update else None)
         del payload
         self._publish("round_started", {"round": number, "global_sha256": held.sha256})
+        self._relay()  # (the last round's statements and this one's round_started: on the log before it is sent)
         # the stack may add header fields (POM 2: the key set-up and shares riding on the broadcast)
-        header = {**header, **self.aggregation.begin_round(number, weights)}
+        header = {**header, **self.aggregation.begin_round(number, weights), **self._receipts_header()}
         del weights  # (the stack keeps what it needs of them)
         try:
             collected = self.exchange("round", held, expect="update", number=number,
                                       handler=self._checked_accept(number), **header)
         finally:
             held.close()
+        if self._relayed and self.aggregation.layer() is not None:
+            # a privacy mode's layer reads the round's statements (POM 3's decryptors) or appends its own
+            # entries in end_round: they go on the log first; under POM 1 they wait for the round's one relay
+            self.channel.flush_relay()
         self.aggregation.end_round(number, collected)  # POM 2/3: unmask or decrypt, accept_update gets the mean
         self._complete_pending(collected.headers)
         self.aggregate(number)
-        if self._ledger:
+        if self._ledger:  # (relayed: with the next round's round_started, or before the final model)
             self._publish("aggregate_published", {"round": number, "sha256": _sha(self.global_payload()[0]),
                                                   "updates": sorted(collected.accepted)})
-            self.channel.audit_ledger()
+            if not self._relayed:
+                self.channel.audit_ledger()
         own = self.evaluate()
         train = {p: {"loss": h.get("train_loss"), "n_train": h.get("n_samples")} for p, h in collected.headers.items()}
         self._pending = {"number": number, "reported": collected.accepted, "rejected": collected.rejected,
@@ -384,9 +394,27 @@ class RoundAggregator:
     def _ledger(self) -> bool:
         return bool(getattr(self.channel, "ledger_enabled", False))
 
+    @property
+    def _relayed(self) -> bool:
+        """Whether the round's statements go to the ledger in one relay (``client/ledger_relay.py``):
+        the participants' ride on their updates, this aggregator's are queued until the relay."""
+        return self._ledger and hasattr(self.channel, "flush_relay")
+
     def _publish(self, type: str, payload: dict) -> None:
-        if self._ledger:
+        if self._relayed:
+            self.channel.queue_entry(type, payload)
+        elif self._ledger:
             self.channel.publish_entry(type, payload)
+
+    def _relay(self) -> None:
+        """Append what waits to be relayed (the round's statements, this aggregator's and its participants')
+        with one request that also audits the log; its receipts ride on the broadcast that follows."""
+        if self._relayed:
+            self._receipts = self.channel.flush_relay(audit=True)
+
+    def _receipts_header(self) -> dict:
+        """The proofs of the last relay, for the participants whose statements it appended."""
+        return {"ledger_receipts": self._receipts} if self._receipts else {}
 
     def _checked_accept(self, number: int):
         """The update into the aggregation stack, after checking its bytes against the metadata published
@@ -399,24 +427,38 @@ class RoundAggregator:
             return take
 
         def handler(message) -> None:
-            meta = self.channel.published_update(message.sender, number, at=message.get("ledger_seq"))
-            if meta is None:
-                raise UpdateRejected(f"no update_submitted entry for round {number} on the ledger "
-                                     "(the metadata must be published before the update)")
+            meta, where = self._published_metadata(message, number)
             # the bytes as received were checked against their frame's sha256 already: not hashed again
             digest = getattr(message, "checked_sha256", "") or _sha(message.payload)
             if digest != meta.get("sha256"):
-                raise UpdateRejected(f"update bytes have sha256 {digest}, but ledger entry {meta['seq']} "
+                raise UpdateRejected(f"update bytes have sha256 {digest}, but {where} "
                                      f"published {meta.get('sha256')}")
             if message.get("n_samples") != meta.get("n_samples"):
-                raise UpdateRejected(f"the update claims {message.get('n_samples')} samples, ledger entry "
-                                     f"{meta['seq']} published {meta.get('n_samples')}")
+                raise UpdateRejected(f"the update claims {message.get('n_samples')} samples, {where} "
+                                     f"published {meta.get('n_samples')}")
             why = _not_selected(self.definition.get("selection") or {}, meta)
             if why:
                 self.channel.send(message.sender, "skipped", round=number, reason=why)
                 raise UpdateRejected(f"skipped by the task's selection: {why}")
             take(message)
         return handler
+
+    def _published_metadata(self, message, number: int) -> tuple[dict, str]:
+        """The metadata an update is checked against, and where it is: the signed statement riding on it
+        (appended with the round's relay, the sender's key checked now), or its entry on the ledger."""
+        statement = message.get("ledger_statement")
+        if statement is not None and self._relayed:
+            meta = self.channel.check_relayed(message.sender, "update_submitted", number, statement,
+                                              message.get("ledger_signature"))
+            if isinstance(meta, str):
+                raise UpdateRejected(meta)
+            self.channel.relay_cosign(message.sender, message.get("ledger_cosign"))
+            return meta, "its signed ledger statement"
+        meta = self.channel.published_update(message.sender, number, at=message.get("ledger_seq"))
+        if meta is None:
+            raise UpdateRejected(f"no update_submitted entry for round {number} on the ledger "
+                                 "(the metadata must be published before the update)")
+        return meta, f"ledger entry {meta['seq']}"
 
     def _check_sample_count(self, message) -> None:
         """An update weighs by its sample count: a count above the rows its sender declared at join (or
@@ -458,10 +500,12 @@ class RoundAggregator:
             self.progress.message(f"round {pending['number'] + 1}: participants' combined test {headline(metrics)}")
 
     def _finish(self) -> dict:
+        self._relay()
         payload, header = self.global_payload()
         held = Broadcast(payload, (lambda: self.global_payload()[0]) if self.weighted_mean_update else None)
         del payload
-        collected = self.exchange("final", held, expect="final_eval", number=self.definition["rounds"], **header)
+        collected = self.exchange("final", held, expect="final_eval", number=self.definition["rounds"], **header,
+                                  **self._receipts_header())
         self._complete_pending(collected.headers, last=True)  # nothing left to stop
         model, meta = self.final_model()
         meta = dict(meta, history=self.history)

@@ -158,6 +158,7 @@ class RoundParticipant:
                     self.configure(message)
                     self._setup_key = _setup_digest(message)
                 elif message.kind == "round":
+                    self._take_receipts(message)
                     evaluation = self._released(number, self.evaluate_global(message))
                     update, header = self.train(message)
                     if not self.encoding.reads_round_model:  # at a GiB: the round's model is not held beside
@@ -168,12 +169,15 @@ class RoundParticipant:
                     digest = hashlib.sha256(payload).hexdigest() if getattr(self.channel, "ledger_enabled", False) else None
                     self._keep_update(number, payload, {"eval": evaluation, **header}, digest)
                     hint = self._publish_metadata(number, payload, header, evaluation, digest)
+                    log.info("round %s: sending the update", number + 1)  # (its statement, if any, is signed)
                     self.channel.send("update", payload, round=number, eval=evaluation, **header, **hint,
                                       **({"payload_sha256": digest} if digest else {}))
                     self.progress.message(f"round {number + 1}: update sent ({len(payload)} bytes)")
                     payload = None  # kept by _keep_update where it is needed again, not by this loop
-                    self._audit_ledger()
+                    if not self._relayed:  # (relayed: proven by the receipts on the next broadcast)
+                        self._audit_ledger()
                 elif message.kind == "final":
+                    self._take_receipts(message)
                     self.result = self.keep_final(message)
                     evaluation = self._released(number, self.result.get("eval") or {})
                     self.channel.send("final_eval", b"", round=number, eval=evaluation)
@@ -226,7 +230,7 @@ class RoundParticipant:
             hint = {}
         self.channel.send("update", payload, round=number, **header, **hint)
         self.progress.message(f"round {number + 1}: update sent again ({len(payload)} bytes)")
-        if fresh is not None:
+        if fresh is not None and not self._relayed:
             self._audit_ledger()
 
     def _on_ledger(self, number: int, payload: bytes) -> bool:
@@ -300,8 +304,28 @@ class RoundParticipant:
             if isinstance(header.get("dp"), dict):
                 entry["dp"] = _json_safe({**header["dp"], "epsilon_spent": header.get("epsilon_spent"),
                                           "neighbouring_relation": header.get("neighbouring_relation")})
+            if self._relayed:  # the signed statement rides on the update; the aggregator appends it
+                return self.channel.statement_for_update("update_submitted", entry)
             return {"ledger_seq": self.channel.publish_entry("update_submitted", entry)["seq"]}
         return {}
+
+    @property
+    def _relayed(self) -> bool:
+        """Whether this participant's statements ride on its updates (``client/ledger_relay.py``) instead of
+        being appended and audited by it directly."""
+        return getattr(self.channel, "ledger_enabled", False) and hasattr(self.channel, "statement_for_update")
+
+    def _take_receipts(self, message) -> None:
+        """The proofs that the statements sent with the last updates are on the log (riding on this broadcast;
+        what they do not settle, this participant settles with the platform directly)."""
+        if self._relayed:
+            try:
+                checked = self.channel.take_receipts(message.get("ledger_receipts"))
+            except Exception as exc:
+                raise TaskEnded(f"ledger check failed in task {self.channel.task}: {exc}") from exc
+            if checked:
+                log.info("ledger: checkpoint %s verified and cosigned (%s own entries included%s)", checked["size"],
+                         checked["own_entries"], ", proven by the relayed receipts" if checked.get("relayed") else "")
 
     def _audit_ledger(self) -> None:
         """Own update entries included, checkpoint consistent with the last one seen; cosign."""

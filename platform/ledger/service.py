@@ -27,7 +27,6 @@ can exist without the other. Key registration, rotation and revocation are entri
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from contextlib import contextmanager
@@ -42,9 +41,10 @@ from werkbund.platform.errors import (Conflict, InvalidInput, InvalidState, Ledg
 from werkbund.ledger import entries as E
 from werkbund.ledger import merkle
 from werkbund.platform.ledger.key_service import IdentityKeys
+from werkbund.platform.ledger.relay import StatementRelay
 from werkbund.platform.ledger.store import (IdentityKey, IdentityKeyEvent, LedgerCheckpoint,
                                             LedgerCosignature, LedgerEntry, default_key_path,
-                                            load_or_create_key)
+                                            load_or_create_key, loads_stored as _loads)
 from werkbund.platform.ledger.tree_cache import TreeCache
 from werkbund.platform.tables import Membership, Task, User
 
@@ -57,7 +57,9 @@ MAX_CLOCK_SKEW = timedelta(minutes=10)
 APPEND_RETRIES = 20
 
 
-class LedgerService(IdentityKeys):
+class LedgerService(IdentityKeys, StatementRelay):
+    CREATOR_TYPES, PARTICIPANT_TYPES = CREATOR_TYPES, PARTICIPANT_TYPES  # (for the relay)
+
     def __init__(self, core, key_path=None):
         self.core = core
         path = key_path if key_path is not None else default_key_path(core.db.url)
@@ -396,13 +398,6 @@ class LedgerService(IdentityKeys):
         for table in (LedgerEntry, LedgerCheckpoint, LedgerCosignature):
             s.execute(delete(table).where(table.task == task))
         self.trees.forget(task)
-
-
-def _loads(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return {"unreadable": text[:200]}
 
 
 def _tree_size(size, stored: int) -> int:

@@ -11,6 +11,7 @@ The tables join the platform's metadata, so ``Database`` creates them.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -92,6 +93,14 @@ class IdentityKeyEvent(Base):
 
 
 # -- the platform's signing key -----------------------------------------------------
+
+
+def loads_stored(text: str):
+    """A stored entry or checkpoint (JSON text) as an object; text that does not parse says so."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"unreadable": text[:200]}
 
 
 def default_key_path(db_url: str) -> Path | None:

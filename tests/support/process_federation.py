@@ -150,11 +150,13 @@ class Federation:
         return self.api().rounds("t")
 
     def round_under_way(self) -> tuple[int, set[str]]:
-        """From the ledger: the last round the aggregator started, and who published an update for it."""
+        """The last round the aggregator started (its round_started entry goes on the ledger before the round
+        is sent) and who began sending an update for it: signed its statement, by its log's line written
+        before the send (the statement rides on the update and reaches the ledger with the next round's)."""
         entries = [item["entry"] for item in self.api().transport.call("ledger_entries", task="t", start=0)]
         started = max((e["payload"]["round"] for e in entries if e["type"] == "round_started"), default=-1)
-        return started, {e["author"] for e in entries
-                         if e["type"] == "update_submitted" and e["payload"]["round"] == started}
+        return started, {name for name in self.participants
+                         if f"round {started + 1}: sending the update" in self.log(name)}
 
     def sent(self, user: str, number: int) -> bool:
         """Whether ``user``'s log says their update of round ``number`` left (the line after the send)."""
@@ -223,6 +225,13 @@ class Federation:
             assert sorted(record["reported"]) == sorted(self.participants), record
             assert not record["rejected"] and not record["missing"], record
         assert "task t COMPLETE" in self.log("aggregate")
+        # whatever was killed, every round is on the ledger: started, each participant's statement (relayed
+        # with the next round's, or appended by its author), the aggregate
+        entries = [item["entry"] for item in self.api().transport.call("ledger_entries", task="t", start=0)]
+        for number in range(self.n_rounds):
+            said = {(e["type"], e["author"]) for e in entries if (e.get("payload") or {}).get("round") == number}
+            assert {("round_started", "alice"), ("aggregate_published", "alice")} <= said, (number, said)
+            assert {("update_submitted", p) for p in self.participants} <= said, (number, said)
         return info
 
     def close(self):

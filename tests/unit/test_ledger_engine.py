@@ -11,6 +11,7 @@ from werkbund.algorithms.builtin.neural_network import ALGORITHM
 from werkbund.algorithms.moments import feature_moments
 from werkbund.client.api import register
 from werkbund.client.transports.inproc import InProcPlatform
+from werkbund.ledger import entries as E
 from werkbund.ledger.verify import verify_log
 
 
@@ -164,3 +165,73 @@ def test_a_wrong_ledger_seq_in_an_update_changes_nothing_the_entry_is_looked_up(
         assert channel.published_update("bob", 0, at=at)["seq"] == bob_seq
     later = mallory.publish_entry("update_submitted", {"round": 0, "n_samples": 10, "sha256": "m" * 64})["seq"]
     assert channel.published_update("mallory", 0, at=later)["sha256"] == "m" * 64
+
+
+def test_a_round_of_the_engine_relays_every_statement_and_participants_stop_calling_the_ledger():
+    """Three real participants, three rounds: each update carries its signed statement, the aggregator
+    appends a round's statements with one ledger_relay request, and once a participant has pinned the
+    platform key (one audit, at the first receipts) it makes no ledger request at all. The log holds every
+    statement once and verifies; a participant whose statement is signed with another key is refused."""
+    platform = InProcPlatform()
+    names = ("alice", "bob", "carol", "mallory")
+    users = {name: register(name, f"{name}-password", name, platform="inproc", inproc=platform,
+                            identity=Ed25519PrivateKey.generate()) for name in names}
+    users["alice"].create_task("t", {"quorum": 3, "rounds": 3, "epochs": 1, "round_timeout": 20, "min_updates": 1})
+    digits = load_dataset("builtin:digits")
+    shards = {"bob": digits.shard(1, 2), "carol": digits.shard(2, 2)}
+    for name in ("bob", "carol", "mallory"):
+        users[name].join_task("t", digits.shard(1, 2).schema())
+    asked = {name: [] for name in names}
+    for name in names:
+        call = users[name].transport.call
+
+        def counted(command, _call=call, _name=name, **params):
+            asked[_name].append(command)
+            return _call(command, **params)
+        users[name].transport.call = counted
+    told = []
+
+    def forging(handle, data):
+        stranger = Ed25519PrivateKey.generate()
+        for number, message in rounds(handle, data, told):
+            update = encode_weights(decode_weights(message.payload))
+            statement = E.make_statement("t", "update_submitted", "mallory",
+                                         {"round": number, "n_samples": 10, "sha256": hashlib.sha256(update).hexdigest()})
+            handle.send("update", update, round=number, n_samples=10, ledger_statement=statement,
+                        ledger_signature=E.encode_signature(E.sign_statement(statement, stranger)))
+
+    outcome = {}
+
+    def honest(name):
+        train, test = shards[name].split(0.2, 0)
+        outcome[name] = ALGORITHM.participant(users[name].participant("t"), train, test).run()
+
+    threads = [threading.Thread(target=honest, args=(n,), daemon=True) for n in shards]
+    threads.append(threading.Thread(target=forging, args=(users["mallory"].participant("t"), digits.shard(2, 2)),
+                                    daemon=True))
+    for t in threads:
+        t.start()
+    result = ALGORITHM.aggregator(users["alice"].aggregator("t")).run()
+    for t in threads:
+        t.join(timeout=60)
+    assert result["task"]["status"] == "COMPLETE" and set(outcome) == {"bob", "carol"}
+    records = users["alice"].rounds("t")
+    assert [sorted(r["reported"]) for r in records] == [["bob", "carol"]] * 3
+    assert all("not signed with mallory's key" in r["rejected"]["mallory"] for r in records)
+    ledger = {name: [c for c in asked[name] if c.startswith("ledger_")] for name in names}
+    # one relay before each round's broadcast and one before the final model; besides, only reads of the
+    # verified log for the members' keys (again after each signature that failed: mallory's)
+    assert ledger["alice"].count("ledger_relay") == 4
+    assert set(ledger["alice"]) == {"ledger_relay", "ledger_entries", "ledger_checkpoint"}
+    for name in ("bob", "carol"):  # one audit pins the platform key; the receipts settle the rest
+        assert ledger[name] == ["ledger_audit"], ledger[name]
+    bundle = users["bob"].transport.call("ledger_bundle", task="t")
+    entries = [item["entry"] for item in bundle["entries"]]
+    for name in ("bob", "carol"):
+        assert [e["payload"]["round"] for e in entries if e["author"] == name] == [0, 1, 2]
+    assert not any(e["author"] == "mallory" and e["type"] == "update_submitted" for e in entries)
+    latest = bundle["latest"]
+    report = verify_log([(i["entry"], i["signature"]) for i in bundle["entries"]], bundle["keys"],
+                        latest["checkpoint"], latest["signature"], bundle["platform_key"],
+                        cosignatures=latest["cosignatures"] or None)
+    assert report.ok, str(report)
