@@ -518,6 +518,11 @@ class RoundAggregator:
 
     def _fail(self, reason: str) -> None:
         log.error("task %s failed: %s", self.channel.task, reason)
+        if self._relayed:  # what was submitted goes on the log before the failure does
+            try:
+                self.channel.flush_relay()
+            except Exception as exc:
+                log.warning("could not append the round's ledger statements: %s", exc)
         try:
             self.channel.broadcast("failed", b"", reason=reason)
         except Exception as exc:  # the task may already be unusable; the platform record matters more

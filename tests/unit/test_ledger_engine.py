@@ -3,11 +3,14 @@ update; the aggregator refuses bytes that do not match; the finished log verifie
 import hashlib
 import threading
 
+import pytest
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from werkbund.algorithms.arrays import decode_weights, encode_weights
 from werkbund.algorithms.data.loading import load_dataset
 from werkbund.algorithms.builtin.neural_network import ALGORITHM
+from werkbund.algorithms.engine.errors import TaskFailure
 from werkbund.algorithms.moments import feature_moments
 from werkbund.client.api import register
 from werkbund.client.transports.inproc import InProcPlatform
@@ -235,3 +238,46 @@ def test_a_round_of_the_engine_relays_every_statement_and_participants_stop_call
                         latest["checkpoint"], latest["signature"], bundle["platform_key"],
                         cosignatures=latest["cosignatures"] or None)
     assert report.ok, str(report)
+
+
+def test_a_task_that_fails_mid_round_still_puts_what_was_submitted_on_the_ledger():
+    """Statements ride on updates and wait for the next relay; a task that fails before it (too few valid
+    updates) appends them first, so the log shows bob's update and mallory's refused one before task_failed."""
+    platform = InProcPlatform()
+    users = {name: register(name, f"{name}-password", name, platform="inproc", inproc=platform,
+                            identity=Ed25519PrivateKey.generate()) for name in ("alice", "bob", "mallory")}
+    users["alice"].create_task("t", {"quorum": 2, "rounds": 2, "epochs": 1, "round_timeout": 20, "min_updates": 2})
+    digits = load_dataset("builtin:digits")
+    for name in ("bob", "mallory"):
+        users[name].join_task("t", digits.shard(1, 2).schema())
+
+    def lying_relayed(handle, data):  # a signed statement whose hash is not that of the bytes sent
+        for number, message in rounds(handle, data):
+            weights = decode_weights(message.payload)
+            fields = handle.statement_for_update("update_submitted", {
+                "round": number, "n_samples": 10, "sha256": hashlib.sha256(encode_weights(weights)).hexdigest()})
+            weights[-1] = weights[-1] + 1.0
+            handle.send("update", encode_weights(weights), round=number, n_samples=10, **fields)
+
+    def honest():
+        train, test = digits.shard(1, 2).split(0.2, 0)
+        try:
+            ALGORITHM.participant(users["bob"].participant("t"), train, test).run()
+        except Exception:  # noqa: BLE001 - the task fails under it: what matters is the ledger
+            pass
+
+    threads = [threading.Thread(target=honest, daemon=True),
+               threading.Thread(target=lying_relayed, args=(users["mallory"].participant("t"), digits.shard(2, 2)),
+                                daemon=True)]
+    for t in threads:
+        t.start()
+    with pytest.raises(TaskFailure, match="only 1 valid update"):
+        ALGORITHM.aggregator(users["alice"].aggregator("t")).run()
+    for t in threads:
+        t.join(timeout=60)
+    assert users["alice"].task_info("t")["status"] == "FAILED"
+    entries = [item["entry"] for item in users["bob"].transport.call("ledger_bundle", task="t")["entries"]]
+    types = [(e["type"], e["author"]) for e in entries]
+    assert types[-1] == ("task_failed", "platform")
+    assert ("update_submitted", "bob") in types and ("update_submitted", "mallory") in types
+    assert types.index(("update_submitted", "bob")) < types.index(("task_failed", "platform"))
