@@ -22,6 +22,8 @@ import logging
 
 from werkbund.ledger import entries as E
 from werkbund.client.ledger import LedgerChannel, LedgerError, check_audit, check_promise
+from werkbund.platform.command_schemas import LedgerRelayParams, validate_params
+from werkbund.platform.errors import InvalidInput
 
 log = logging.getLogger("werkbund.ledger")
 
@@ -139,6 +141,12 @@ class RelayedLedger(LedgerChannel):
         said = statement["payload"].get("round")
         if not isinstance(said, int) or isinstance(said, bool) or said != number:
             return f"the update's ledger statement is for round {statement['payload'].get('round')!r}, not {number}"
+        try:  # what the platform would refuse (a NUL, a number JSON cannot hold) must not reach the relay,
+            # where it would sink the whole request
+            validate_params("ledger_relay", LedgerRelayParams,
+                            {"task": self.task, "items": [{"statement": statement, "signature": signature}]})
+        except InvalidInput as exc:
+            return f"the update's ledger statement would be refused by the platform: {exc}"
         for fresh in (False, True):
             if state["keys"] is None or fresh:
                 state["keys"] = self.ledger_identity_keys()
@@ -149,9 +157,19 @@ class RelayedLedger(LedgerChannel):
         return f"the update's ledger statement is not signed with {sender}'s key on the ledger"
 
     def relay_cosign(self, member: str, cosign) -> None:
-        """Keep a member's cosignature (sent with its update) for the next relay; the platform checks it."""
-        if isinstance(cosign, dict):
-            self._relay_state()["cosigns"][member] = cosign
+        """Keep a member's cosignature (sent with its update) for the next relay, where the platform checks
+        it against the member's key; one that is not even shaped like a cosignature is dropped here, since
+        the relay's parameters would be refused as a whole."""
+        if cosign is None:  # (none yet: a first update)
+            return
+        try:
+            cosign = {"size": cosign["size"], "signature": cosign["signature"]}
+            validate_params("ledger_relay", LedgerRelayParams,
+                            {"task": self.task, "cosigns": [{"member": member, **cosign}]})
+        except (InvalidInput, KeyError, TypeError) as exc:
+            log.warning("ledger: %s's cosignature is malformed, not relayed: %s", member, exc)
+            return
+        self._relay_state()["cosigns"][member] = cosign
 
     def queue_entry(self, type: str, payload: dict) -> None:
         """Sign an own statement now and append it with the next relay (in order, before what follows)."""

@@ -281,3 +281,47 @@ def test_a_task_that_fails_mid_round_still_puts_what_was_submitted_on_the_ledger
     assert types[-1] == ("task_failed", "platform")
     assert ("update_submitted", "bob") in types and ("update_submitted", "mallory") in types
     assert types.index(("update_submitted", "bob")) < types.index(("task_failed", "platform"))
+
+
+def test_a_statement_or_cosignature_the_platform_would_refuse_costs_only_its_sender():
+    """The round's relay is one request: a participant must not be able to make the platform refuse all of it.
+    mallory's statement is signed by her but holds a NUL (no database stores one), trudy's cosignature is not
+    a cosignature at all: mallory's updates are refused, trudy's cosignature dropped, and the task completes."""
+    platform = InProcPlatform()
+    names = ("alice", "bob", "mallory", "trudy")
+    users = {name: register(name, f"{name}-password", name, platform="inproc", inproc=platform,
+                            identity=Ed25519PrivateKey.generate()) for name in names}
+    users["alice"].create_task("t", {"quorum": 3, "rounds": 2, "epochs": 1, "round_timeout": 20, "min_updates": 1})
+    digits = load_dataset("builtin:digits")
+    for name in names[1:]:
+        users[name].join_task("t", digits.shard(1, 2).schema())
+
+    def hostile(handle, data, how):
+        for number, message in rounds(handle, data):
+            update = encode_weights(decode_weights(message.payload))
+            payload = {"round": number, "n_samples": 10, "sha256": hashlib.sha256(update).hexdigest()}
+            if how == "nul":
+                payload["note"] = "a\x00b"
+            fields = handle.statement_for_update("update_submitted", payload)
+            if how == "cosign":
+                fields["ledger_cosign"] = {"size": "all of them", "signature": 7, "extra": True}
+            handle.send("update", update, round=number, n_samples=10, **fields)
+
+    def honest():
+        train, test = digits.shard(1, 2).split(0.2, 0)
+        ALGORITHM.participant(users["bob"].participant("t"), train, test).run()
+
+    threads = [threading.Thread(target=honest, daemon=True)]
+    threads += [threading.Thread(target=hostile, args=(users[n].participant("t"), digits.shard(2, 2), how), daemon=True)
+                for n, how in (("mallory", "nul"), ("trudy", "cosign"))]
+    for t in threads:
+        t.start()
+    result = ALGORITHM.aggregator(users["alice"].aggregator("t")).run()
+    for t in threads:
+        t.join(timeout=60)
+    assert result["task"]["status"] == "COMPLETE"
+    records = users["alice"].rounds("t")
+    assert [sorted(r["reported"]) for r in records] == [["bob", "trudy"]] * 2
+    assert all("NUL" in r["rejected"]["mallory"] for r in records), records[0]["rejected"]
+    entries = [item["entry"] for item in users["bob"].transport.call("ledger_bundle", task="t")["entries"]]
+    assert [e["payload"]["round"] for e in entries if e["author"] == "trudy"] == [0, 1]
