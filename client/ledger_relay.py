@@ -27,6 +27,10 @@ from werkbund.platform.errors import InvalidInput
 
 log = logging.getLogger("werkbund.ledger")
 
+# an update's statement is about 500 bytes (2 kB with DP figures); one participant's statement must not make
+# the round's relay, which carries all of them, large
+MAX_RELAYED_STATEMENT_BYTES = 64 * 1024
+
 
 class _Unusable(Exception):
     """The relayed proofs cannot settle this member's audit: it audits directly."""
@@ -132,10 +136,13 @@ class RelayedLedger(LedgerChannel):
         the reason it is refused (a string)."""
         state = self._relay_state()
         try:
-            E.validate_statement(statement)
+            size = len(E.statement_bytes(statement))
             E.decode_signature(signature)
         except E.EntryError as exc:
             return f"the update's ledger statement is malformed: {exc}"
+        if size > MAX_RELAYED_STATEMENT_BYTES:
+            return (f"the update's ledger statement has {size} bytes; a relayed statement may have at most "
+                    f"{MAX_RELAYED_STATEMENT_BYTES}")
         if (statement["task"], statement["author"], statement["type"]) != (self.task, sender, type):
             return f"the update's ledger statement is not a {type} statement of {sender} in this task"
         said = statement["payload"].get("round")

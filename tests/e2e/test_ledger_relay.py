@@ -167,6 +167,8 @@ def test_the_platform_relays_for_the_creator_only_and_refuses_a_bad_statement_al
 
 
 def test_the_aggregator_refuses_a_statement_not_signed_by_its_sender(platform):
+    """Another member's statement, another round's, a signature by someone else, or a statement too large to
+    ride in the round's relay: each refused with its reason, none queued."""
     make_task(platform, "sender", PARTICIPANTS)
     alice, (bob, carol, _) = _cast(platform, "sender")
     fields = bob.statement_for_update("update_submitted", {"round": 0, "sha256": "ab" * 32})
@@ -178,3 +180,7 @@ def test_the_aggregator_refuses_a_statement_not_signed_by_its_sender(platform):
     assert "not signed with bob's key" in alice.check_relayed("bob", "update_submitted", 0, fields["ledger_statement"],
                                                               other["ledger_signature"])
     assert alice._ledger["queue"] == []  # nothing refused is relayed
+    big = bob.statement_for_update("update_submitted", {"round": 0, "sha256": "ab" * 32, "note": "x" * 70_000})
+    assert "a relayed statement may have at most 65536" in alice.check_relayed(
+        "bob", "update_submitted", 0, big["ledger_statement"], big["ledger_signature"])
+    assert alice._ledger["queue"] == []
