@@ -36,7 +36,7 @@ from werkbund.platform.service import PlatformService
 
 DEFINITION = {"algorithm": "logistic_regression", "quorum": 1, "rounds": 1}
 # what the task's parties ask while it runs (the test itself polls rounds and ledger_entries)
-ANSWERED = re.compile(r" (ledger_append|ledger_audit|ledger_cosign|record_round) -> ok \(")
+ANSWERED = re.compile(r" (ledger_relay|ledger_append|ledger_audit|ledger_cosign|record_round) -> ok \(")
 
 
 class ReplicatedFederation(CloudFederation):
