@@ -252,11 +252,16 @@ class LedgerChannel:
             cp = check_audit(answer, self.task, state["platform_key"], fresh, seen)
         except (KeyError, TypeError, ValueError, E.EntryError) as exc:  # not a LedgerError: a malformed answer
             raise LedgerError(f"the platform's answer to the ledger audit is malformed: {exc!r}") from None
-        state["seen"], state["proven"] = cp, start + len(fresh)
-        sent = state["cosign"]  # stored by the platform now: nothing to send again for the same head
+        self._audited(state, cp, start + len(fresh), sent=state["cosign"])
+        return {"size": cp["size"], "root": cp["root"], "own_entries": len(state["own"])}
+
+    def _audited(self, state: dict, cp: dict, proven: int, sent: dict | None = None) -> None:
+        """Checkpoint ``cp`` verified, the first ``proven`` own entries proven in it: its cosignature goes
+        with the next request, unless ``sent`` (the one this request carried, stored by the platform now)
+        was already for the same head."""
+        state["seen"], state["proven"] = cp, proven
         state["cosign"] = None if sent is not None and sent["size"] == cp["size"] else {
             "size": cp["size"], "signature": E.encode_signature(E.cosign_checkpoint(cp, self.user.identity))}
-        return {"size": cp["size"], "root": cp["root"], "own_entries": len(state["own"])}
 
 
 # ------------------------------------------------------------------ verification (CLI and Python API)

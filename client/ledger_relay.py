@@ -116,9 +116,7 @@ class RelayedLedger(LedgerChannel):
                 state["own"].remove(spot)
                 self._append_directly(state, statement, signature)
             return self.audit_ledger()
-        state["seen"], state["proven"] = cp, start + len(fresh)
-        state["cosign"] = {"size": cp["size"],
-                           "signature": E.encode_signature(E.cosign_checkpoint(cp, self.user.identity))}
+        self._audited(state, cp, start + len(fresh))
         return {"size": cp["size"], "root": cp["root"], "own_entries": len(state["own"]), "relayed": True}
 
     def _append_directly(self, state: dict, statement: dict, signature: str) -> None:
@@ -265,8 +263,3 @@ class RelayedLedger(LedgerChannel):
                 state["own"].append((entry["seq"], E.entry_leaf_hash(entry).hex()))
             else:
                 state["placed"][item["signature"]] = {"seq": entry["seq"], "prev": entry["prev"]}
-
-    def _audited(self, state: dict, cp: dict, proven: int) -> None:
-        state["seen"], state["proven"] = cp, proven
-        state["cosign"] = {"size": cp["size"],
-                           "signature": E.encode_signature(E.cosign_checkpoint(cp, self.user.identity))}

@@ -27,8 +27,10 @@ exchange under way again, so every participant goes on from the current model. T
 definition's ``early_stopping`` ends the task COMPLETE before its last round
 (``engine/early_stopping.py``); the reason is recorded with the round.
 
-The channel is the aggregator handle of whatever transport (HTTP, AMQP, in one
-process); nothing here imports the client or the platform.
+What the aggregator signs for the ledger and checks an update against is in
+``engine/ledger_steps.py``. The channel is the aggregator handle of whatever
+transport (HTTP, AMQP, in one process); nothing here imports the client or the
+platform.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from werkbund.algorithms.engine.checkpoint import Checkpoint, CheckpointError
 from werkbund.algorithms.engine.early_stopping import EarlyStopping
 from werkbund.algorithms.engine.errors import TaskFailure
 from werkbund.algorithms.engine.progress import Progress
-from werkbund.algorithms.engine.update_aggregation import Update
+from werkbund.algorithms.engine.ledger_steps import LedgerSteps
 from werkbund.algorithms.metrics import combine, headline
 
 log = logging.getLogger("werkbund.aggregator")
@@ -53,7 +55,7 @@ MAX_SAMPLES = 10**12  # the platform's bound on a declared row count (platform/j
 __all__ = ["RoundAggregator", "TaskFailure"]
 
 
-class RoundAggregator:
+class RoundAggregator(LedgerSteps):
     """Template for the aggregator of a round-based federated algorithm."""
 
     weighted_mean_update = False  # True: the update is arrays and a sample count, combined from their mean
@@ -390,76 +392,6 @@ class RoundAggregator:
             record["stopped"] = reason
             self.progress.message(reason)
 
-    @property
-    def _ledger(self) -> bool:
-        return bool(getattr(self.channel, "ledger_enabled", False))
-
-    @property
-    def _relayed(self) -> bool:
-        """Whether the round's statements go to the ledger in one relay (``client/ledger_relay.py``):
-        the participants' ride on their updates, this aggregator's are queued until the relay."""
-        return self._ledger and hasattr(self.channel, "flush_relay")
-
-    def _publish(self, type: str, payload: dict) -> None:
-        if self._relayed:
-            self.channel.queue_entry(type, payload)
-        elif self._ledger:
-            self.channel.publish_entry(type, payload)
-
-    def _relay(self) -> None:
-        """Append what waits to be relayed (the round's statements, this aggregator's and its participants')
-        with one request that also audits the log; its receipts ride on the broadcast that follows."""
-        if self._relayed:
-            self._receipts = self.channel.flush_relay(audit=True)
-
-    def _receipts_header(self) -> dict:
-        """The proofs of the last relay, for the participants whose statements it appended."""
-        return {"ledger_receipts": self._receipts} if self._receipts else {}
-
-    def _checked_accept(self, number: int):
-        """The update into the aggregation stack, after checking its bytes against the metadata published
-        on the ledger (the bytes as sent: masked or encrypted under POM 2 and 3)."""
-        def take(message) -> None:
-            self._check_sample_count(message)
-            self.aggregation.accept(Update.of(message))
-
-        if not self._ledger:
-            return take
-
-        def handler(message) -> None:
-            meta, where = self._published_metadata(message, number)
-            # the bytes as received were checked against their frame's sha256 already: not hashed again
-            digest = getattr(message, "checked_sha256", "") or _sha(message.payload)
-            if digest != meta.get("sha256"):
-                raise UpdateRejected(f"update bytes have sha256 {digest}, but {where} "
-                                     f"published {meta.get('sha256')}")
-            if message.get("n_samples") != meta.get("n_samples"):
-                raise UpdateRejected(f"the update claims {message.get('n_samples')} samples, {where} "
-                                     f"published {meta.get('n_samples')}")
-            why = _not_selected(self.definition.get("selection") or {}, meta)
-            if why:
-                self.channel.send(message.sender, "skipped", round=number, reason=why)
-                raise UpdateRejected(f"skipped by the task's selection: {why}")
-            take(message)
-        return handler
-
-    def _published_metadata(self, message, number: int) -> tuple[dict, str]:
-        """The metadata an update is checked against, and where it is: the signed statement riding on it
-        (appended with the round's relay, the sender's key checked now), or its entry on the ledger."""
-        statement = message.get("ledger_statement")
-        if statement is not None and self._relayed:
-            meta = self.channel.check_relayed(message.sender, "update_submitted", number, statement,
-                                              message.get("ledger_signature"))
-            if isinstance(meta, str):
-                raise UpdateRejected(meta)
-            self.channel.relay_cosign(message.sender, message.get("ledger_cosign"))
-            return meta, "its signed ledger statement"
-        meta = self.channel.published_update(message.sender, number, at=message.get("ledger_seq"))
-        if meta is None:
-            raise UpdateRejected(f"no update_submitted entry for round {number} on the ledger "
-                                 "(the metadata must be published before the update)")
-        return meta, f"ledger entry {meta['seq']}"
-
     def _check_sample_count(self, message) -> None:
         """An update weighs by its sample count: a count above the rows its sender declared at join (or
         not a whole number) would let one participant outweigh all the others, so it is refused."""
@@ -531,15 +463,4 @@ class RoundAggregator:
             self.channel.fail(reason)
         except Exception as exc:
             log.warning("could not mark the task FAILED: %s", exc)
-
-
-def _not_selected(selection: dict, meta: dict) -> str | None:
-    """Why the published metadata puts an update outside the task's selection (None: taken)."""
-    n, least = meta.get("n_samples"), selection.get("min_samples")
-    if least is not None and (not isinstance(n, int) or n < least):
-        return f"{n} training samples, the task asks for at least {least}"
-    loss, most = (meta.get("validation") or {}).get("loss"), selection.get("max_validation_loss")
-    if most is not None and (not isinstance(loss, (int, float)) or loss > most):
-        return f"validation loss {loss} is above the task's limit {most}"
-    return None
 

@@ -2,6 +2,7 @@
 update; the aggregator refuses bytes that do not match; the finished log verifies."""
 import hashlib
 import threading
+from functools import partial
 
 import pytest
 
@@ -37,6 +38,19 @@ def rounds(handle, data, told=None):
             yield number, message
 
 
+def run_task(aggregate, *participants):
+    """Each participant (a callable) in its own thread, ``aggregate`` (the aggregator's run) in this one;
+    the participants are joined whatever the aggregator did. Returns what ``aggregate`` returned."""
+    threads = [threading.Thread(target=p, daemon=True) for p in participants]
+    for t in threads:
+        t.start()
+    try:
+        return aggregate()
+    finally:
+        for t in threads:
+            t.join(timeout=60)
+
+
 def lying(handle, data, n_samples=10, lie=True, told=None):
     """Publishes the hash of one update, then sends other bytes (or, with lie=False, the same)."""
     for number, message in rounds(handle, data, told):
@@ -66,16 +80,9 @@ def test_an_update_that_does_not_match_its_published_hash_is_rejected_and_select
         train, test = bob_data.split(0.2, 0)
         outcome["bob"] = ALGORITHM.participant(users["bob"].participant("t"), train, test).run()
 
-    threads = [threading.Thread(target=honest, daemon=True),
-               threading.Thread(target=lying, args=(users["mallory"].participant("t"), mallory_data),
-                                daemon=True),
-               threading.Thread(target=lying, args=(users["tiny"].participant("t"), mallory_data),
-                                kwargs={"n_samples": 5, "lie": False, "told": told}, daemon=True)]
-    for t in threads:
-        t.start()
-    result = ALGORITHM.aggregator(users["alice"].aggregator("t")).run()
-    for t in threads:
-        t.join(timeout=60)
+    result = run_task(ALGORITHM.aggregator(users["alice"].aggregator("t")).run, honest,
+                      partial(lying, users["mallory"].participant("t"), mallory_data),
+                      partial(lying, users["tiny"].participant("t"), mallory_data, n_samples=5, lie=False, told=told))
     assert result["task"]["status"] == "COMPLETE"
     rounds = users["alice"].rounds("t")
     assert rounds[0]["reported"] == ["bob"]
@@ -124,10 +131,8 @@ def test_updates_name_their_ledger_entry_so_one_read_of_the_ledger_serves_a_roun
     for name, shard in shards.items():
         users[name].join_task("t", shard.schema())
     barrier, seqs = threading.Barrier(3), []
-    threads = [threading.Thread(target=scripted, args=(users[name].participant("t"), shard, barrier, seqs),
-                                daemon=True) for name, shard in shards.items()]
-    for t in threads:
-        t.start()
+    participants = [partial(scripted, users[name].participant("t"), shard, barrier, seqs)
+                    for name, shard in shards.items()]
     channel = users["alice"].aggregator("t")
     reads, asked = [], []
     entries, published_update = channel.entries, channel.published_update
@@ -141,9 +146,7 @@ def test_updates_name_their_ledger_entry_so_one_read_of_the_ledger_serves_a_roun
         return published_update(sender, number, at=at)
 
     channel.entries, channel.published_update = counted_entries, recorded
-    result = ALGORITHM.aggregator(channel).run()
-    for t in threads:
-        t.join(timeout=60)
+    result = run_task(ALGORITHM.aggregator(channel).run, *participants)
     assert result["task"]["status"] == "COMPLETE"
     assert [sorted(r["reported"]) for r in users["alice"].rounds("t")] == [["bob", "carol", "dave"]] * 2
     assert sorted(asked) == sorted(seqs)  # every update was looked up where its sender said
@@ -209,14 +212,9 @@ def test_a_round_of_the_engine_relays_every_statement_and_participants_stop_call
         train, test = shards[name].split(0.2, 0)
         outcome[name] = ALGORITHM.participant(users[name].participant("t"), train, test).run()
 
-    threads = [threading.Thread(target=honest, args=(n,), daemon=True) for n in shards]
-    threads.append(threading.Thread(target=forging, args=(users["mallory"].participant("t"), digits.shard(2, 2)),
-                                    daemon=True))
-    for t in threads:
-        t.start()
-    result = ALGORITHM.aggregator(users["alice"].aggregator("t")).run()
-    for t in threads:
-        t.join(timeout=60)
+    result = run_task(ALGORITHM.aggregator(users["alice"].aggregator("t")).run,
+                      *(partial(honest, n) for n in shards),
+                      partial(forging, users["mallory"].participant("t"), digits.shard(2, 2)))
     assert result["task"]["status"] == "COMPLETE" and set(outcome) == {"bob", "carol"}
     records = users["alice"].rounds("t")
     assert [sorted(r["reported"]) for r in records] == [["bob", "carol"]] * 3
@@ -266,15 +264,9 @@ def test_a_task_that_fails_mid_round_still_puts_what_was_submitted_on_the_ledger
         except Exception:  # noqa: BLE001 - the task fails under it: what matters is the ledger
             pass
 
-    threads = [threading.Thread(target=honest, daemon=True),
-               threading.Thread(target=lying_relayed, args=(users["mallory"].participant("t"), digits.shard(2, 2)),
-                                daemon=True)]
-    for t in threads:
-        t.start()
     with pytest.raises(TaskFailure, match="only 1 valid update"):
-        ALGORITHM.aggregator(users["alice"].aggregator("t")).run()
-    for t in threads:
-        t.join(timeout=60)
+        run_task(ALGORITHM.aggregator(users["alice"].aggregator("t")).run, honest,
+                 partial(lying_relayed, users["mallory"].participant("t"), digits.shard(2, 2)))
     assert users["alice"].task_info("t")["status"] == "FAILED"
     entries = [item["entry"] for item in users["bob"].transport.call("ledger_bundle", task="t")["entries"]]
     types = [(e["type"], e["author"]) for e in entries]
@@ -311,14 +303,9 @@ def test_a_statement_or_cosignature_the_platform_would_refuse_costs_only_its_sen
         train, test = digits.shard(1, 2).split(0.2, 0)
         ALGORITHM.participant(users["bob"].participant("t"), train, test).run()
 
-    threads = [threading.Thread(target=honest, daemon=True)]
-    threads += [threading.Thread(target=hostile, args=(users[n].participant("t"), digits.shard(2, 2), how), daemon=True)
-                for n, how in (("mallory", "nul"), ("trudy", "cosign"))]
-    for t in threads:
-        t.start()
-    result = ALGORITHM.aggregator(users["alice"].aggregator("t")).run()
-    for t in threads:
-        t.join(timeout=60)
+    result = run_task(ALGORITHM.aggregator(users["alice"].aggregator("t")).run, honest,
+                      *(partial(hostile, users[n].participant("t"), digits.shard(2, 2), how)
+                        for n, how in (("mallory", "nul"), ("trudy", "cosign"))))
     assert result["task"]["status"] == "COMPLETE"
     records = users["alice"].rounds("t")
     assert [sorted(r["reported"]) for r in records] == [["bob", "trudy"]] * 2
