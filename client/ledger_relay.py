@@ -197,19 +197,22 @@ class RelayedLedger(LedgerChannel):
                     and item["statement"].get("task") == self.task and isinstance(item.get("signature"), str):
                 queue.append({"statement": item["statement"], "signature": item["signature"]})
 
-    def flush_relay(self, audit: bool = False) -> dict | None:
+    def flush_relay(self, audit: bool = False, record: dict | None = None) -> dict | None:
         """Append the queued statements in one request. With ``audit``: the signed head covering them, this
         member's own entries proven in it (:func:`check_audit`), and the receipts for the members whose
-        statements were relayed since the last audit (for the next broadcast). Returns the receipts."""
+        statements were relayed since the last audit (for the next broadcast). Returns the receipts.
+        ``record``: a round's record (``record_round``'s parameters but the task), stored with them."""
         state = self._relay_state()
         items, state["queue"] = state["queue"], []
         cosigns = [{"member": m, **c} for m, c in state["cosigns"].items()]
         state["cosigns"] = {}
         if state["cosign"] is not None:
             cosigns.append({"member": self.name, **state["cosign"]})
-        if not items and not audit:
+        if not items and not audit and record is None:
             return None
         params = {"task": self.task, "items": items, "cosigns": cosigns}
+        if record is not None:
+            params["record"] = record
         start = state["proven"] if state["seen"] is not None else 0
         asked = [seq for seq, _ in state["own"][start:]] + [spot["seq"] for spot in state["placed"].values()]
         if audit:  # (the entries this relay appends come with their proofs)

@@ -39,12 +39,12 @@ import hashlib
 import re
 from datetime import datetime, timezone
 
-import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from werkbund.ledger import merkle
+from werkbund.ledger.canonical import CanonicalizationError, canonical_json
 
 ENTRY_PREFIX = b"werkbund-ledger-entry-v1\x00"
 ENTRY_V2_PREFIX = b"werkbund-ledger-entry-v2\x00"
@@ -104,8 +104,8 @@ def _check_name(value, name: str, where: str) -> None:
 
 def _canonical(obj: dict, where: str) -> bytes:
     try:
-        return rfc8785.dumps(obj)
-    except rfc8785.CanonicalizationError as exc:
+        return canonical_json(obj)
+    except CanonicalizationError as exc:
         raise EntryError(f"{where}: not canonicalisable JSON: {exc}") from None
 
 
@@ -228,9 +228,13 @@ def statement_hash(entry: dict) -> str:
 
 def sequence(statement: dict, seq: int, prev: str) -> dict:
     """The v2 entry the log makes of ``statement`` at ``seq`` after the entry hashed ``prev``."""
+    return sequenced(statement, seq, prev)[0]
+
+
+def sequenced(statement: dict, seq: int, prev: str) -> tuple[dict, bytes]:
+    """That entry and its canonical bytes (made once: the log stores and hashes them)."""
     entry = {**statement, "seq": seq, "prev": prev}
-    canonical_bytes(entry)
-    return entry
+    return entry, canonical_bytes(entry)
 
 
 def sign_statement(statement: dict, private_key: Ed25519PrivateKey) -> bytes:
@@ -356,7 +360,7 @@ def key_statement(kind: str, subject: str, previous_key: str, public_key: str | 
         raise EntryError(f"a key statement is key_rotated or key_revoked, not {kind!r}")
     body = {"kind": kind, "subject": subject, "previous_key": previous_key,
             "public_key": public_key, "reason": reason}
-    return KEY_STATEMENT_PREFIX + rfc8785.dumps(body)
+    return KEY_STATEMENT_PREFIX + canonical_json(body)
 
 
 def verify_key_statement(statement: bytes, signature, public_key) -> bool:

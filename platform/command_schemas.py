@@ -77,12 +77,17 @@ class JoinTaskParams(TaskParams):
 Names = Annotated[list[Name], Field(max_length=MAX_LIST_ITEMS, strict=False)]  # a tuple from Python is fine
 
 
-class RecordRoundParams(TaskParams):
+class RoundRecordFields(Params):
+    """A round's record: who reported, who was rejected (and why), who was missing, its metrics."""
     number: Count
     reported: Names = ()
     rejected: Annotated[dict[Name, Any], Field(max_length=MAX_LIST_ITEMS)] | None = None
     missing: Names = ()
     metrics: JsonObject | None = None
+
+
+class RecordRoundParams(RoundRecordFields, TaskParams):
+    pass
 
 
 class FinishTaskParams(TaskParams):
@@ -164,6 +169,8 @@ class LedgerRelayParams(TaskParams):
     items: Annotated[list[SignedStatement], Field(max_length=MAX_LIST_ITEMS, strict=False)] = ()
     cosigns: Annotated[list[MemberCosignature], Field(max_length=MAX_LIST_ITEMS, strict=False)] = ()
     audit: RelayAudit | None = Field(None, description="sign the head covering the log and prove it")
+    record: RoundRecordFields | None = Field(
+        None, description="a round's record, stored with the statements in one transaction (as record_round)")
 
 
 class SignedEntry(Params):
@@ -308,6 +315,12 @@ def parse_json(raw: bytes | str, what: str = "the request body"):
 def check_json(value, what: str = "parameter") -> None:
     """Refuse nesting deeper than :data:`MAX_JSON_DEPTH`, integers beyond ±(2**53 - 1) and strings with a
     lone surrogate or NUL anywhere in the JSON object ``value``; the message names where."""
+    if not _fine(value, 0):  # (the walk, which keeps every value's path for its message, is slower)
+        _walk(value, what)
+
+
+def _walk(value, what: str) -> None:
+    """:func:`check_json`'s refusals, each naming the place of what it refuses."""
     stack = [(value, 0, None)]  # (item, depth, path: None or (parent path, key or index))
     while stack:
         item, depth, path = stack.pop()
@@ -328,6 +341,47 @@ def check_json(value, what: str = "parameter") -> None:
             if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
                 raise InvalidInput(f"{_where(what, path)}: the integer {item} lies outside ±(2**53 - 1) "
                                    "(JSON's exact range)")
+
+
+def _fine(value, depth: int) -> bool:
+    """True when :func:`check_json` has nothing to refuse in ``value``; False when it may have (and for
+    anything but plain JSON types: the walk decides)."""
+    kind = type(value)
+    if kind is dict:
+        if depth >= MAX_JSON_DEPTH:
+            return False
+        for key, item in value.items():
+            if (type(key) is str and not _fine_str(key)) or not _fine(item, depth + 1):
+                return False
+        return True
+    if kind is list:
+        if depth >= MAX_JSON_DEPTH:
+            return False
+        for item in value:  # (a list of numbers, a confusion matrix's row: no call per number)
+            kind = type(item)
+            if kind is int:
+                if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                    return False
+            elif kind is not float and kind is not bool and item is not None and not _fine(item, depth + 1):
+                return False
+        return True
+    if kind is str:
+        return _fine_str(value)
+    if kind is int:
+        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+    return kind is float or kind is bool or value is None
+
+
+def _fine_str(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _where(what: str, path) -> str:

@@ -39,7 +39,7 @@ COMMANDS = {
     "ledger_consistency": "ledger.consistency_proof",
     "ledger_cosign": "ledger.cosign",
     "ledger_audit": "ledger.audit",
-    "ledger_relay": "ledger.relay",
+    "ledger_relay": "relay_round",  # (ledger.relay, and the round's record with it)
     "ledger_keys": "ledger.keys",
     "ledger_bundle": "ledger.bundle",
     # identity key rotation and revocation, recorded on the caller's task logs

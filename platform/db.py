@@ -83,6 +83,19 @@ class Database:
                 session.rollback()
                 raise
 
+    @contextmanager
+    def sharing(self, session):
+        """Within the block every ``session()`` of this database is ``session`` (one transaction, its
+        opener's to commit), unless one is shared already."""
+        if SHARED_SESSION.get() is not None:
+            yield
+            return
+        token = SHARED_SESSION.set((self, session))
+        try:
+            yield
+        finally:
+            SHARED_SESSION.reset(token)
+
     def dispose(self) -> None:
         self.engine.dispose()
 

@@ -35,7 +35,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select, text
 from sqlalchemy.exc import IntegrityError
 
-from werkbund.platform.db import SHARED_SESSION, advisory_lock, lock_key
+from werkbund.platform.db import advisory_lock, lock_key
 from werkbund.platform.errors import Conflict, InvalidInput
 from werkbund.platform.tables import RequestReply, utcnow
 
@@ -115,17 +115,14 @@ def run_once(service, caller: str, command: str, request: str, run):
                     with service.db.session() as s:
                         _record(s, caller, request, command, data)
         else:
-            with service.ledger.writing() as s:  # the ledger's writer lock, then one session for everything
-                token = SHARED_SESSION.set((service.db, s))
-                try:
-                    _lock(s, caller, request)
-                    found = _lookup(s, caller, request)
-                    if found is None:
-                        _prune(s)
-                        data = run()
-                        _record(s, caller, request, command, data)
-                finally:
-                    SHARED_SESSION.reset(token)
+            # the ledger's writer lock, then one session for everything
+            with service.ledger.writing() as s, service.db.sharing(s):
+                _lock(s, caller, request)
+                found = _lookup(s, caller, request)
+                if found is None:
+                    _prune(s)
+                    data = run()
+                    _record(s, caller, request, command, data)
     except IntegrityError:  # another platform process recorded this request id first: its reply counts
         found = recorded(service, caller, request)
         if found is None:

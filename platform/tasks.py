@@ -11,6 +11,7 @@ import logging
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
+from werkbund.ledger.canonical import canonical_json
 from werkbund.platform import access
 from werkbund.platform.definition import check_name, validate_definition
 from werkbund.platform.errors import (
@@ -31,9 +32,7 @@ STATUSES = ("CREATED", "STARTED", "COMPLETE", "FAILED")
 
 def canonical_sha256(obj) -> str:
     """sha256 of the RFC 8785 form of a JSON object."""
-    import rfc8785
-
-    return hashlib.sha256(rfc8785.dumps(obj)).hexdigest()
+    return hashlib.sha256(canonical_json(obj)).hexdigest()
 
 
 class Tasks:
@@ -183,6 +182,14 @@ class Tasks:
             s.add(record)
             s.flush()
             return self._round_dict(record)
+
+    def relay_round(self, caller: str, task: str, record: dict | None = None, **relay) -> dict:
+        """``ledger_relay``: the round's statements (``ledger.relay``) and, with ``record``, the round's
+        record (as :meth:`record_round`), in one transaction: a round's bookkeeping is one request."""
+        with self.ledger.writing() as s, self.db.sharing(s):
+            recorded = None if record is None else self.record_round(caller, task, **record)
+            answer = self.ledger.relay(caller, task, **relay)
+        return answer if recorded is None else {**answer, "record": recorded}
 
     def rounds(self, caller: str, task: str) -> list[dict]:
         with self.db.session() as s:

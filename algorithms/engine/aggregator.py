@@ -80,6 +80,7 @@ class RoundAggregator(LedgerSteps):
         self.history: list[dict] = []
         self._pending: dict | None = None
         self._receipts: dict | None = None  # the last relay's proofs, for the next broadcast (ledger_relay.py)
+        self._held_record: dict | None = None  # a round's record, sent with the next relay (ledger_steps.py)
         self.aggregation = build_aggregation(self)  # DP accounting -> POM 2/3 -> accept_update
         self.checkpoint = Checkpoint(checkpoint_dir, channel.task, self.definition) if checkpoint_dir else None
         self.early_stopping = EarlyStopping.from_definition(self.definition.get("early_stopping"))
@@ -204,6 +205,8 @@ class RoundAggregator(LedgerSteps):
         self.stop_reason = state.get("stop_reason")
         if self._relayed:  # the last round's statements, signed but not yet on the log when it stopped
             self.channel.restore_relay_queue(state.get("ledger_queue") or [])
+        if isinstance(state.get("held_record"), dict):  # and the record of the round before, if it waited too
+            self._record(state["held_record"], last=False)
         setup = state.get("setup")
         if isinstance(setup, dict):
             self._setup = (base64.b64decode(setup.get("payload") or ""), dict(setup.get("header") or {}))
@@ -237,7 +240,7 @@ class RoundAggregator(LedgerSteps):
                                                         "header": self._setup[1]},
             "stop_reason": self.stop_reason, "early_stopping": early, "algorithm": meta,
             "aggregation": self.aggregation.checkpoint_state(),
-            "ledger_queue": self.channel.relay_queue() if self._relayed else []})
+            "ledger_queue": self.channel.relay_queue() if self._relayed else [], "held_record": self._held_record})
 
     def exchange(self, kind: str, payload: bytes = b"", expect: str = "", number: int = -1,
                  handler=None, among: list[str] | None = None, minimum: int | None = None,
@@ -425,8 +428,9 @@ class RoundAggregator(LedgerSteps):
                 and pending["number"] + 2 < self.definition["rounds"]):
             self._stop_if(self.early_stopping.observe(pending["number"], metrics.get(self.early_stopping.metric)),
                           metrics)
-        self.channel.record_round(pending["number"], pending["reported"], pending["rejected"],
-                                  pending["missing"], metrics)
+        self._record({"number": pending["number"], "reported": list(pending["reported"]),
+                      "rejected": pending["rejected"], "missing": list(pending["missing"]), "metrics": metrics},
+                     last)
         self.history.append({"round": pending["number"], **metrics})
         if headline(metrics):
             self.progress.message(f"round {pending['number'] + 1}: participants' combined test {headline(metrics)}")
@@ -450,6 +454,11 @@ class RoundAggregator(LedgerSteps):
 
     def _fail(self, reason: str) -> None:
         log.error("task %s failed: %s", self.channel.task, reason)
+        if self._held_record is not None:  # the last recorded round, which waited for the next relay
+            try:
+                self.channel.record_round(**self._held_record)
+            except Exception as exc:
+                log.warning("could not record round %s: %s", self._held_record["number"] + 1, exc)
         if self._relayed:  # what was submitted goes on the log before the failure does
             try:
                 self.channel.flush_relay()

@@ -17,7 +17,7 @@ from werkbund.algorithms.engine.update_aggregation import Update
 
 class LedgerSteps:
     """The ledger's part of the round loop (needs ``channel``, ``definition``, ``aggregation``,
-    ``_check_sample_count`` and ``_receipts`` of the aggregator)."""
+    ``_check_sample_count``, ``_receipts`` and ``_held_record`` of the aggregator)."""
 
     @property
     def _ledger(self) -> bool:
@@ -37,9 +37,19 @@ class LedgerSteps:
 
     def _relay(self) -> None:
         """Append what waits to be relayed (the round's statements, this aggregator's and its participants')
-        with one request that also audits the log; its receipts ride on the broadcast that follows."""
+        with one request that also audits the log and stores the round record held for it; its receipts ride
+        on the broadcast that follows."""
         if self._relayed:
-            self._receipts = self.channel.flush_relay(audit=True)
+            self._receipts = self.channel.flush_relay(audit=True, record=self._held_record)
+            self._held_record = None
+
+    def _record(self, record: dict, last: bool) -> None:
+        """A round's record (``record_round``'s parameters): held for the next relay, so that a round's
+        bookkeeping is one request, or sent now (the last round's, or without the relay)."""
+        if self._relayed and not last:
+            self._held_record = record
+        else:
+            self.channel.record_round(**record)
 
     def _receipts_header(self) -> dict:
         """The proofs of the last relay, for the participants whose statements it appended."""

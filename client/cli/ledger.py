@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import click
-import rfc8785
 
 from werkbund.client import home_files
 from werkbund.client.cli.common import (
@@ -22,6 +21,7 @@ from werkbund.client.ledger import LedgerError, bundle_report, publish, revoke_k
 from werkbund.platform.errors import InvalidInput
 from werkbund.ledger import entries as E
 from werkbund.ledger import merkle
+from werkbund.ledger.canonical import canonical_json
 from werkbund.ledger.verify import keys_in_force
 
 
@@ -253,7 +253,7 @@ def reset_key_command(db, subject, public_key, reason):
 
 # ------------------------------------------------------------------ maintenance log
 def commitment(record: dict) -> str:
-    return hashlib.sha256(rfc8785.dumps(record)).hexdigest()
+    return hashlib.sha256(canonical_json(record)).hexdigest()
 
 
 @ledger.command()

@@ -104,8 +104,7 @@ class StatementRelay:
             if done is not None and E.statement_of(_loads(done.entry)) == statement:
                 results[i] = {"entry": _loads(done.entry), "leaf_hash": done.leaf_hash}
                 continue
-            entry = E.sequence(statement, size, prev)
-            data = E.canonical_bytes(entry)
+            entry, data = E.sequenced(statement, size, prev)
             leaf, prev = merkle.leaf_hash(data).hex(), hashlib.sha256(data).hexdigest()
             rows.append(LedgerEntry(task=task, seq=size, author=statement["author"], type=statement["type"],
                                     entry=data.decode("utf-8"), signature=signature, leaf_hash=leaf,

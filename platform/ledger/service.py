@@ -146,8 +146,8 @@ class LedgerService(IdentityKeys, StatementRelay):
                                                       LedgerEntry.signature == signature))
             if done is not None and E.statement_of(_loads(done.entry)) == statement:
                 return self._promise(task, _loads(done.entry), done.leaf_hash)
-            entry = E.sequence(statement, *self._head(s, task))
-            result = self._insert(s, task, entry, signature, E.canonical_bytes(entry))
+            entry, data = E.sequenced(statement, *self._head(s, task))
+            result = self._insert(s, task, entry, signature, data)
             return self._promise(task, entry, result["leaf_hash"])
 
     def _promise(self, task: str, entry: dict, leaf_hash: str) -> dict:

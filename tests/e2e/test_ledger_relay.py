@@ -11,7 +11,7 @@ from support.ledger_members import platform  # noqa: F401 (the fixture)
 
 from werkbund.client.ledger import LedgerError
 from werkbund.ledger import entries as E
-from werkbund.platform.errors import PermissionDenied
+from werkbund.platform.errors import InvalidInput, InvalidState, PermissionDenied
 from werkbund.platform.ledger.store import LedgerCheckpoint, LedgerEntry
 
 PARTICIPANTS = ("bob", "carol", "dave")
@@ -184,3 +184,25 @@ def test_the_aggregator_refuses_a_statement_not_signed_by_its_sender(platform):
     assert "a relayed statement may have at most 65536" in alice.check_relayed(
         "bob", "update_submitted", 0, big["ledger_statement"], big["ledger_signature"])
     assert alice._ledger["queue"] == []
+
+
+def test_a_round_record_rides_on_the_relay_and_both_or_neither_are_stored(platform):
+    """The round's record (record_round's parameters) goes with the relay: one request and one transaction
+    for a round's bookkeeping. A record the platform refuses (the task not started) refuses the relay too:
+    neither the record nor the statements are stored, and the aggregator is told why."""
+    service = make_task(platform, "record", ("bob",))
+    statement = E.make_statement("record", "update_submitted", "bob", {"round": 0})
+    item = {"statement": statement, "signature": E.encode_signature(E.sign_statement(statement, platform.keys["bob"]))}
+    alice = Direct(service, "alice")
+    record = {"number": 0, "reported": ["bob"], "rejected": {}, "missing": [], "metrics": {"accuracy": 0.75}}
+    before = len(service.ledger.entries("alice", "record"))
+    with pytest.raises(InvalidState, match="rounds are recorded only while it runs"):
+        alice.call("ledger_relay", task="record", items=[item], record=record)
+    assert len(service.ledger.entries("alice", "record")) == before and service.rounds("alice", "record") == []
+    service.start_task("alice", "record")
+    answer = alice.call("ledger_relay", task="record", items=[item], record=record)
+    assert answer["record"]["round"] == 0 and "entry" in answer["results"][0]
+    assert [(r["round"], r["reported"], r["metrics"]) for r in service.rounds("bob", "record")] == \
+        [(0, ["bob"], {"accuracy": 0.75})]
+    with pytest.raises(InvalidInput, match="record.bogus"):
+        alice.call("ledger_relay", task="record", record={**record, "bogus": 1})

@@ -223,6 +223,8 @@ def test_a_round_of_the_engine_relays_every_statement_and_participants_stop_call
     # one relay before each round's broadcast and one before the final model; besides, only reads of the
     # verified log for the members' keys (again after each signature that failed: mallory's)
     assert ledger["alice"].count("ledger_relay") == 4
+    # a round's record rides on the next round's relay (or the final one): only the last goes on its own
+    assert asked["alice"].count("record_round") == 1 and [r["round"] for r in records] == [0, 1, 2]
     assert set(ledger["alice"]) == {"ledger_relay", "ledger_entries", "ledger_checkpoint"}
     for name in ("bob", "carol"):  # one audit pins the platform key; the receipts settle the rest
         assert ledger[name] == ["ledger_audit"], ledger[name]
