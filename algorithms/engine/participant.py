@@ -32,6 +32,8 @@ again for which it sent an update. Only where the privacy mode says the bytes no
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -47,8 +49,11 @@ log = logging.getLogger("werkbund.participant")
 
 IDLE_CHECK_SECONDS = 30.0
 RUN_MARK = "participant-ran"  # in state_dir: this participant ran in the task before (a restart resyncs)
-LAST_UPDATE = "last-update"    # in state_dir: .json (round, header, sha256) and .bin (the bytes) of the last update
+LAST_UPDATE = "last-update"    # in state_dir: .json (round, header, sha256) and .bin (the bytes) of the last update;
+# a small one's bytes in the .json (payload_b64)
 KEEP_IN_MEMORY_BELOW = 16 * 1024 * 1024  # bytes: a larger last update is held on disk only
+# bytes: a smaller last update is kept inside its .json (base64), one file written and synced a round, not two
+KEEP_IN_ONE_FILE_BELOW = 1024 * 1024
 
 
 class TaskEnded(RuntimeError):
@@ -254,6 +259,10 @@ class RoundParticipant:
         except (TypeError, ValueError) as exc:
             log.warning("round %s: the update's header cannot be kept in %s: %s", number, folder, exc)
             return
+        if len(payload) < min(KEEP_IN_ONE_FILE_BELOW, KEEP_IN_MEMORY_BELOW):
+            write_json(folder / f"{LAST_UPDATE}.json", {**text, "payload_b64": base64.b64encode(payload).decode("ascii")})
+            (folder / f"{LAST_UPDATE}.bin").unlink(missing_ok=True)  # (a larger round's: the .json says which counts)
+            return
         write_private(folder / f"{LAST_UPDATE}.bin", bytes(payload))
         write_json(folder / f"{LAST_UPDATE}.json", text)
         if len(payload) >= KEEP_IN_MEMORY_BELOW:
@@ -265,8 +274,11 @@ class RoundParticipant:
         folder = Path(self.state_dir)
         try:
             kept = read_json(folder / f"{LAST_UPDATE}.json")
-            payload = (folder / f"{LAST_UPDATE}.bin").read_bytes() if kept else None
-        except (StateFileError, OSError) as exc:
+            if kept and isinstance(kept.get("payload_b64"), str):  # a small update, kept in the .json itself
+                payload = base64.b64decode(kept["payload_b64"], validate=True)
+            else:
+                payload = (folder / f"{LAST_UPDATE}.bin").read_bytes() if kept else None
+        except (StateFileError, OSError, binascii.Error) as exc:
             log.warning("the last update kept in %s cannot be read: %s", folder, exc)
             return None
         if (not kept or kept.get("task") != self.channel.task or not isinstance(kept.get("round"), int)

@@ -142,7 +142,8 @@ def test_a_participant_killed_mid_round_under_pom_2_or_3_and_restarted(make, pom
     private = {"last-update.json", "last-update.bin",
                *(("secagg-signed.json",) if pom == 2 else ("pom3-state.json", "pom3-key.bin"))}
     assert set(kept) - {"participant-ran"} <= private  # under POM 2 no round's secrets are ever on disk
-    assert {"last-update.json", "last-update.bin"} <= set(kept) and (pom == 2 or "pom3-key.bin" in kept)
+    # (a small update's bytes are kept inside last-update.json, a larger one's in last-update.bin beside it)
+    assert "last-update.json" in kept and (pom == 2 or "pom3-key.bin" in kept)
     assert {oct(kept[name].stat().st_mode & 0o777) for name in set(kept) & private} == {"0o600"}
     if pom == 3:  # the key file alone is no CKKS context: it is encrypted under a key from her identity key
         read = subprocess.run([sys.executable, "-c", "import sys; from werkbund.algorithms.privacy.ckks import encryption as he_ckks; "

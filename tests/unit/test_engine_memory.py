@@ -5,6 +5,7 @@ broadcast bytes while the updates come in when it can make them again (``Broadca
 participant keeps a large last update on disk only. Both are thresholds in bytes; the tests set them
 to 0 so that a small model takes the large model's path.
 """
+import json
 import threading
 from types import SimpleNamespace
 
@@ -219,3 +220,23 @@ def test_a_participant_does_not_hold_the_rounds_model_beside_its_update_and_thei
     (kind, payload, header), _ = channel.send
     assert kind == "update" and decode_weights(payload)[0][0] == 1.0 and header["n_samples"] == 3
     assert peak < 2.5 * size, f"{peak / size:.2f} models held at once"  # 3 when the round's model stayed
+
+
+def test_a_small_last_update_is_kept_in_one_file_and_an_older_pair_of_files_still_read(tmp_path):
+    """A small update's bytes go into its .json (one file written and synced before it is sent, not two); the
+    .bin of an earlier, larger round goes. Kept files of the older layout (.json and .bin) are read as before."""
+    payload = encode_weights([np.linspace(0, 1, 50, dtype=np.float32)])
+    part = _participant(tmp_path)
+    part._keep_update(0, b"x" * 10, {"n_samples": 7})
+    (tmp_path / f"{participant_module.LAST_UPDATE}.bin").write_bytes(b"a larger round's bytes")
+    part._keep_update(1, payload, {"n_samples": 7})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{participant_module.LAST_UPDATE}.json"]
+    assert _participant(tmp_path)._stored_update(quiet=True) == (1, payload, {"n_samples": 7})
+    kept = json.loads((tmp_path / f"{participant_module.LAST_UPDATE}.json").read_text())
+    del kept["payload_b64"]  # the layout before: the bytes beside it
+    (tmp_path / f"{participant_module.LAST_UPDATE}.json").write_text(json.dumps(kept))
+    (tmp_path / f"{participant_module.LAST_UPDATE}.bin").write_bytes(payload)
+    assert _participant(tmp_path)._stored_update(quiet=True) == (1, payload, {"n_samples": 7})
+    kept["payload_b64"] = "not base64!"
+    (tmp_path / f"{participant_module.LAST_UPDATE}.json").write_text(json.dumps(kept))
+    assert _participant(tmp_path)._stored_update(quiet=True) is None  # unreadable: never sent again
