@@ -134,12 +134,12 @@ class RelayedLedger(LedgerChannel):
         the reason it is refused (a string)."""
         state = self._relay_state()
         try:
-            size = len(E.statement_bytes(statement))
+            data = E.statement_bytes(statement)  # (canonicalized once: for its size and its signature)
             E.decode_signature(signature)
         except E.EntryError as exc:
             return f"the update's ledger statement is malformed: {exc}"
-        if size > MAX_RELAYED_STATEMENT_BYTES:
-            return (f"the update's ledger statement has {size} bytes; a relayed statement may have at most "
+        if len(data) > MAX_RELAYED_STATEMENT_BYTES:
+            return (f"the update's ledger statement has {len(data)} bytes; a relayed statement may have at most "
                     f"{MAX_RELAYED_STATEMENT_BYTES}")
         if (statement["task"], statement["author"], statement["type"]) != (self.task, sender, type):
             return f"the update's ledger statement is not a {type} statement of {sender} in this task"
@@ -156,7 +156,7 @@ class RelayedLedger(LedgerChannel):
             if state["keys"] is None or fresh:
                 state["keys"] = self.ledger_identity_keys()
             key = state["keys"].get(sender)
-            if key is not None and E.verify_statement_signature(statement, signature, key):
+            if key is not None and E.verify_statement_bytes(data, signature, key):
                 state["queue"].append({"statement": statement, "signature": signature})
                 return dict(statement["payload"])
         return f"the update's ledger statement is not signed with {sender}'s key on the ledger"

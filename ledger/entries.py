@@ -244,7 +244,12 @@ def sign_statement(statement: dict, private_key: Ed25519PrivateKey) -> bytes:
 
 
 def verify_statement_signature(statement: dict, signature, public_key) -> bool:
-    return _verify(ENTRY_V2_PREFIX, statement_bytes(statement), signature, public_key)
+    return verify_statement_bytes(statement_bytes(statement), signature, public_key)
+
+
+def verify_statement_bytes(data: bytes, signature, public_key) -> bool:
+    """:func:`verify_statement_signature` for a statement's canonical bytes, where the caller has them."""
+    return _verify(ENTRY_V2_PREFIX, data, signature, public_key)
 
 
 def make_promise(log: str, seq: int, leaf_hash: str, timestamp: str | None = None) -> dict:

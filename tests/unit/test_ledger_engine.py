@@ -38,6 +38,13 @@ def rounds(handle, data, told=None):
             yield number, message
 
 
+def members(*names):
+    """Users with identity keys (so their handles sign ledger entries) on one new in-process platform."""
+    platform = InProcPlatform()
+    return {name: register(name, f"{name}-password", name, platform="inproc", inproc=platform,
+                           identity=Ed25519PrivateKey.generate()) for name in names}
+
+
 def run_task(aggregate, *participants):
     """Each participant (a callable) in its own thread, ``aggregate`` (the aggregator's run) in this one;
     the participants are joined whatever the aggregator did. Returns what ``aggregate`` returned."""
@@ -64,9 +71,7 @@ def lying(handle, data, n_samples=10, lie=True, told=None):
 
 
 def test_an_update_that_does_not_match_its_published_hash_is_rejected_and_selection_skips():
-    platform = InProcPlatform()
-    users = {name: register(name, f"{name}-password", name, platform="inproc", inproc=platform,
-                            identity=Ed25519PrivateKey.generate()) for name in ("alice", "bob", "mallory", "tiny")}
+    users = members("alice", "bob", "mallory", "tiny")
     users["alice"].create_task("t", {"quorum": 3, "rounds": 2, "epochs": 1, "round_timeout": 20,
                                      "min_updates": 1, "selection": {"min_samples": 50}})
     digits = load_dataset("builtin:digits")
@@ -121,10 +126,8 @@ def test_updates_name_their_ledger_entry_so_one_read_of_the_ledger_serves_a_roun
     """Before, the aggregator read the ledger once per update. An update now names the seq of its
     update_submitted entry; the aggregator reads only when it has not read that far, so when every
     entry of a round is on the ledger before the first update arrives, one read serves the round."""
-    platform = InProcPlatform()
     names = ("alice", "bob", "carol", "dave")
-    users = {name: register(name, f"{name}-password", name, platform="inproc", inproc=platform,
-                            identity=Ed25519PrivateKey.generate()) for name in names}
+    users = members(*names)
     users["alice"].create_task("t", {"quorum": 3, "rounds": 2, "epochs": 1, "round_timeout": 20})
     digits = load_dataset("builtin:digits")
     shards = {name: digits.shard(i, 3) for i, name in enumerate(names[1:], start=1)}
@@ -156,9 +159,7 @@ def test_updates_name_their_ledger_entry_so_one_read_of_the_ledger_serves_a_roun
 def test_a_wrong_ledger_seq_in_an_update_changes_nothing_the_entry_is_looked_up():
     """The seq an update names is a hint: a seq past what was read, of someone else's entry, or not a
     number leads to the sender's own latest entry for the round, or to none."""
-    platform = InProcPlatform()
-    users = {name: register(name, f"{name}-password", name, platform="inproc", inproc=platform,
-                            identity=Ed25519PrivateKey.generate()) for name in ("alice", "bob", "mallory")}
+    users = members("alice", "bob", "mallory")
     users["alice"].create_task("t", {"quorum": 2, "rounds": 1, "epochs": 1, "round_timeout": 20})
     digits = load_dataset("builtin:digits")
     for name in ("bob", "mallory"):
@@ -178,10 +179,8 @@ def test_a_round_of_the_engine_relays_every_statement_and_participants_stop_call
     appends a round's statements with one ledger_relay request, and once a participant has pinned the
     platform key (one audit, at the first receipts) it makes no ledger request at all. The log holds every
     statement once and verifies; a participant whose statement is signed with another key is refused."""
-    platform = InProcPlatform()
     names = ("alice", "bob", "carol", "mallory")
-    users = {name: register(name, f"{name}-password", name, platform="inproc", inproc=platform,
-                            identity=Ed25519PrivateKey.generate()) for name in names}
+    users = members(*names)
     users["alice"].create_task("t", {"quorum": 3, "rounds": 3, "epochs": 1, "round_timeout": 20, "min_updates": 1})
     digits = load_dataset("builtin:digits")
     shards = {"bob": digits.shard(1, 2), "carol": digits.shard(2, 2)}
@@ -243,9 +242,7 @@ def test_a_round_of_the_engine_relays_every_statement_and_participants_stop_call
 def test_a_task_that_fails_mid_round_still_puts_what_was_submitted_on_the_ledger():
     """Statements ride on updates and wait for the next relay; a task that fails before it (too few valid
     updates) appends them first, so the log shows bob's update and mallory's refused one before task_failed."""
-    platform = InProcPlatform()
-    users = {name: register(name, f"{name}-password", name, platform="inproc", inproc=platform,
-                            identity=Ed25519PrivateKey.generate()) for name in ("alice", "bob", "mallory")}
+    users = members("alice", "bob", "mallory")
     users["alice"].create_task("t", {"quorum": 2, "rounds": 2, "epochs": 1, "round_timeout": 20, "min_updates": 2})
     digits = load_dataset("builtin:digits")
     for name in ("bob", "mallory"):
@@ -281,10 +278,8 @@ def test_a_statement_or_cosignature_the_platform_would_refuse_costs_only_its_sen
     """The round's relay is one request: a participant must not be able to make the platform refuse all of it.
     mallory's statement is signed by her but holds a NUL (no database stores one), trudy's cosignature is not
     a cosignature at all: mallory's updates are refused, trudy's cosignature dropped, and the task completes."""
-    platform = InProcPlatform()
     names = ("alice", "bob", "mallory", "trudy")
-    users = {name: register(name, f"{name}-password", name, platform="inproc", inproc=platform,
-                            identity=Ed25519PrivateKey.generate()) for name in names}
+    users = members(*names)
     users["alice"].create_task("t", {"quorum": 3, "rounds": 2, "epochs": 1, "round_timeout": 20, "min_updates": 1})
     digits = load_dataset("builtin:digits")
     for name in names[1:]:
