@@ -22,7 +22,11 @@ Figures: seconds per round after the first (median; werkbund: the aggregator's `
 each round; Flower: end of one aggregation to the end of the next) and launch-to-end wall time
 (werkbund: from starting the participant processes to the aggregator's end, platform start and
 registration excluded; Flower: the server process's whole life). Ratio: werkbund over Flower, so
-1.0 means as fast as Flower and below 1 faster.
+1.0 means as fast as Flower and below 1 faster. Under each werkbund line: the CPU a round took in each
+kind of process (the aggregator, the platform, the participants, RabbitMQ's Erlang VM in the cloud
+runs), from /proc between the end of round 1 and the end of the last, and how busy the machine's cores
+were meanwhile: on a machine whose cores are all in use, a round is as long as the work of its busiest
+part, and the local platform is one process (its routes take turns on one interpreter).
 """
 from __future__ import annotations
 
@@ -127,11 +131,56 @@ def _participant(where: dict, name: str, raw: bytes, index: int, seed: int, home
     LogisticRegressionParticipant(user.participant("overhead"), train, test).run()
 
 
+class _CpuWatch:
+    """The CPU each process takes from the end of round 1 to the end of the last round (``Progress`` hooks of
+    the aggregator), per round in ms: where a round's work goes on a machine whose cores are all busy."""
+
+    def __init__(self, pids: dict[str, list[int]]):
+        self.pids, self._first, self.per_round_ms = pids, None, {}
+
+    def snapshot(self) -> dict:
+        taken = {group: sum(_cpu_s(pid) for pid in pids) for group, pids in self.pids.items()}
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        taken["_busy"], taken["_all"] = sum(fields) - fields[3] - fields[4], sum(fields)
+        return taken
+
+    def round_done(self, number: int, total: int) -> None:
+        if number == 0:
+            self._first = self.snapshot()
+        elif number == total - 1 and self._first:
+            before, after = self._first, self.snapshot()
+            rounds = total - 1
+            self.per_round_ms = {group: 1000 * (after[group] - before[group]) / rounds for group in self.pids}
+            self.per_round_ms["machine busy %"] = 100 * (after["_busy"] - before["_busy"]) / (after["_all"] - before["_all"])
+
+
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process (all its threads) so far; 0 once it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _broker_pids() -> list[int]:
+    """RabbitMQ's Erlang VM on this machine (its CPU in the cloud runs), found by name."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if "(beam.smp)" in stat.read_text():
+                found.append(int(stat.parent.name))
+        except OSError:
+            pass
+    return found
+
+
 def run_werkbund(kind: str, participants: int, rounds: int, seed: int = 0, ledger: bool = True) -> dict:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from werkbund.algorithms.builtin.linear_models import LogisticRegressionAggregator
+    from werkbund.algorithms.engine.progress import Progress
     from werkbund.client.api import register
 
     with tempfile.TemporaryDirectory(prefix="werkbund-vs-flower-") as tmp:
@@ -160,7 +209,15 @@ def run_werkbund(kind: str, participants: int, rounds: int, seed: int = 0, ledge
             started = time.perf_counter()
             for proc in procs:
                 proc.start()
-            outcome = LogisticRegressionAggregator(creator.aggregator("overhead")).run()
+            watch = _CpuWatch({"aggregator": [os.getpid()], "platform": [platform_pid],
+                               "participants": [proc.pid for proc in procs],
+                               **({"broker": _broker_pids()} if kind == "cloud" else {})})
+
+            class Watched(Progress):
+                def round_done(self, number, total, summary):
+                    watch.round_done(number, total)
+
+            outcome = LogisticRegressionAggregator(creator.aggregator("overhead"), progress=Watched()).run()
             wall = time.perf_counter() - started
             for proc in procs:
                 proc.join(timeout=60)
@@ -170,7 +227,7 @@ def run_werkbund(kind: str, participants: int, rounds: int, seed: int = 0, ledge
     durations = [h["duration_s"] for h in outcome["history"]]
     return {"round_s": durations, "median_round_s": statistics.median(durations[1:] or durations), "wall_s": wall,
             "rounds": len(durations), "platform_peak_rss_mib": platform_peak,
-            "accuracy": outcome["history"][-1].get("accuracy")}
+            "accuracy": outcome["history"][-1].get("accuracy"), "cpu_ms_per_round": watch.per_round_ms}
 
 
 def _peak_rss_mib(pid: int) -> float | None:
@@ -232,6 +289,12 @@ def main() -> None:
                   f"platform peak {figures['platform_peak_rss_mib'] or 0:.0f} MiB | "
                   + (f"Flower {flower['median_round_s']:.4f} s/round, wall {flower['wall_s']:.1f} s | "
                      f"werkbund/Flower {ratio:.1f}x" if flower else "Flower -"), flush=True)
+            cpu = figures["cpu_ms_per_round"]
+            if cpu:
+                print("        CPU a round (ms): " + ", ".join(
+                    f"{group} {value:.1f}" + (f" ({value / n:.1f} each)" if group == "participants" else "")
+                    for group, value in cpu.items() if group != "machine busy %")
+                    + f"; the machine's cores {cpu['machine busy %']:.0f} % busy", flush=True)
     print("\n| N | platform | werkbund s/round | werkbund wall s | Flower s/round | Flower wall s | werkbund / Flower "
           "| growth from the smallest N: werkbund | Flower |")
     print("|---|---|---|---|---|---|---|---|---|")
