@@ -5,8 +5,9 @@ calls it in a thread pool and streams bodies in pieces both ways, so the routes 
 poll must not hold one of those threads while it waits (with more waiting participants than threads,
 every other request would queue behind their polls): the route only looks (``LongPoll.take``) and answers
 204 when the inbox is empty; the front holds that 204 back, awaits the mailbox's wake and runs the route
-again, so authentication, the task's checks and the reply are the route's own every time. The 204 goes
-out when the deadline passes or the server stops; a client that left gets nothing.
+again, so the reply is the route's own every time. The session and the caller's place in the task are
+checked at the first run, when the request came, as for any request (``LongPoll.inbox``), not at each
+wake. The 204 goes out when the deadline passes or the server stops; a client that left gets nothing.
 
 A chunked request body (no Content-Length) is first copied into a temporary file, as waitress did before:
 the routes need a body's size before they read it.

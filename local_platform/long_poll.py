@@ -25,6 +25,7 @@ class LongPoll:
         self._event = asyncio.Event()
         self.deadline: float | None = None  # set by the route's first run, from the request's timeout
         self._watched: tuple[Mailboxes, str, str] | None = None
+        self.inbox: str | None = None  # the inbox the route let this request read (set at its first look)
 
     @property
     def watching(self) -> bool:
@@ -35,7 +36,7 @@ class LongPoll:
         """The inbox's next message now, or None; then, while time is left, watch the inbox (the route's thread)."""
         now = time.monotonic()
         if self.deadline is None:
-            self.deadline = now + timeout
+            self.deadline, self.inbox = now + timeout, inbox
         wake = self.wake if self.deadline > now else None
         message = boxes.take(task, inbox, wake)
         self._watched = (boxes, task, inbox) if message is None and wake is not None else None

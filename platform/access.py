@@ -7,8 +7,10 @@ part's private methods.
 """
 from __future__ import annotations
 
-from sqlalchemy import inspect, select
-from sqlalchemy.orm import object_session
+from typing import NamedTuple
+
+from sqlalchemy import bindparam, inspect, select
+from sqlalchemy.orm import aliased, object_session
 
 from werkbund.platform.errors import AuthenticationFailed, InvalidInput, PermissionDenied, TaskNotFound
 from werkbund.platform.tables import Membership, Task, User
@@ -38,6 +40,42 @@ def task_row(s, name: str, lock: bool = False) -> Task:
     if row is None:
         raise TaskNotFound(f"unknown task {name!r}")
     return row
+
+
+class TaskRole(NamedTuple):
+    """What a message's route needs of a task: its status, its creator's name, whether the user is a member."""
+    status: str
+    creator: str
+    member: bool
+
+
+_creator, _member = aliased(User), aliased(User)
+# one statement, built once (its cache key too): every message and every long poll of every participant asks it
+_ROLE = (select(Task.status, _creator.name,
+                select(Membership.id).join(_member, Membership.user_id == _member.id)
+                .where(Membership.task_id == Task.id, _member.name == bindparam("user")).exists())
+         .join(_creator, Task.creator_id == _creator.id).where(Task.name == bindparam("task")))
+
+
+_MEMBERS = (select(_member.name).join(Membership, Membership.user_id == _member.id).join(Task, Membership.task_id == Task.id)
+            .where(Task.name == bindparam("task")).order_by(Membership.id))
+
+
+def member_names(s, name: str) -> list[str]:
+    """The names of the task's participants in the order they joined (a broadcast's inboxes), in one query."""
+    return list(s.scalars(_MEMBERS, {"task": name}))
+
+
+def task_role(s, name: str, user: str) -> TaskRole:
+    """The status and creator of the task called ``name`` and whether ``user`` is a member of it, in one
+    query that reads neither the definition nor any schema (the rows ``task_row`` and ``membership``
+    load): the check of every message and long poll."""
+    if not isinstance(name, str):
+        raise InvalidInput("a task name must be a string")
+    row = s.execute(_ROLE, {"task": name, "user": user}).first()
+    if row is None:
+        raise TaskNotFound(f"unknown task {name!r}")
+    return TaskRole(*row)
 
 
 def membership(row: Task, user: str) -> Membership | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from werkbund.platform import access, passwords
@@ -19,6 +19,9 @@ from werkbund.platform.tables import SessionToken, User, utcnow
 log = logging.getLogger("werkbund.platform")
 
 SESSION_LIFETIME = timedelta(hours=12)
+# built once (its cache key too): every request of every user is authenticated with it
+_SESSION_USER = (select(User.name, SessionToken.expires_at).join(SessionToken.user)
+                 .where(SessionToken.token_sha256 == bindparam("digest")))
 
 
 class Accounts:
@@ -70,8 +73,7 @@ class Accounts:
         if not token or not isinstance(token, str):
             raise AuthenticationFailed("not logged in: no session token")
         with self.db.session() as s:  # every request comes here: one query, the user's name with the token
-            row = s.execute(select(User.name, SessionToken.expires_at).join(SessionToken.user).where(
-                SessionToken.token_sha256 == passwords.token_digest(token, scope))).first()
+            row = s.execute(_SESSION_USER, {"digest": passwords.token_digest(token, scope)}).first()
             if row is None or row.expires_at < utcnow():
                 raise AuthenticationFailed("the session has expired or is unknown; log in again")
             return row.name

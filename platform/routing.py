@@ -43,16 +43,16 @@ class Routing:
     def route_message(self, caller: str, task: str, to: str) -> list[str]:
         """The inboxes a message from ``caller`` to ``to`` ('aggregator', 'all' or a participant) goes to."""
         with self.db.session() as s:
-            row = access.task_row(s, task)
-            if row.status != "STARTED":
-                raise InvalidState(f"task {task!r} is {row.status}; messages flow only while it runs")
-            if row.creator.name == caller:  # (only a broadcast reads every member)
+            role = access.task_role(s, task, caller)
+            if role.status != "STARTED":
+                raise InvalidState(f"task {task!r} is {role.status}; messages flow only while it runs")
+            if role.creator == caller:  # (only a broadcast reads every member)
                 if to == "all":
-                    return [m.user.name for m in row.memberships]
-                if isinstance(to, str) and access.membership(row, to) is not None:
+                    return access.member_names(s, task)
+                if isinstance(to, str) and access.task_role(s, task, to).member:
                     return [to]
                 raise InvalidInput(f"{to!r} is not a participant of task {task!r}")
-            if access.membership(row, caller) is None:
+            if not role.member:
                 raise PermissionDenied(f"you are not a participant of task {task!r}")
             if to != "aggregator":
                 raise PermissionDenied("participants send only to the task's aggregator")
@@ -61,9 +61,9 @@ class Routing:
     def inbox_of(self, caller: str, task: str) -> str:
         """The inbox that ``caller`` reads in ``task``."""
         with self.db.session() as s:
-            row = access.task_row(s, task)
-            if row.creator.name == caller:
+            role = access.task_role(s, task, caller)
+            if role.creator == caller:
                 return AGGREGATOR_INBOX
-            if access.membership(row, caller) is None:
+            if not role.member:
                 raise PermissionDenied(f"you are not a participant of task {task!r}")
             return caller

@@ -131,3 +131,29 @@ def test_a_bad_long_poll_gets_its_typed_error_not_a_wait(server):
     reply = conn.getresponse()
     assert reply.status == 404 and json.loads(reply.read())["error"]["code"] == "task_not_found"
     conn.close()
+
+
+def test_a_waiting_poll_was_let_in_when_it_came_and_a_revoked_session_opens_no_new_one(server, monkeypatch):
+    """A long poll's session and membership are checked when the request comes, as for any request, not again
+    at each wake: the message that arrives while it waits is delivered even though its session was revoked
+    meanwhile; the next poll with that session is refused (401) before it waits."""
+    alice, bob = HttpTransport(server.url), HttpTransport(server.url)
+    for user, transport in (("alice", alice), ("bob", bob)):
+        transport.register(user, PASSWORD, user)
+        transport.login(user, PASSWORD)
+    alice.call("create_task", task="t", definition={"algorithm": "kmeans", "quorum": 1, "rounds": 1})
+    bob.call("join_task", task="t")
+    alice.call("start_task", task="t")
+    parked = parked_polls(server, monkeypatch, 1)
+    token, conn = bob.token, open_poll(server.url, bob)
+    try:
+        assert parked.wait(30), "the long poll did not reach its inbox"
+        bob.logout()
+        assert alice.send("t", "bob", b"sent while bob waited")["delivered_to"] == 1
+        reply = conn.getresponse()
+        assert (reply.status, reply.getheader("X-Werkbund-Sender"), reply.read()) == (200, "alice", b"sent while bob waited")
+    finally:
+        conn.close()
+    again = requests.get(f"{server.url}/api/v1/tasks/t/messages?timeout=60", headers={"Authorization": f"Bearer {token}"},
+                         timeout=30)
+    assert again.status_code == 401 and again.json()["error"]["code"] == "authentication_failed"
