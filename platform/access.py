@@ -62,7 +62,8 @@ _MEMBERS = (select(_member.name).join(Membership, Membership.user_id == _member.
 
 
 def member_names(s, name: str) -> list[str]:
-    """The names of the task's participants in the order they joined (a broadcast's inboxes), in one query."""
+    """The names of the task's participants in the order they joined (a broadcast's inboxes), in one query
+    (``s``: a session, or a connection of ``Database.reading``, as for ``task_role``)."""
     return list(s.scalars(_MEMBERS, {"task": name}))
 
 

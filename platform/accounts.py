@@ -72,8 +72,8 @@ class Accounts:
         e.g. ``blob:<task>`` for the blob store's transfer token)."""
         if not token or not isinstance(token, str):
             raise AuthenticationFailed("not logged in: no session token")
-        with self.db.session() as s:  # every request comes here: one query, the user's name with the token
-            row = s.execute(_SESSION_USER, {"digest": passwords.token_digest(token, scope)}).first()
+        with self.db.reading() as c:  # every request comes here: one query, the user's name with the token
+            row = c.execute(_SESSION_USER, {"digest": passwords.token_digest(token, scope)}).first()
             if row is None or row.expires_at < utcnow():
                 raise AuthenticationFailed("the session has expired or is unknown; log in again")
             return row.name

@@ -84,6 +84,18 @@ class Database:
                 raise
 
     @contextmanager
+    def reading(self):
+        """A connection for Core read statements (``select`` of columns): no ORM session is set up, a third
+        of the cost, for the checks every request makes (its session, its route). Inside a ``SHARED_SESSION``
+        of this database, that session, which sees the unit of work's own writes."""
+        shared = SHARED_SESSION.get()
+        if shared is not None and shared[0] is self:
+            yield shared[1]
+            return
+        with self._serial, self.engine.connect() as connection:
+            yield connection
+
+    @contextmanager
     def sharing(self, session):
         """Within the block every ``session()`` of this database is ``session`` (one transaction, its
         opener's to commit), unless one is shared already."""

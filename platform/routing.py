@@ -42,7 +42,7 @@ class Routing:
     # ------------------------------------------------------ message routing
     def route_message(self, caller: str, task: str, to: str) -> list[str]:
         """The inboxes a message from ``caller`` to ``to`` ('aggregator', 'all' or a participant) goes to."""
-        with self.db.session() as s:
+        with self.db.reading() as s:
             role = access.task_role(s, task, caller)
             if role.status != "STARTED":
                 raise InvalidState(f"task {task!r} is {role.status}; messages flow only while it runs")
@@ -60,7 +60,7 @@ class Routing:
 
     def inbox_of(self, caller: str, task: str) -> str:
         """The inbox that ``caller`` reads in ``task``."""
-        with self.db.session() as s:
+        with self.db.reading() as s:
             role = access.task_role(s, task, caller)
             if role.creator == caller:
                 return AGGREGATOR_INBOX
