@@ -76,7 +76,7 @@ def task_role(s, name: str, user: str) -> TaskRole:
     row = s.execute(_ROLE, {"task": name, "user": user}).first()
     if row is None:
         raise TaskNotFound(f"unknown task {name!r}")
-    return TaskRole(*row)
+    return TaskRole(row[0], row[1], bool(row[2]))
 
 
 def membership(row: Task, user: str) -> Membership | None:
