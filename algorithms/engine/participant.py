@@ -24,8 +24,9 @@ earlier run) asks the aggregator for a ``resync`` and drops what its inbox held 
 answer (``resynced``), then takes the set-up and the request under way sent with it. A set-up
 identical to the one it has is ignored (a resumed aggregator sends it to all); a round it already
 answered is answered again with the same update bytes (a resumed aggregator may ask twice), also
-after a restart: the last update is kept in ``state_dir`` (``last-update.json`` and ``.bin``, 0600,
-written before its metadata goes on the ledger), so a restarted participant never trains a round
+after a restart: the last update is kept in ``state_dir`` (``last-update.json``, with a small update's
+bytes inside it and a larger one's in ``last-update.bin`` beside it, 0600, written before its metadata
+goes on the ledger), so a restarted participant never trains a round
 again for which it sent an update. Only where the privacy mode says the bytes no longer fit the round
 (POM 2 after the aggregator ran the round again under new keys) is the same update encoded again
 (``UpdateEncoding.encode_again``).
@@ -49,8 +50,9 @@ log = logging.getLogger("werkbund.participant")
 
 IDLE_CHECK_SECONDS = 30.0
 RUN_MARK = "participant-ran"  # in state_dir: this participant ran in the task before (a restart resyncs)
-LAST_UPDATE = "last-update"    # in state_dir: .json (round, header, sha256) and .bin (the bytes) of the last update;
-# a small one's bytes in the .json (payload_b64)
+# in state_dir: .json (round, header, sha256) of the last update, and its bytes: a small one's inside it
+# (payload_b64), a larger one's in .bin beside it
+LAST_UPDATE = "last-update"
 KEEP_IN_MEMORY_BELOW = 16 * 1024 * 1024  # bytes: a larger last update is held on disk only
 # bytes: a smaller last update is kept inside its .json (base64), one file written and synced a round, not two
 KEEP_IN_ONE_FILE_BELOW = 1024 * 1024
