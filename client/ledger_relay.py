@@ -76,15 +76,14 @@ class RelayedLedger(LedgerChannel):
         state = self._relay_state()
         pending, state["pending"] = state["pending"], []
         receipts = receipts if isinstance(receipts, dict) else {}
-        placed = receipts.get("placed") if isinstance(receipts.get("placed"), dict) else {}
         proofs, relayed = {}, []
         for statement, signature in pending:
-            spot = placed.get(signature)
             try:
-                entry = E.sequence(statement, spot["seq"], spot["prev"])
+                seq, prev, proof = _receipt(receipts, signature)
+                entry = E.sequence(statement, seq, prev)
                 seq, leaf = entry["seq"], E.entry_leaf_hash(entry).hex()
-                proofs[seq] = spot["proof"]
-            except (E.EntryError, KeyError, TypeError, ValueError):
+                proofs[seq] = proof
+            except (E.EntryError, KeyError, IndexError, TypeError, ValueError):
                 self._append_directly(state, statement, signature)  # not relayed (late, dropped, mangled)
                 continue
             relayed.append((statement, signature, (seq, leaf)))
@@ -239,10 +238,9 @@ class RelayedLedger(LedgerChannel):
         except (KeyError, TypeError, ValueError, E.EntryError) as exc:
             raise LedgerError(f"the platform's answer to the ledger relay is malformed: {exc!r}") from None
         self._audited(state, cp, start + len(fresh))
-        placed = {sig: {**spot, "proof": proofs.get(spot["seq"])} for sig, spot in state["placed"].items()}
-        state["placed"] = {}
+        placed, state["placed"] = state["placed"], {}
         return {"checkpoint": answer["checkpoint"], "signature": answer["signature"],
-                "consistency": answer["consistency"], "placed": placed}
+                "consistency": answer["consistency"], **_receipt_table(placed, proofs)}
 
     def _placed(self, state: dict, items: list, results: list, proofs: dict) -> None:
         """Note where the platform put each relayed statement (own ones: to prove; members': for their
@@ -266,3 +264,34 @@ class RelayedLedger(LedgerChannel):
                 state["own"].append((entry["seq"], E.entry_leaf_hash(entry).hex()))
             else:
                 state["placed"][item["signature"]] = {"seq": entry["seq"], "prev": entry["prev"]}
+
+
+# ------------------------------------------------------------- the receipts' layout
+# A broadcast goes to every member, so its receipts are read by all of them: each relayed statement's place
+# takes a few bytes, and the proofs' hashes, which a round's contiguous entries mostly share, are listed once.
+RECEIPT_KEY_CHARS = 22  # of a statement's base64 signature: 132 bits name it among a round's statements
+
+
+def _receipt_table(placed: dict, proofs: dict) -> dict:
+    """``placed`` (signature -> seq, prev) and ``proofs`` (seq -> inclusion proof, hex) as receipts: each
+    signature's first :data:`RECEIPT_KEY_CHARS` characters -> [seq, prev, the proof as indices into
+    ``nodes``, or None], and ``nodes`` the distinct hashes of all the proofs."""
+    index, table = {}, {}
+    for signature, spot in placed.items():
+        proof = proofs.get(spot["seq"])
+        if proof is not None:
+            proof = [index.setdefault(node, len(index)) for node in proof]
+        table[signature[:RECEIPT_KEY_CHARS]] = [spot["seq"], spot["prev"], proof]
+    return {"nodes": list(index), "placed": table}
+
+
+def _receipt(receipts: dict, signature: str) -> tuple[int, str, list | None]:
+    """The seq, prev and inclusion proof (hex) the receipts give for the statement signed ``signature``;
+    KeyError, IndexError, TypeError or ValueError where they give none that can be read."""
+    seq, prev, indices = receipts["placed"][signature[:RECEIPT_KEY_CHARS]]
+    nodes = receipts["nodes"]
+    if indices is None:
+        return seq, prev, None
+    if not isinstance(nodes, list) or not all(isinstance(i, int) and 0 <= i < len(nodes) for i in indices):
+        raise ValueError("the receipt's proof names hashes the receipts do not hold")
+    return seq, prev, [nodes[i] for i in indices]

@@ -10,6 +10,7 @@ from support.ledger_members import RelayedMember, Direct, make_task, member, rep
 from support.ledger_members import platform  # noqa: F401 (the fixture)
 
 from werkbund.client.ledger import LedgerError
+from werkbund.client.ledger_relay import RECEIPT_KEY_CHARS
 from werkbund.ledger import entries as E
 from werkbund.platform.errors import InvalidInput, InvalidState, PermissionDenied
 from werkbund.platform.ledger.store import LedgerCheckpoint, LedgerEntry
@@ -103,9 +104,9 @@ def test_what_the_aggregator_drops_or_mangles_each_participant_settles_with_the_
             alice._ledger["queue"].pop()
 
     receipts = _round(alice, participants, 2, meddle=drop_bob)
-    placed = receipts["placed"]
-    carol_sig = carol._ledger["pending"][0][1]
-    placed[carol_sig]["proof"] = ["ab" * 32] * len(placed[carol_sig]["proof"] or [1])
+    carol_spot = receipts["placed"][carol._ledger["pending"][0][1][:RECEIPT_KEY_CHARS]]
+    receipts["nodes"].append("ab" * 32)  # carol's proof, and only hers, names a hash that is no node of the tree
+    carol_spot[2] = [len(receipts["nodes"]) - 1] * len(carol_spot[2] or [1])
     forged = dict(receipts, signature=E.encode_signature(b"\0" * 64))
     bob.take_receipts(receipts)
     carol.take_receipts(receipts)
