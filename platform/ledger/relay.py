@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from werkbund.ledger import entries as E
 from werkbund.ledger import merkle
@@ -92,8 +92,9 @@ class StatementRelay:
             checked.append((statement, signature))
         # a statement stored before (the answer to an earlier relay was lost) keeps its place
         signatures = [c[1] for c in checked if c is not None]
-        stored = {r.signature: r for r in s.scalars(select(LedgerEntry).where(
-            LedgerEntry.task == task, LedgerEntry.signature.in_(signatures)))} if signatures else {}
+        stored = {r.signature: (r.entry, r.leaf_hash) for r in s.execute(
+            select(LedgerEntry.signature, LedgerEntry.entry, LedgerEntry.leaf_hash).where(
+                LedgerEntry.task == task, LedgerEntry.signature.in_(signatures)))} if signatures else {}
         size, prev = self._head(s, task)
         first, rows = size, []
         for i, pair in enumerate(checked):
@@ -101,20 +102,18 @@ class StatementRelay:
                 continue
             statement, signature = pair
             done = stored.get(signature)
-            if done is not None and E.statement_of(_loads(done.entry)) == statement:
-                results[i] = {"entry": _loads(done.entry), "leaf_hash": done.leaf_hash}
+            if done is not None and E.statement_of(_loads(done[0])) == statement:
+                results[i] = {"entry": _loads(done[0]), "leaf_hash": done[1]}
                 continue
             entry, data = E.sequenced(statement, size, prev)
             leaf, prev = merkle.leaf_hash(data).hex(), hashlib.sha256(data).hexdigest()
-            rows.append(LedgerEntry(task=task, seq=size, author=statement["author"], type=statement["type"],
-                                    entry=data.decode("utf-8"), signature=signature, leaf_hash=leaf,
-                                    entry_hash=prev))
+            rows.append({"task": task, "seq": size, "author": statement["author"], "type": statement["type"],
+                         "entry": data.decode("utf-8"), "signature": signature, "leaf_hash": leaf, "entry_hash": prev})
             results[i] = {"entry": entry, "leaf_hash": leaf}
-            stored[signature] = rows[-1]  # (the same statement twice in one relay: one entry)
+            stored[signature] = (rows[-1]["entry"], leaf)  # (the same statement twice in one relay: one entry)
             size += 1
-        if rows:
-            s.add_all(rows)
-            s.flush()
+        if rows:  # one INSERT of many rows, no ORM object each (a round of 100 members: a third of the relay's cost)
+            s.execute(insert(LedgerEntry), rows)
             _, stored_size = self.trees.tree(s, task)
             if stored_size != first + len(rows):
                 raise InvalidState(f"the stored ledger of {task!r} has gaps (it was tampered with); "
@@ -130,7 +129,7 @@ class StatementRelay:
             LedgerCheckpoint.task == task, LedgerCheckpoint.size.in_(sizes)))} if sizes else {}
         have = set(s.execute(select(LedgerCosignature.size, LedgerCosignature.member).where(
             LedgerCosignature.task == task, LedgerCosignature.size.in_(sizes))).all()) if sizes else set()
-        skipped = []
+        skipped, rows = [], []
         for cosign in cosigns:
             member, size = cosign["member"], cosign["size"]
             if size not in heads:  # (a head no longer stored: not kept; the member's own checks catch that)
@@ -142,8 +141,10 @@ class StatementRelay:
             if not good:
                 skipped.append({"member": member, "reason": f"no cosignature of {member} for checkpoint {size}"})
             elif (size, member) not in have:
-                s.add(LedgerCosignature(task=task, size=size, member=member, signature=cosign["signature"]))
+                rows.append({"task": task, "size": size, "member": member, "signature": cosign["signature"]})
                 have.add((size, member))
+        if rows:
+            s.execute(insert(LedgerCosignature), rows)
         return skipped
 
     def _relay_audit(self, s, task: str, audit: dict, results: list) -> dict:
