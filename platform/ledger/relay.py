@@ -101,10 +101,12 @@ class StatementRelay:
             if pair is None:
                 continue
             statement, signature = pair
-            done = stored.get(signature)
-            if done is not None and E.statement_of(_loads(done[0])) == statement:
-                results[i] = {"entry": _loads(done[0]), "leaf_hash": done[1]}
-                continue
+            text, leaf = stored.get(signature, (None, None))
+            if text is not None:
+                entry = _loads(text)
+                if E.statement_of(entry) == statement:
+                    results[i] = {"entry": entry, "leaf_hash": leaf}
+                    continue
             entry, data = E.sequenced(statement, size, prev)
             leaf, prev = merkle.leaf_hash(data).hex(), hashlib.sha256(data).hexdigest()
             rows.append({"task": task, "seq": size, "author": statement["author"], "type": statement["type"],
@@ -112,7 +114,7 @@ class StatementRelay:
             results[i] = {"entry": entry, "leaf_hash": leaf}
             stored[signature] = (rows[-1]["entry"], leaf)  # (the same statement twice in one relay: one entry)
             size += 1
-        if rows:  # one INSERT of many rows, no ORM object each (a round of 100 members: a third of the relay's cost)
+        if rows:  # one INSERT of many rows, no ORM object each (100 members: about a quarter of the relay's cost)
             s.execute(insert(LedgerEntry), rows)
             _, stored_size = self.trees.tree(s, task)
             if stored_size != first + len(rows):
