@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from werkbund.local_platform.app import DEFAULT_MAX_MESSAGE_BYTES, MAX_META_BYTES, create_app
 from werkbund.local_platform.front import PlatformFront
+from werkbund.local_platform.http_protocol import bounded_httptools
 from werkbund.platform.db import sqlite_url
 from werkbund.platform.errors import InvalidInput
 from werkbund.platform.storage.mailboxes import MAX_PENDING_BYTES, DiskMailboxes, Mailboxes
@@ -65,13 +66,13 @@ class LocalPlatformServer:
         self.port = self._socket.getsockname()[1]
         self.host, self.tls = host, context is not None
         # no X-Forwarded-For trusted (the login guard counts failures per client address); an idle
-        # keep-alive connection is kept 300 s (a participant polls again within its 25 s); a request's
-        # headers may take up to MAX_HEADER_BYTES (h11 refuses past 16 KiB otherwise: a final model's
-        # X-Werkbund-Meta, its round history, outgrows that at 50 participants and 10 rounds)
-        config = uvicorn.Config(self.front, http="h11", ws="none", lifespan="off", log_config=None,
-                                access_log=False, server_header=False, proxy_headers=False,
-                                timeout_keep_alive=300, timeout_graceful_shutdown=5,
-                                h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+        # keep-alive connection is kept 300 s (a participant polls again within its 25 s); requests are
+        # parsed by httptools (C), their headers bounded at MAX_HEADER_BYTES (``http_protocol.py``: a final
+        # model's X-Werkbund-Meta, its round history, outgrows 16 KiB at 50 participants and 10 rounds);
+        # the loop is uvloop where it is installed (not on Windows), else asyncio's
+        config = uvicorn.Config(self.front, http=bounded_httptools(MAX_HEADER_BYTES), loop="auto", ws="none",
+                                lifespan="off", log_config=None, access_log=False, server_header=False,
+                                proxy_headers=False, timeout_keep_alive=300, timeout_graceful_shutdown=5)
         config.load()
         config.ssl = context  # the platform's own TLS settings (platform/tls.py), not uvicorn's defaults
         self._server = _Server(config, self.front)

@@ -209,6 +209,20 @@ def test_replies_do_not_wait_for_delayed_acks(server):
     session.close()
 
 
+def test_headers_past_256_KiB_are_refused_with_431_before_the_app_and_the_platform_serves_on(server):
+    """The parser (httptools) has no bound of its own: the platform's counts a request's target and headers.
+    Up to 256 KiB the request reaches the app (a wrong password: 401); past it, in one header or in many,
+    the answer is 431 and the connection is closed, and the next request is served."""
+    login = f"{server.url}/api/v1/login"
+    body = {"user": "nobody", "password": "x" * 12}
+    assert requests.post(login, json=body, headers={"X-Big": "a" * 200_000}, timeout=10).status_code == 401
+    for headers in ({"X-Big": "a" * 300_000}, {f"X-Many-{i}": "b" * 1000 for i in range(300)}):
+        refused = requests.post(login, json=body, headers=headers, timeout=10)
+        assert refused.status_code == 431 and "larger than 262144 bytes" in refused.text
+        assert refused.headers["connection"] == "close"
+    assert requests.post(login, json=body, timeout=10).status_code == 401
+
+
 def test_a_final_model_with_a_long_round_history_is_stored_and_fetched(server, users, tmp_path):
     """A final model's metadata (its round history) grows with participants and rounds: 100 participants
     and 10 rounds passed the 256 KiB the server takes in a request's head, and 64 KiB (what requests reads
