@@ -44,7 +44,7 @@ from pathlib import Path
 from werkbund.algorithms.arrays import check_weights, decode_weights
 from werkbund.algorithms.engine.aggregation_stack import build_encoding
 from werkbund.algorithms.engine.progress import Progress
-from werkbund.algorithms.engine.state_files import StateFileError, read_json, write_json, write_private
+from werkbund.algorithms.engine.state_files import StateFileError, json_bytes, read_json, write_private
 
 log = logging.getLogger("werkbund.participant")
 
@@ -254,19 +254,22 @@ class RoundParticipant:
         if self.state_dir is None or getattr(self.channel, "restartable", True) is False:
             return
         folder = Path(self.state_dir)
-        try:
-            text = {"format": 1, "task": self.channel.task, "round": number, "header": header,
-                    "sha256": sha256 or hashlib.sha256(payload).hexdigest()}
-            json.dumps(text)
+        in_one_file = len(payload) < min(KEEP_IN_ONE_FILE_BELOW, KEEP_IN_MEMORY_BELOW)
+        record = {"format": 1, "task": self.channel.task, "round": number, "header": header,
+                  "sha256": sha256 or hashlib.sha256(payload).hexdigest()}
+        if in_one_file:
+            record["payload_b64"] = base64.b64encode(payload).decode("ascii")
+        try:  # serialized once: what cannot be kept is known before anything is written
+            text = json_bytes(record)
         except (TypeError, ValueError) as exc:
             log.warning("round %s: the update's header cannot be kept in %s: %s", number, folder, exc)
             return
-        if len(payload) < min(KEEP_IN_ONE_FILE_BELOW, KEEP_IN_MEMORY_BELOW):
-            write_json(folder / f"{LAST_UPDATE}.json", {**text, "payload_b64": base64.b64encode(payload).decode("ascii")})
+        if in_one_file:
+            write_private(folder / f"{LAST_UPDATE}.json", text)
             (folder / f"{LAST_UPDATE}.bin").unlink(missing_ok=True)  # (a larger round's: the .json says which counts)
             return
         write_private(folder / f"{LAST_UPDATE}.bin", bytes(payload))
-        write_json(folder / f"{LAST_UPDATE}.json", text)
+        write_private(folder / f"{LAST_UPDATE}.json", text)
         if len(payload) >= KEEP_IN_MEMORY_BELOW:
             self._last_update = (number, None, dict(header))
 

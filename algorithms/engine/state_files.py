@@ -31,8 +31,13 @@ def write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def json_bytes(value: dict) -> bytes:
+    """What ``write_json`` writes of ``value`` (TypeError or ValueError where it cannot be JSON)."""
+    return json.dumps(value, sort_keys=True).encode("utf-8")
+
+
 def write_json(path: Path, value: dict) -> None:
-    write_private(path, json.dumps(value, sort_keys=True).encode("utf-8"))
+    write_private(path, json_bytes(value))
 
 
 def read_json(path: Path) -> dict | None:
