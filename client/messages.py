@@ -170,13 +170,13 @@ def read_message(readinto, size: int) -> CheckedFrame:
     (0 at an early end). The header is read and checked first, then the payload goes straight
     into its own ``bytes`` object while a second thread hashes what has arrived; a payload that
     does not match the header's sha256 raises MalformedMessage and is never handed out."""
-    prefix = _read_exactly(readinto, 8, size)
+    prefix = read_exactly(readinto, 8, size)
     if bytes(prefix[:4]) != MAGIC:
         raise MalformedMessage("not a werkbund message (bad magic)")
     (head_len,) = struct.unpack(">I", prefix[4:8])
     if head_len > MAX_HEADER_BYTES or 8 + head_len > size:
         raise MalformedMessage("message header length is out of range")
-    header = parse_header(_read_exactly(readinto, head_len, size))
+    header = parse_header(read_exactly(readinto, head_len, size, after=8))
     length = size - 8 - head_len
     if header.get("size") != length:
         raise MalformedMessage(f"payload has {length} bytes, header says {header.get('size')}")
@@ -189,8 +189,18 @@ def read_message(readinto, size: int) -> CheckedFrame:
 def read_hashed(readinto, size: int) -> tuple[bytes, str]:
     """(``size`` bytes read straight into a new bytes object, their sha256), hashed beside the reads.
 
-    ``readinto`` as for ``read_message``; an early end raises MalformedMessage."""
+    ``readinto`` as for ``read_message``; an early end raises MalformedMessage. A payload under
+    ``HASH_BESIDE`` is hashed once it is read: starting a thread costs more than hashing a small one."""
     target = BytesBuilder(size)
+    if size < HASH_BESIDE:
+        done = 0
+        while done < size:
+            got = readinto(target.view[done:])
+            if not got:
+                raise MalformedMessage(f"the stream ends after {done} of {size} bytes")
+            done += got
+        payload = target.finish()
+        return payload, hashlib.sha256(payload).hexdigest()
     digest, pieces = hashlib.sha256(), queue.Queue()
     hasher = threading.Thread(target=hash_pieces, args=(digest, pieces), daemon=True)
     hasher.start()
@@ -208,12 +218,14 @@ def read_hashed(readinto, size: int) -> tuple[bytes, str]:
     return target.finish(), digest.hexdigest()
 
 
-def _read_exactly(readinto, count: int, size: int) -> memoryview:
+def read_exactly(readinto, count: int, size: int, after: int = 0) -> memoryview:
+    """The next ``count`` bytes from ``readinto``, ``after`` bytes into a message of ``size`` (an early end
+    raises MalformedMessage saying where)."""
     buffer = memoryview(bytearray(count))
     done = 0
     while done < count:
         got = readinto(buffer[done:])
         if not got:
-            raise MalformedMessage(f"the message ends after {done} of {size} bytes")
+            raise MalformedMessage(f"the message ends after {after + done} of {size} bytes")
         done += got
     return buffer

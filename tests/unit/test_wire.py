@@ -10,7 +10,7 @@ import pytest
 
 from werkbund.algorithms.arrays import UpdateRejected, decode_weights, encode_weights, signature
 from werkbund.algorithms.moments import feature_moments, merge_moments
-from werkbund.client.messages import (CheckedFrame, MalformedMessage, decode_message, encode_message, frame_parts,
+from werkbund.client.messages import (HASH_BESIDE, CheckedFrame, MalformedMessage, decode_message, encode_message, frame_parts,
                                       read_hashed, read_message)
 
 
@@ -61,8 +61,9 @@ def trickle(data: bytes, most: int):
     return lambda buffer: stream.readinto(buffer[:most])
 
 
-def test_read_message_checks_a_stream_as_it_reads_it():
-    payload = os.urandom(3 * 1024 * 1024 + 5)
+@pytest.mark.parametrize("size", [1000, 3 * 1024 * 1024 + 5, HASH_BESIDE + 5])  # hashed once read, or beside
+def test_read_message_checks_a_stream_as_it_reads_it(size):
+    payload = os.urandom(size)
     frame = encode_message("t", "update", payload, round=1)
     checked = read_message(trickle(frame, 100_000), len(frame))
     assert isinstance(checked, CheckedFrame) and type(checked.payload) is bytes and checked.payload == payload
@@ -84,7 +85,7 @@ def test_read_message_checks_a_stream_as_it_reads_it():
 
 
 def test_read_hashed_returns_the_bytes_and_their_sha256():
-    for size in (0, 10, 2 * 1024 * 1024 + 1):
+    for size in (0, 10, 2 * 1024 * 1024 + 1, HASH_BESIDE, HASH_BESIDE + 300_001):
         data = os.urandom(size)
         got, digest = read_hashed(trickle(data, 300_000), size)
         assert (type(got), got, digest) == (bytes, data, hashlib.sha256(data).hexdigest())
