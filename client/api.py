@@ -162,6 +162,8 @@ class User:
 
 
 class _TaskHandle(RelayedLedger):
+    receive_most = 1  # messages one exchange with the platform may take (``Transport.receive_batched``)
+
     def __init__(self, user: User, task: str):
         self.user = user
         self.transport = user.transport
@@ -182,7 +184,7 @@ class _TaskHandle(RelayedLedger):
 
     def receive(self, timeout: float) -> TaskMessage | None:
         """The next message, or None after ``timeout`` s; a corrupt one comes back with kind 'malformed'."""
-        got = self.transport.receive(self.task, timeout)
+        got = self.transport.receive_batched(self.task, timeout, self.receive_most)
         if got is None:
             return None
         sender, frame = got
@@ -201,6 +203,9 @@ class AggregatorHandle(_TaskHandle):
     """The task creator's channel: participants, broadcast, send to one, receive, records, final model."""
 
     role = "aggregator"
+    # a round's updates in one long poll where the transport can (the local platform's ?most=); one taken but
+    # not handled when the aggregator stops is asked for again with the round, as one in hand is
+    receive_most = 64
 
     def __init__(self, user: User, task: str):
         super().__init__(user, task)

@@ -11,7 +11,11 @@ Routes (all under ``/api/v1``):
 - ``POST /tasks/<task>/messages?to=aggregator|all|<participant>``: the raw message body; an optional
   ``X-Werkbund-Message-Id`` (1-64 of ``A-Za-z0-9_-``) makes a repeated send of it store nothing again.
 - ``GET /tasks/<task>/messages?timeout=S``: long-poll for the caller's next message
-  (200 with the body and ``X-Werkbund-Sender``; 204 when none came in time).
+  (200 with the body and ``X-Werkbund-Sender``; 204 when none came in time). With ``most=K`` (2 to 256)
+  the reply carries, once one message is there, as many as wait, up to K and about 1 MiB
+  (``BATCH_BYTES``): the body is their frames one after another, the header ``X-Werkbund-Batch`` lists
+  ``[sender, size]`` of each in order. One request for a round's updates instead of one each: the
+  aggregator asks so (it asks a round again if it loses what it took; ``client/transports/http.py``).
 - ``PUT /tasks/<task>/model`` (creator) and ``GET /tasks/<task>/model`` (creator, participants). The
   model's metadata (its round history, which grows with rounds and participants) travels as JSON at the
   start of the body, its length in ``X-Werkbund-Meta-Bytes`` (up to 16 MiB; ``GET ...?meta=body``), or,
@@ -49,6 +53,9 @@ from werkbund.platform.service import PlatformService
 log = logging.getLogger("werkbund.local_platform")
 
 MAX_POLL_SECONDS = 60.0
+MAX_BATCH = 256  # messages one long poll may take (most=K)
+BATCH_BYTES = 1024 * 1024  # a batch takes no further message once it holds this many bytes
+BATCH_HEADER = "X-Werkbund-Batch"
 META_BYTES_HEADER = "X-Werkbund-Meta-Bytes"  # a model's metadata opens the body; its length
 MAX_META_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024**3
@@ -133,10 +140,13 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
         if not 0 <= timeout < float("inf"):  # NaN too
             raise InvalidInput("timeout must be a number of seconds, 0 or more")
         timeout = min(timeout, MAX_POLL_SECONDS)
+        most = _whole_number(request.args.get("most", "1"), "most", MAX_BATCH, least=1, where="query parameter")
         # under the ASGI front (front.py) the wait is the front's, on its event loop, not this thread's
         message = boxes.get(task, inbox, timeout) if poll is None else poll.take(boxes, task, inbox, timeout)
         if message is None:
             return Response(status=204)
+        if most > 1:
+            return _batch_response([message, *boxes.take_more(task, inbox, most - 1, BATCH_BYTES - message.size)])
         handle = message.open()
         if handle is None:  # the task was deleted meanwhile
             message.done()
@@ -223,14 +233,15 @@ class _ClosingFile:
             self._then()
 
 
-def _whole_number(text: str, what: str, limit: int) -> int:
+def _whole_number(text: str, what: str, limit: int, least: int = 0, where: str = "header") -> int:
     try:
         value = int(text)
     except ValueError:
-        raise InvalidInput(f"the header {what} must be a whole number of bytes") from None
-    if not 0 <= value <= limit:
-        raise InvalidInput(f"the header {what} must be between 0 and {limit} (the body's size, at most "
-                           f"{MAX_META_BYTES} bytes of metadata)")
+        raise InvalidInput(f"the {where} {what} must be a whole number"
+                           + (" of bytes" if where == "header" else "")) from None
+    if not least <= value <= limit:
+        raise InvalidInput(f"the {where} {what} must be between {least} and {limit}" + (
+            f" (the body's size, at most {MAX_META_BYTES} bytes of metadata)" if where == "header" else ""))
     return value
 
 
@@ -254,6 +265,42 @@ def _prefixed(text: bytes, handle):
             yield piece
     finally:
         handle.close()
+
+
+def _batch_response(messages: list) -> Response:
+    """One reply with ``messages``' frames one after another, each file read in 1 MiB pieces; every message
+    is done (its file removed) once the reply was written. 204 if the task was deleted meanwhile."""
+    handles = [message.open() for message in messages]
+    if any(handle is None for handle in handles):
+        for handle in handles:
+            if handle is not None:
+                handle.close()
+        for message in messages:
+            message.done()
+        return Response(status=204)
+    listing = json.dumps([[message.sender, message.size] for message in messages], separators=(",", ":"))
+    response = Response(_ClosingPieces(handles, [message.done for message in messages]),
+                        mimetype="application/octet-stream", headers={BATCH_HEADER: listing}, direct_passthrough=True)
+    response.content_length = sum(message.size for message in messages)
+    return response
+
+
+class _ClosingPieces:
+    """The open files ``handles`` in 1 MiB pieces, one after another; closing closes them and calls ``then``."""
+
+    def __init__(self, handles: list, then: list):
+        self._handles, self._then = handles, then
+
+    def __iter__(self):
+        for handle in self._handles:
+            while piece := handle.read(1 << 20):
+                yield piece
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.close()
+        for done in self._then:
+            done()
 
 
 def _file_response(handle, size: int, headers: dict) -> Response:

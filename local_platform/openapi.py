@@ -75,13 +75,22 @@ def openapi_spec() -> dict:
                                "description": "the sender's id of the message: a repeat is not stored again"}]),
         "get": _operation(
             "long-poll for the caller's next message in the task",
-            {"200": {"description": "the message", "content": BINARY,
-                     "headers": {"X-Werkbund-Sender": {"schema": {"type": "string"}}}},
+            {"200": {"description": "the message; with most above 1, the messages waiting (up to most, about 1 MiB "
+                                    "of them), their frames one after another",
+                     "content": BINARY,
+                     "headers": {"X-Werkbund-Sender": {"schema": {"type": "string"},
+                                                       "description": "the sender (one message)"},
+                                 "X-Werkbund-Batch": {"schema": {"type": "string"},
+                                                      "description": "with most above 1: a JSON list of "
+                                                                     "[sender, size] of each frame, in order"}}},
              "204": {"description": "no message came in time"}}, 403, 404,
             operationId="receive_message",
             parameters=[TASK, {"name": "timeout", "in": "query", "required": False,
                                "schema": {"type": "number", "minimum": 0, "default": 30},
-                               "description": "seconds to wait, at most 60"}]),
+                               "description": "seconds to wait, at most 60"},
+                        {"name": "most", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 256, "default": 1},
+                         "description": "how many waiting messages one reply may carry"}]),
     }
     paths["/api/v1/tasks/{task}/model"] = {
         "put": _operation(

@@ -43,6 +43,12 @@ class Transport(ABC):
         its bytes, or what ``decode_message`` takes in their place: a ``CheckedFrame`` read and checked
         on the way, a ``MalformedFrame`` that failed those checks."""
 
+    def receive_batched(self, task: str, timeout: float, most: int) -> tuple[str, bytes] | None:
+        """As ``receive``, for a reader that may lose messages it was given but has not handled yet (the
+        aggregator: it asks a round again): a transport may take up to ``most`` waiting messages in one
+        exchange and hand them out one by one. Here one at a time, as ``receive``."""
+        return self.receive(task, timeout)
+
     @abstractmethod
     def put_model(self, task: str, data: bytes, meta: dict) -> dict: ...
 

@@ -12,6 +12,7 @@ to fix, not a restart to wait for. A login the platform answers "busy" is asked 
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -26,7 +27,7 @@ from pathlib import Path
 import requests
 
 from werkbund.client.messages import (MAGIC, CheckedFrame, MalformedFrame, MalformedMessage, frame_parts,
-                                       read_message)
+                                       read_exactly, read_message)
 from werkbund.client.transports.base import Transport
 from werkbund.platform.errors import (AuthenticationFailed, PayloadTooLarge, Unavailable, WerkbundError,
                                       error_from_dict)
@@ -39,6 +40,7 @@ RECONNECT_SECONDS = 300.0      # default patience with an unreachable platform (
 BACKOFF_FIRST, BACKOFF_CAP = 0.2, 5.0
 RETRY_STATUSES = frozenset({502, 503, 504})
 DOWNLOAD_PIECE = 1 << 20
+BATCH_HEADER = "X-Werkbund-Batch"  # a batch reply's [sender, size] of each frame (local_platform/app.py)
 HEADER_META_BYTES = 8 * 1024  # a model's metadata up to this size travels in a header, larger in the body
 
 log = logging.getLogger("werkbund.transport")
@@ -68,6 +70,7 @@ class HttpTransport(Transport):
         self.user = user
         self.reconnect_seconds = reconnect_seconds()
         self.reached = False  # the platform answered once: from then on an unreachable one is waited for
+        self._held: dict[str, collections.deque] = {}  # messages a batch brought that are not handed out yet
 
     # ------------------------------------------------------------ plumbing
     def _request(self, method: str, path: str, *, json_body=None, data=None, params=None,
@@ -182,19 +185,37 @@ class HttpTransport(Transport):
         for again (the platform deletes a message only once it was sent whole); a frame that arrived
         whole but fails its checks comes back as a ``MalformedFrame``; a body that is no frame at all, as
         its bytes. Replies cut off again and again are asked for with backoff, and never past ``timeout``."""
+        return self.receive_batched(task, timeout, 1)
+
+    def receive_batched(self, task, timeout, most):
+        """As ``receive``; with ``most`` above 1 one long poll takes up to ``most`` of the messages waiting
+        (``?most=``, about 1 MiB of them) and they are handed out one by one from here."""
+        held = self._held.get(task)
+        if held:
+            return held.popleft()
+        got = self._poll(task, timeout, most)
+        if not got:
+            return None
+        if len(got) > 1:
+            self._held[task] = collections.deque(got[1:])
+        return got[0]
+
+    def _poll(self, task, timeout, most) -> list | None:
         deadline = time.monotonic() + max(0.0, timeout)
         cuts = 0
         while True:
             wait = max(0.0, min(POLL_SECONDS, deadline - time.monotonic()))
-            response = self._request("GET", f"/tasks/{task}/messages", params={"timeout": f"{wait:.3f}"},
-                                     timeout=wait + 60, stream=True)
+            response = self._request("GET", f"/tasks/{task}/messages", timeout=wait + 60, stream=True,
+                                     params={"timeout": f"{wait:.3f}", **({"most": str(most)} if most > 1 else {})})
             with response:
                 if response.status_code == 200:
                     sender = response.headers.get("X-Werkbund-Sender", "")
                     try:
-                        return sender, _read_body(response)
+                        if BATCH_HEADER in response.headers:
+                            return _read_batch(response)
+                        return [(sender, _read_body(response))]
                     except MalformedMessage as exc:
-                        return sender, MalformedFrame(str(exc))  # decodes as 'malformed' upstream
+                        return [(sender, MalformedFrame(str(exc)))]  # decodes as 'malformed' upstream
                     except _CUT_OFF as exc:  # asked again within the deadline, after a backoff
                         log.info("a message's reply was cut off (%s); asking again", exc)
                         left = deadline - time.monotonic()
@@ -384,33 +405,71 @@ class _FrameBody:
         return piece
 
 
+def _content_length(response: requests.Response) -> int:
+    try:
+        return int(response.headers["Content-Length"])
+    except (KeyError, ValueError):
+        raise MalformedMessage("a message reply without its Content-Length") from None
+
+
 def _read_body(response: requests.Response) -> CheckedFrame | bytes:
     """The body of a 200 reply: a message frame read into its payload's own bytes and checked on the
     way (``read_message``), or the bytes as they came when it does not start like a frame."""
-    try:
-        size = int(response.headers["Content-Length"])
-    except (KeyError, ValueError):
-        raise MalformedMessage("a message reply without its Content-Length") from None
-    pieces = response.iter_content(READ_PIECE)
-    held = memoryview(b"")
+    size = _content_length(response)
+    return _read_frame(_Pieces(response).readinto, size)
 
-    def readinto(buffer) -> int:  # the body's pieces, each copied once into where the frame goes
-        nonlocal held
-        if not held:
-            held = memoryview(next(pieces, b""))
-        count = min(len(buffer), len(held))
-        buffer[:count] = held[:count]
-        held = held[count:]
+
+def _read_batch(response: requests.Response) -> list:
+    """The (sender, frame) of each message of a batch reply (``?most=``), in order: the frames one after
+    another, ``X-Werkbund-Batch`` their ``[sender, size]``. A frame that fails its checks is a
+    ``MalformedFrame`` in its place, the others are read on."""
+    try:
+        listing = json.loads(response.headers[BATCH_HEADER])
+        listed = [(str(sender), int(size)) for sender, size in listing]
+    except (ValueError, TypeError):
+        raise MalformedMessage(f"a batch reply whose {BATCH_HEADER} header is no list of [sender, size]") from None
+    if not listed or any(size < 0 for _, size in listed) or sum(size for _, size in listed) != _content_length(response):
+        raise MalformedMessage(f"a batch reply whose {BATCH_HEADER} sizes are not its body's")
+    pieces, got = _Pieces(response), []
+    for sender, size in listed:
+        left = size
+
+        def readinto(buffer) -> int:  # this frame's bytes only
+            nonlocal left
+            count = pieces.readinto(buffer[:left]) if left else 0
+            left -= count
+            return count
+        try:
+            got.append((sender, _read_frame(readinto, size)))
+        except MalformedMessage as exc:
+            got.append((sender, MalformedFrame(str(exc))))
+        while left:  # what a refused frame left unread
+            if not readinto(memoryview(bytearray(min(left, READ_PIECE)))):
+                raise MalformedMessage(f"the batch ends {left} bytes before its frame from {sender} does")
+    return got
+
+
+class _Pieces:
+    """A reply's body as ``readinto``: its pieces, each copied once into where the frame goes."""
+
+    def __init__(self, response: requests.Response):
+        self._pieces, self._held = response.iter_content(READ_PIECE), memoryview(b"")
+
+    def readinto(self, buffer) -> int:
+        if not self._held:
+            self._held = memoryview(next(self._pieces, b""))
+        count = min(len(buffer), len(self._held))
+        buffer[:count] = self._held[:count]
+        self._held = self._held[count:]
         return count
-    head = memoryview(bytearray(min(len(MAGIC), size)))
-    got = 0
-    while got < len(head):
-        step = readinto(head[got:])
-        if not step:
-            raise MalformedMessage(f"the message ends after {got} of {size} bytes")
-        got += step
+
+
+def _read_frame(readinto, size: int) -> CheckedFrame | bytes:
+    """``size`` bytes from ``readinto``: a frame checked as it is read, or the bytes when they do not start
+    like a frame."""
+    head = read_exactly(readinto, min(len(MAGIC), size), size)
     if bytes(head) != MAGIC:
-        return bytes(head) + b"".join([bytes(held), *pieces])
+        return bytes(head) + bytes(read_exactly(readinto, size - len(head), size, after=len(head)))
     served = [head]
 
     def after_head(buffer) -> int:  # what was read to look at the magic, then the rest

@@ -229,6 +229,17 @@ class Mailboxes:
                 return None
         return self._unstore(task, inbox, item)
 
+    def take_more(self, task: str, inbox: str, most: int, room: int) -> list[Message]:
+        """Up to ``most`` more of the inbox's waiting messages at once, oldest first, while their sizes fit in
+        ``room`` bytes (a reader that took one asks for those that came with it, in one reply)."""
+        taken = []
+        with self._cond:
+            box = self._boxes.get((task, inbox))
+            while box and len(taken) < most and self._size_of(box[0]) <= room:
+                room -= self._size_of(box[0])
+                taken.append(self._pop(task, inbox))
+        return [self._unstore(task, inbox, item) for item in taken]
+
     def unwatch(self, task: str, inbox: str, wake: Callable[[], None]) -> None:
         """Forget a ``wake`` given to ``take`` that is no longer wanted (its reader stopped waiting)."""
         with self._cond:

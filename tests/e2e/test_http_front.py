@@ -102,6 +102,49 @@ def test_a_large_message_goes_out_from_its_payload_and_arrives_checked_whole(use
     assert isinstance(alice.transport.receive("t", 10)[1], CheckedFrame)
 
 
+def test_the_aggregator_takes_what_waits_in_one_long_poll_up_to_a_byte_bound_and_a_bad_frame_spoils_only_itself(
+        server, users):
+    """The aggregator asks for up to 64 messages a poll (``most=64``): the six waiting here come in three
+    replies, since a batch takes no message past about 1 MiB; the corrupt frame and the body that is no
+    frame come back 'malformed' in their places, their neighbours whole and in order."""
+    from werkbund.client.messages import encode_message
+    from werkbund.local_platform.app import BATCH_BYTES
+
+    alice, bob = users
+    agg = alice.aggregator("t")
+    big = os.urandom(BATCH_BYTES + 1000)
+    corrupt = bytearray(encode_message("t", "update", b"x" * 100, round=5))
+    corrupt[-1] ^= 1
+    for frame in (encode_message("t", "update", b"a", round=1), bytes(corrupt), b"not a frame",
+                  encode_message("t", "update", b"b", round=2), encode_message("t", "update", big, round=3),
+                  encode_message("t", "update", b"c", round=4)):
+        bob.transport.send("t", "aggregator", frame)
+    polls = []
+    alice.transport.session.hooks["response"].append(
+        lambda response, **_: polls.append(response.headers.get("X-Werkbund-Batch"))
+        if response.request.method == "GET" else None)
+    try:
+        got = [agg.receive(timeout=5) for _ in range(6)]
+    finally:
+        alice.transport.session.hooks["response"].clear()
+    assert [(m.kind, m.sender, m.get("round")) for m in got] == [
+        ("update", "bob", 1), ("malformed", "bob", None), ("malformed", "bob", None), ("update", "bob", 2),
+        ("update", "bob", 3), ("update", "bob", 4)]
+    assert "sha256" in got[1].extra["error"] and "magic" in got[2].extra["error"]
+    assert [got[0].payload, got[3].payload, got[4].payload == big, got[5].payload] == [b"a", b"b", True, b"c"]
+    assert [len(json.loads(listing)) for listing in polls] == [4, 1, 1]  # three polls for six messages
+    assert alice.transport.receive("t", 0) is None  # each was handed out once
+
+
+@pytest.mark.parametrize("most", ["0", "257", "two", "-1"])
+def test_a_poll_asking_for_a_batch_out_of_bounds_is_a_clear_400(server, users, most):
+    token = users[0].transport.token
+    r = requests.get(f"{server.url}/api/v1/tasks/t/messages", params={"timeout": "0", "most": most},
+                     headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_input"
+    assert "most" in r.json()["error"]["message"]
+
+
 def test_a_participant_cannot_send_to_another_participant(users):
     _, bob = users
     with pytest.raises(errors.PermissionDenied):
