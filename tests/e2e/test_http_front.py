@@ -136,6 +136,20 @@ def test_the_aggregator_takes_what_waits_in_one_long_poll_up_to_a_byte_bound_and
     assert alice.transport.receive("t", 0) is None  # each was handed out once
 
 
+def test_bodies_and_replies_either_side_of_the_fronts_small_bound_arrive_whole(users):
+    """A request body up to SMALL is read whole on the event loop, a larger one streamed by a2wsgi; a reply up
+    to SMALL is gathered in the route's thread, a larger one sent so far and then streamed: each arrives whole."""
+    from werkbund.local_platform.front import SMALL
+
+    alice, bob = users
+    for size in (0, 1, SMALL - 1, SMALL, SMALL + 1, 3 * SMALL + 7):
+        body = b"raw!" + os.urandom(max(0, size - 4)) if size >= 4 else b"r" * size
+        bob.transport.send("t", "aggregator", body)
+        sender, got = alice.transport.receive("t", 10)
+        assert (sender, len(got), got == body) == ("bob", size, True)
+    assert alice.transport.receive("t", 0) is None
+
+
 @pytest.mark.parametrize("most", ["0", "257", "two", "-1"])
 def test_a_poll_asking_for_a_batch_out_of_bounds_is_a_clear_400(server, users, most):
     token = users[0].transport.token
