@@ -55,6 +55,16 @@ def _client(address: str, floats: int, seed: int) -> None:
     client_mod.start_client(server_address=address, client=Client().to_client(), insecure=True)
 
 
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process so far (as bench/vs_flower.py's, which this venv cannot import)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -76,11 +86,14 @@ def main() -> None:
     common = _flwr("flwr.common")
     address = f"127.0.0.1:{_free_port()}"
     ends: list[float] = []
+    cpu: list[dict] = []  # the CPU seconds of the server and its clients at the end of round 1 and of the last
 
     class Timed(server_mod.strategy.FedAvg):
         def aggregate_fit(self, server_round, results, failures):
             out = super().aggregate_fit(server_round, results, failures)
             ends.append(time.perf_counter())
+            if server_round in (1, args.rounds):
+                cpu.append({"server": _cpu_s(os.getpid()), "clients": sum(_cpu_s(proc.pid) for proc in clients)})
             return out
 
     n = args.participants
@@ -102,6 +115,8 @@ def main() -> None:
     with open(args.out, "w") as handle:
         json.dump({"round_s": per_round, "rounds": len(ends), "wall_s": wall,
                    "server_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "cpu_ms_per_round": {group: 1000 * (cpu[1][group] - cpu[0][group]) / (args.rounds - 1)
+                                        for group in cpu[0]} if len(cpu) == 2 else None,
                    "flwr": _flwr("flwr").__version__}, handle)
 
 

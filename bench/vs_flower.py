@@ -17,6 +17,10 @@ nothing next to the framework's own cost, so the figure is each framework's per-
   Python API; the platform a process of its own: ``werkbund local-platform`` (Flask over HTTP,
   SQLite) or ``werkbund platform serve`` (RabbitMQ on 127.0.0.1:5672 with its management plugin,
   SQLite), in a vhost of its own removed afterwards.
+- ``--platforms broker``: the same round through RabbitMQ with no werkbund code (``bench/broker_floor.py``):
+  one persistent, confirmed message of the model's size to N durable queues, N client processes each
+  answering with one. What a round through a durable broker costs before anything is authenticated,
+  stored, signed or trained: the floor under the cloud platform's round.
 
 Figures: seconds per round after the first (median; werkbund: the aggregator's ``duration_s`` of
 each round; Flower: end of one aggregation to the end of the next) and launch-to-end wall time
@@ -26,7 +30,8 @@ registration excluded; Flower: the server process's whole life). Ratio: werkbund
 kind of process (the aggregator, the platform, the participants, RabbitMQ's Erlang VM in the cloud
 runs), from /proc between the end of round 1 and the end of the last, and how busy the machine's cores
 were meanwhile: on a machine whose cores are all in use, a round is as long as the work of its busiest
-part, and the local platform is one process (its routes take turns on one interpreter).
+part, and the local platform is one process (its routes take turns on one interpreter). Flower's line
+gives the same for its server and its clients, so the CPU a round of the two compares as well.
 """
 from __future__ import annotations
 
@@ -253,13 +258,25 @@ def run_flower(python: str, participants: int, rounds: int) -> dict | None:
     return figures
 
 
+def _print_cpu(label: str, cpu: dict | None, n: int) -> None:
+    """The CPU a round of each kind of process, and the total (how much work a round is on this machine)."""
+    if not cpu:
+        return
+    groups = {group: value for group, value in cpu.items() if group != "machine busy %"}
+    print(f"        {label} CPU a round (ms): " + ", ".join(
+        f"{group} {value:.1f}" + (f" ({value / n:.1f} each)" if group in ("participants", "clients") else "")
+        for group, value in groups.items()) + f"; all {sum(groups.values()):.1f}"
+        + (f"; the machine's cores {cpu['machine busy %']:.0f} % busy" if "machine busy %" in cpu else ""), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=("a", "b"), default="a",
                         help="a (and c, its --participants sweep): the overhead job; b: the large-model round")
     parser.add_argument("--participants", type=int, nargs="+", help="default: 10 (part a), 2 (part b)")
     parser.add_argument("--rounds", type=int, help="default: 30 (part a), 3 (part b)")
-    parser.add_argument("--platforms", nargs="*", choices=("local", "cloud"), default=["local", "cloud"])
+    parser.add_argument("--platforms", nargs="*", choices=("local", "cloud", "broker"), default=["local", "cloud"],
+                        help="broker: a bare round through RabbitMQ, no werkbund code (bench/broker_floor.py)")
     parser.add_argument("--flower-python", default=str(ROOT / ".venv-flower" / "bin" / "python"))
     parser.add_argument("--no-ledger", action="store_true",
                         help="werkbund without identity keys after joining (no entry signed): what the ledger costs")
@@ -281,20 +298,23 @@ def main() -> None:
         flower = run_flower(args.flower_python, n, args.rounds)
         if flower is None:
             print(f"(no Flower at {args.flower_python}: run `bash bench/flower_env.sh` for its figures)")
+        else:
+            _print_cpu("Flower", flower.get("cpu_ms_per_round"), n)
         for kind in args.platforms:
-            figures = run_werkbund(kind, n, args.rounds, ledger=not args.no_ledger)
+            if kind == "broker":
+                from broker_floor import run_broker_floor
+
+                figures = run_broker_floor(n, args.rounds, size=4 * (FEATURES * CLASSES + CLASSES))
+            else:
+                figures = run_werkbund(kind, n, args.rounds, ledger=not args.no_ledger)
             ratio = figures["median_round_s"] / flower["median_round_s"] if flower else None
             rows.append({"participants": n, "platform": kind, "werkbund": figures, "flower": flower, "ratio": ratio})
-            print(f"N={n:4d} {kind:5s}  werkbund {figures['median_round_s']:.3f} s/round, wall {figures['wall_s']:.1f} s, "
+            print(f"N={n:4d} {kind:5s}  {'bare RabbitMQ' if kind == 'broker' else 'werkbund'} "
+                  f"{figures['median_round_s']:.3f} s/round, wall {figures['wall_s']:.1f} s, "
                   f"platform peak {figures['platform_peak_rss_mib'] or 0:.0f} MiB | "
                   + (f"Flower {flower['median_round_s']:.4f} s/round, wall {flower['wall_s']:.1f} s | "
                      f"werkbund/Flower {ratio:.1f}x" if flower else "Flower -"), flush=True)
-            cpu = figures["cpu_ms_per_round"]
-            if cpu:
-                print("        CPU a round (ms): " + ", ".join(
-                    f"{group} {value:.1f}" + (f" ({value / n:.1f} each)" if group == "participants" else "")
-                    for group, value in cpu.items() if group != "machine busy %")
-                    + f"; the machine's cores {cpu['machine busy %']:.0f} % busy", flush=True)
+            _print_cpu(kind, figures["cpu_ms_per_round"], n)
     print("\n| N | platform | werkbund s/round | werkbund wall s | Flower s/round | Flower wall s | werkbund / Flower "
           "| growth from the smallest N: werkbund | Flower |")
     print("|---|---|---|---|---|---|---|---|---|")
