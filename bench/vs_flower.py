@@ -311,7 +311,8 @@ def main() -> None:
             rows.append({"participants": n, "platform": kind, "werkbund": figures, "flower": flower, "ratio": ratio})
             print(f"N={n:4d} {kind:5s}  {'bare RabbitMQ' if kind == 'broker' else 'werkbund'} "
                   f"{figures['median_round_s']:.3f} s/round, wall {figures['wall_s']:.1f} s, "
-                  f"platform peak {figures['platform_peak_rss_mib'] or 0:.0f} MiB | "
+                  + (f"platform peak {figures['platform_peak_rss_mib']:.0f} MiB | "
+                     if figures["platform_peak_rss_mib"] else "no platform | ")
                   + (f"Flower {flower['median_round_s']:.4f} s/round, wall {flower['wall_s']:.1f} s | "
                      f"werkbund/Flower {ratio:.1f}x" if flower else "Flower -"), flush=True)
             _print_cpu(kind, figures["cpu_ms_per_round"], n)
