@@ -103,16 +103,17 @@ class PlatformFront:
         environ = build_environ(scope, io.BytesIO(body))
         status, headers, gathered, rest = await loop.run_in_executor(
             self._wsgi.executor, contextvars.copy_context().run, self._gather, environ)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        for piece in gathered:
-            await send({"type": "http.response.body", "body": piece, "more_body": True})
-        if rest is not None:
-            try:
-                while (piece := await loop.run_in_executor(self._wsgi.executor, next, rest, None)) is not None:
-                    await send({"type": "http.response.body", "body": piece, "more_body": True})
-            finally:
+        try:  # (the rest of a long reply is closed, and with it its message done, however the sending ends)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            for piece in gathered:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            while rest is not None and (
+                    piece := await loop.run_in_executor(self._wsgi.executor, next, rest, None)) is not None:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            if rest is not None:
                 await loop.run_in_executor(self._wsgi.executor, _close, rest)
-        await send({"type": "http.response.body", "body": b""})
 
     def _gather(self, environ) -> tuple:
         """Run the Flask app (in a pool thread): (status, headers, the reply's pieces, None), or, past ``SMALL``
