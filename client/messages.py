@@ -27,6 +27,7 @@ MAGIC = b"WBM1"
 MAX_HEADER_BYTES = 1024 * 1024
 HASH_BESIDE = 4 * 1024 * 1024  # payloads from this size are hashed in a thread beside the copy or the reads
 PIECE = 8 * 1024 * 1024
+BATCH_HEADER = "X-Werkbund-Batch"  # a reply of several frames, one after another: [sender, size] of each
 
 
 class MalformedMessage(ValueError):

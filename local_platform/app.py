@@ -38,6 +38,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
+from werkbund.client.messages import BATCH_HEADER
 from werkbund.local_platform.long_poll import SCOPE_KEY as LONG_POLL
 from werkbund.local_platform.openapi import openapi_spec
 from werkbund.platform.command_schemas import check_json, parse_json
@@ -55,7 +56,6 @@ log = logging.getLogger("werkbund.local_platform")
 MAX_POLL_SECONDS = 60.0
 MAX_BATCH = 256  # messages one long poll may take (most=K)
 BATCH_BYTES = 1024 * 1024  # a batch takes no further message once it holds this many bytes
-BATCH_HEADER = "X-Werkbund-Batch"
 META_BYTES_HEADER = "X-Werkbund-Meta-Bytes"  # a model's metadata opens the body; its length
 MAX_META_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024**3
@@ -147,12 +147,12 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
             return Response(status=204)
         if most > 1:
             return _batch_response([message, *boxes.take_more(task, inbox, most - 1, BATCH_BYTES - message.size)])
-        handle = message.open()
-        if handle is None:  # the task was deleted meanwhile
-            message.done()
+        handles = _opened([message])
+        if handles is None:
             return Response(status=204)
         # on disk: the message's file goes once the reply was written (the server closes the file then)
-        return _file_response(_ClosingFile(handle, message.done), message.size, {"X-Werkbund-Sender": message.sender})
+        return _file_response(_ClosingFile(handles[0], message.done), message.size,
+                              {"X-Werkbund-Sender": message.sender})
 
     @app.put("/api/v1/tasks/<task>/model")
     def put_model(task: str):
@@ -267,16 +267,24 @@ def _prefixed(text: bytes, handle):
         handle.close()
 
 
+def _opened(messages: list) -> list | None:
+    """Each message's open file, or None if the task was deleted meanwhile (then each message is done)."""
+    handles = [message.open() for message in messages]
+    if all(handle is not None for handle in handles):
+        return handles
+    for handle in handles:
+        if handle is not None:
+            handle.close()
+    for message in messages:
+        message.done()
+    return None
+
+
 def _batch_response(messages: list) -> Response:
     """One reply with ``messages``' frames one after another, each file read in 1 MiB pieces; every message
     is done (its file removed) once the reply was written. 204 if the task was deleted meanwhile."""
-    handles = [message.open() for message in messages]
-    if any(handle is None for handle in handles):
-        for handle in handles:
-            if handle is not None:
-                handle.close()
-        for message in messages:
-            message.done()
+    handles = _opened(messages)
+    if handles is None:
         return Response(status=204)
     listing = json.dumps([[message.sender, message.size] for message in messages], separators=(",", ":"))
     response = Response(_ClosingPieces(handles, [message.done for message in messages]),

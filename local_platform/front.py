@@ -101,7 +101,7 @@ class PlatformFront:
             body += message.get("body", b"")
         loop = asyncio.get_running_loop()
         environ = build_environ(scope, io.BytesIO(body))
-        status, headers, gathered, rest = await loop.run_in_executor(
+        status, headers, gathered, reply, rest = await loop.run_in_executor(
             self._wsgi.executor, contextvars.copy_context().run, self._gather, environ)
         try:  # (the rest of a long reply is closed, and with it its message done, however the sending ends)
             await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -112,12 +112,13 @@ class PlatformFront:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         finally:
-            if rest is not None:
-                await loop.run_in_executor(self._wsgi.executor, _close, rest)
+            if reply is not None:
+                await loop.run_in_executor(self._wsgi.executor, _close, reply)
 
     def _gather(self, environ) -> tuple:
-        """Run the Flask app (in a pool thread): (status, headers, the reply's pieces, None), or, past ``SMALL``
-        bytes, the pieces so far and the iterator of the rest (closed by the caller once it is sent)."""
+        """Run the Flask app (in a pool thread): (status, headers, the reply's pieces, None, None), or, past
+        ``SMALL`` bytes, the pieces so far, the route's reply and the iterator of its rest (the caller sends
+        that rest, then closes the reply)."""
         started = []
 
         def start_response(status, headers, exc_info=None):
@@ -125,21 +126,21 @@ class PlatformFront:
                           [(name.lower().encode("latin1"), value.encode("latin1")) for name, value in headers]]
             return gathered.append
 
-        gathered, total = [], 0
+        gathered, total, handed_on = [], 0, False
         reply = self._app(environ, start_response)
-        pieces = iter(reply)
         try:
+            pieces = iter(reply)
             for piece in pieces:
                 if piece:
                     gathered.append(piece)
                     total += len(piece)
                 if total > SMALL:
-                    return *started, gathered, _Rest(reply, pieces)
-        except BaseException:
-            _close(reply)
-            raise
-        _close(reply)
-        return *started, gathered, None
+                    handed_on = True
+                    return *started, gathered, reply, pieces
+            return *started, gathered, None, None
+        finally:
+            if not handed_on:
+                _close(reply)
 
     def close(self) -> None:
         """Answer every waiting long poll now (204), so that a stopping server does not wait out their
@@ -172,19 +173,6 @@ class _Reply:
     async def release(self) -> None:
         for message in self.held:
             await self._send(message)
-
-
-class _Rest:
-    """The rest of a route's reply iterator, for ``next`` in a pool thread; ``close`` closes the route's reply."""
-
-    def __init__(self, reply, pieces):
-        self._reply, self._pieces = reply, pieces
-
-    def __next__(self):
-        return next(self._pieces)
-
-    def close(self) -> None:
-        _close(self._reply)
 
 
 def _close(reply) -> None:

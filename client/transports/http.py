@@ -26,8 +26,8 @@ from pathlib import Path
 
 import requests
 
-from werkbund.client.messages import (MAGIC, CheckedFrame, MalformedFrame, MalformedMessage, frame_parts,
-                                       read_exactly, read_message)
+from werkbund.client.messages import (BATCH_HEADER, MAGIC, CheckedFrame, MalformedFrame, MalformedMessage,
+                                       frame_parts, read_exactly, read_message)
 from werkbund.client.transports.base import Transport
 from werkbund.platform.errors import (AuthenticationFailed, PayloadTooLarge, Unavailable, WerkbundError,
                                       error_from_dict)
@@ -40,7 +40,6 @@ RECONNECT_SECONDS = 300.0      # default patience with an unreachable platform (
 BACKOFF_FIRST, BACKOFF_CAP = 0.2, 5.0
 RETRY_STATUSES = frozenset({502, 503, 504})
 DOWNLOAD_PIECE = 1 << 20
-BATCH_HEADER = "X-Werkbund-Batch"  # a batch reply's [sender, size] of each frame (local_platform/app.py)
 HEADER_META_BYTES = 8 * 1024  # a model's metadata up to this size travels in a header, larger in the body
 
 log = logging.getLogger("werkbund.transport")

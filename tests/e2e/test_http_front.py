@@ -150,6 +150,35 @@ def test_bodies_and_replies_either_side_of_the_fronts_small_bound_arrive_whole(u
     assert alice.transport.receive("t", 0) is None
 
 
+def test_a_poller_that_leaves_mid_reply_past_the_small_bound_leaves_no_message_behind(server, users):
+    """A reply past SMALL is streamed from the route after the front sent what it gathered. A poller that
+    closes its connection part-way through has had the message handed out: the reply is still closed, so the
+    message's file on disk goes (it would come again after a restart otherwise) and the platform serves on."""
+    from pathlib import Path
+
+    from werkbund.local_platform.front import SMALL
+
+    alice, bob = users
+
+    def files():
+        return sorted(path for path in Path(server.mailbox_dir).rglob("*") if path.is_file())
+
+    before = files()
+    bob.transport.send("t", "aggregator", b"raw!" + os.urandom(8 * SMALL))
+    assert len(files()) == len(before) + 1  # the message waits on disk
+    reply = requests.get(f"{server.url}/api/v1/tasks/t/messages", params={"timeout": "5"}, stream=True,
+                         headers={"Authorization": f"Bearer {alice.transport.token}"}, timeout=30)
+    assert reply.status_code == 200 and len(reply.raw.read(SMALL + 1)) == SMALL + 1
+    reply.close()  # leaves with most of the 8 MiB unsent
+    deadline = time.monotonic() + 30
+    while files() != before and time.monotonic() < deadline:  # the front finishes the reply on its own time
+        time.sleep(0.05)
+    assert files() == before
+    assert alice.transport.receive("t", 0) is None  # handed out once, not again
+    bob.transport.send("t", "aggregator", b"raw!after")
+    assert alice.transport.receive("t", 10) == ("bob", b"raw!after")
+
+
 @pytest.mark.parametrize("most", ["0", "257", "two", "-1"])
 def test_a_poll_asking_for_a_batch_out_of_bounds_is_a_clear_400(server, users, most):
     token = users[0].transport.token
