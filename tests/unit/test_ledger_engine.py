@@ -72,7 +72,7 @@ def lying(handle, data, n_samples=10, lie=True, told=None):
 
 def test_an_update_that_does_not_match_its_published_hash_is_rejected_and_selection_skips():
     users = members("alice", "bob", "mallory", "tiny")
-    users["alice"].create_task("t", {"quorum": 3, "rounds": 2, "epochs": 1, "round_timeout": 20,
+    users["alice"].create_task("t", {"quorum": 3, "rounds": 2, "epochs": 1, "round_timeout": 60,
                                      "min_updates": 1, "selection": {"min_samples": 50}})
     digits = load_dataset("builtin:digits")
     bob_data, mallory_data = digits.shard(1, 2), digits.shard(2, 2)
@@ -128,7 +128,7 @@ def test_updates_name_their_ledger_entry_so_one_read_of_the_ledger_serves_a_roun
     entry of a round is on the ledger before the first update arrives, one read serves the round."""
     names = ("alice", "bob", "carol", "dave")
     users = members(*names)
-    users["alice"].create_task("t", {"quorum": 3, "rounds": 2, "epochs": 1, "round_timeout": 20})
+    users["alice"].create_task("t", {"quorum": 3, "rounds": 2, "epochs": 1, "round_timeout": 60})
     digits = load_dataset("builtin:digits")
     shards = {name: digits.shard(i, 3) for i, name in enumerate(names[1:], start=1)}
     for name, shard in shards.items():
@@ -160,7 +160,7 @@ def test_a_wrong_ledger_seq_in_an_update_changes_nothing_the_entry_is_looked_up(
     """The seq an update names is a hint: a seq past what was read, of someone else's entry, or not a
     number leads to the sender's own latest entry for the round, or to none."""
     users = members("alice", "bob", "mallory")
-    users["alice"].create_task("t", {"quorum": 2, "rounds": 1, "epochs": 1, "round_timeout": 20})
+    users["alice"].create_task("t", {"quorum": 2, "rounds": 1, "epochs": 1, "round_timeout": 60})
     digits = load_dataset("builtin:digits")
     for name in ("bob", "mallory"):
         users[name].join_task("t", digits.schema())
@@ -181,7 +181,7 @@ def test_a_round_of_the_engine_relays_every_statement_and_participants_stop_call
     statement once and verifies; a participant whose statement is signed with another key is refused."""
     names = ("alice", "bob", "carol", "mallory")
     users = members(*names)
-    users["alice"].create_task("t", {"quorum": 3, "rounds": 3, "epochs": 1, "round_timeout": 20, "min_updates": 1})
+    users["alice"].create_task("t", {"quorum": 3, "rounds": 3, "epochs": 1, "round_timeout": 60, "min_updates": 1})
     digits = load_dataset("builtin:digits")
     shards = {"bob": digits.shard(1, 2), "carol": digits.shard(2, 2)}
     for name in ("bob", "carol", "mallory"):
@@ -243,7 +243,7 @@ def test_a_task_that_fails_mid_round_still_puts_what_was_submitted_on_the_ledger
     """Statements ride on updates and wait for the next relay; a task that fails before it (too few valid
     updates) appends them first, so the log shows bob's update and mallory's refused one before task_failed."""
     users = members("alice", "bob", "mallory")
-    users["alice"].create_task("t", {"quorum": 2, "rounds": 2, "epochs": 1, "round_timeout": 20, "min_updates": 2})
+    users["alice"].create_task("t", {"quorum": 2, "rounds": 2, "epochs": 1, "round_timeout": 60, "min_updates": 2})
     digits = load_dataset("builtin:digits")
     for name in ("bob", "mallory"):
         users[name].join_task("t", digits.shard(1, 2).schema())
@@ -280,7 +280,7 @@ def test_a_statement_or_cosignature_the_platform_would_refuse_costs_only_its_sen
     a cosignature at all: mallory's updates are refused, trudy's cosignature dropped, and the task completes."""
     names = ("alice", "bob", "mallory", "trudy")
     users = members(*names)
-    users["alice"].create_task("t", {"quorum": 3, "rounds": 2, "epochs": 1, "round_timeout": 20, "min_updates": 1})
+    users["alice"].create_task("t", {"quorum": 3, "rounds": 2, "epochs": 1, "round_timeout": 60, "min_updates": 1})
     digits = load_dataset("builtin:digits")
     for name in names[1:]:
         users[name].join_task("t", digits.shard(1, 2).schema())
