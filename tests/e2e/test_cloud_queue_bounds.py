@@ -8,6 +8,7 @@ sender's (RabbitMQ counts per queue): while one member's flood fills it, another
 """
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import threading
@@ -149,6 +150,49 @@ def test_a_message_in_more_chunks_than_the_bound_goes_through_once_the_reader_re
     finally:
         bob.chunk_bytes, bob.blob_threshold = saved
     assert "error" not in outcome and (message.sender, message.payload) == ("bob", payload)
+
+
+def test_a_refused_send_goes_again_and_gets_through_once_there_is_room(platform):
+    """RabbitMQ refuses a message for a full queue and for a quorum queue between two leaders alike (AMQP
+    0-9-1 does not say which), so a refused send goes again for a while before it fails: room made
+    meanwhile lets it through, once, after what was queued before it."""
+    url, users = platform
+    new_task(users, "moment")
+    assert flood(users["bob"], "moment", 2 * LIMIT)[0] == LIMIT  # full
+    users["carol"].transport.refused_seconds = 120  # (5 s by default: ample here too, this leaves no doubt)
+    refused, outcome = threading.Event(), {}
+
+    class Refusals(logging.Handler):
+        def emit(self, record):
+            if "refused a message" in record.getMessage():
+                refused.set()
+
+    def send():
+        try:
+            outcome["sent"] = users["carol"].participant("moment").send("update", b"carol's", round=1)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    logger, handler = logging.getLogger("werkbund.client.amqp"), Refusals()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        assert refused.wait(60)  # refused: the queue is full, and nobody reads it yet
+        aggregator = users["alice"].aggregator("moment")
+        got = [aggregator.receive(30)]  # room
+        sender.join(60)
+        got += [aggregator.receive(30) for _ in range(LIMIT)]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        del users["carol"].transport.refused_seconds
+    assert "error" not in outcome and outcome["sent"]["delivered_to"] == "aggregator"
+    assert [(m.sender, m.payload) for m in got] == [
+        *(("bob", f"flood {i}".encode()) for i in range(LIMIT)), ("carol", b"carol's")]
+    assert aggregator.receive(0.5) is None  # carol's, sent again while refused, came once
 
 
 def test_another_task_on_the_same_platform_completes_while_a_queue_is_full(platform, tmp_path, monkeypatch):

@@ -9,8 +9,8 @@ lost the thread reconnects with backoff and subscribes again; unacknowledged mes
 Work that was in flight on the lost connection (a publish, a request waiting for its reply) fails
 with :class:`ConnectionLost`, which the transport retries once the connection is back. A publish the
 broker refuses (a nack: the queue holds as many messages or bytes as the platform's policy allows,
-``overflow: reject-publish``) fails with :class:`InboxFull` instead, which is not retried: the same
-publish would be refused again until the reader takes messages out.
+``overflow: reject-publish``, or a quorum queue has no leader for a moment) fails with
+:class:`InboxFull` instead; the transport decides whether to send it again (its module docstring).
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ class AmqpSession:
         self.lock = threading.Lock()
         self.inboxes: dict[str, queue.Queue] = {}  # queue name -> (sender, body, (generation, tag))
         self.generation = 0
+        self.reconnected_at: float | None = None  # time.monotonic() of the last reconnect
         self.closing = False
         self.ready = threading.Event()  # cleared while reconnecting
         self.connection = self._open_connection()
@@ -110,6 +111,7 @@ class AmqpSession:
             try:
                 connection = self.connection = pika.BlockingConnection(self.parameters)
                 self._open_channel()
+                self.reconnected_at = time.monotonic()
                 log.warning("reconnected to the broker")
                 return
             except Exception as exc:  # noqa: BLE001 - AMQPError mostly; any failure here means: try again
@@ -183,6 +185,10 @@ class AmqpSession:
                 time.sleep(0.1)
                 self.ready.wait(self.reconnect_seconds)
         return future
+
+    def reconnected_within(self, seconds: float) -> bool:
+        """Whether the connection was lost and made again in the last ``seconds``."""
+        return self.reconnected_at is not None and time.monotonic() - self.reconnected_at <= seconds
 
     def wait(self, future: Future, timeout: float = 600.0):
         deadline = time.monotonic() + timeout
@@ -298,7 +304,7 @@ def connection_error(exc: Exception, parameters) -> WerkbundError:
 
 
 def broker_error(exc: Exception) -> WerkbundError:
-    if isinstance(exc, NackError):  # refused by a full queue (reject-publish); the transport names which
+    if isinstance(exc, NackError):  # refused by a full queue (reject-publish), or one without a leader
         return InboxFull("the broker refused the message: the queue it goes to is full")
     if isinstance(exc, AMQPConnectionError):  # the connection went
         return ConnectionLost(f"lost the broker connection: {exc!r}")

@@ -16,9 +16,14 @@ transfer id (the receiver drops chunks it already has; the engine ignores a repe
 
 A message the broker refuses because the queue it goes to is full (the platform bounds every queue,
 ``werkbund platform serve --queue-max-messages/--queue-max-bytes``) fails with ``InboxFull``, as a 429
-does over HTTP, naming the inbox and the limit; it is not repeated. Only a chunked message whose
-first chunks are queued already goes on: the rest is sent again with backoff while the reader takes
-chunks out, for up to ``RETRY_SECONDS``, so that no half message is left behind.
+does over HTTP, naming the inbox and the limit. RabbitMQ refuses a message the same way when a quorum
+queue has no leader for a moment (on a broker cluster, after the node that led it stopped), and AMQP
+0-9-1 does not say which of the two it was. So a refused message or request goes again, under the same
+transfer or request id, with backoff: for ``refused_seconds`` (5 s), or for ``RETRY_SECONDS`` once the
+session reconnected in that time (a node went, and its queues are electing new leaders). A queue still
+refusing then is full. One piece larger than the queue's byte bound is refused at once: it never fits.
+A chunked message whose first chunks are queued already goes on likewise for ``RETRY_SECONDS`` while
+the reader takes chunks out, so that no half message is left behind.
 
 Large messages and models take the claim-check path when the platform serves a blob store
 (``client/transports/amqp/blobs.py``): stored once, only a reference through the broker. Without one they
@@ -52,6 +57,7 @@ from werkbund.platform.errors import (
 CONTROL_TIMEOUT = 60.0
 MODEL_TIMEOUT = 600.0
 RETRY_SECONDS = 180.0  # how long to keep repeating work lost with the connection
+REFUSED_SECONDS = 5.0  # how long a message the broker refused goes again (module docstring)
 BLOB_THRESHOLD = 8 * 1024 * 1024  # larger messages and models go through the blob store, if there is one
 # (WERKBUND_BLOB_THRESHOLD, in bytes, changes it)
 RENEW_SECONDS = 3600.0  # a session in use is renewed this often (it lasts 12 hours from each renewal)
@@ -60,9 +66,12 @@ QUEUE_LIMIT_HEADERS = ("wb-queue-max-messages", "wb-queue-max-bytes")  # the pla
 log = logging.getLogger("werkbund.client.amqp")
 
 
-def retrying(work, seconds: float = RETRY_SECONDS):
-    """``work()``, repeated while it fails with ConnectionLost (the session reconnects meanwhile)."""
+def retrying(work, seconds: float = RETRY_SECONDS, refused_for=None):
+    """``work()``, repeated while it fails with ConnectionLost (the session reconnects meanwhile), and while
+    the broker refuses it (InboxFull) for as many seconds as ``refused_for()`` says, if given: 0 raises the
+    first refusal (module docstring)."""
     deadline = time.monotonic() + seconds
+    refused_since, backoff = None, 0.1
     while True:
         try:
             return work()
@@ -71,6 +80,15 @@ def retrying(work, seconds: float = RETRY_SECONDS):
                 raise
             log.warning("%s; repeating it once the broker is back", exc)
             time.sleep(0.5)
+        except InboxFull:
+            now = time.monotonic()
+            refused_since = refused_since or now
+            if refused_for is None or now - refused_since >= refused_for():
+                raise
+            log.info("the broker refused a message (a full queue, or one electing a leader); "
+                     "sending it again in %.1f s", backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
 
 
 class BrokerParameters(pika.URLParameters):
@@ -80,6 +98,8 @@ class BrokerParameters(pika.URLParameters):
 
 
 class AmqpTransport(Transport):
+    refused_seconds = REFUSED_SECONDS
+
     def __init__(self, url: str | None, vhost: str | None = None, ca_certificate: str | None = None,
                  heartbeat: int = 30, registration_password: str = names.REGISTRATION_PASSWORD,
                  timeout: float = CONTROL_TIMEOUT, chunk_bytes: int = CHUNK_BYTES, blob_threshold: int | None = None):
@@ -146,7 +166,8 @@ class AmqpTransport(Transport):
             return session.request(corr, body, properties, timeout or self.timeout)
 
         try:
-            reply_headers, reply = retrying(attempt) if retry else attempt()
+            reply_headers, reply = (retrying(attempt, refused_for=lambda: self._refused_for(session, len(body)))
+                                    if retry else attempt())
         except InboxFull:
             if self.queue_limits and len(body) > self.queue_limits[1]:
                 raise InboxFull(f"the request ({len(body)} bytes) is larger than the platform's request queue "
@@ -287,7 +308,7 @@ class AmqpTransport(Transport):
         deadline, backoff = None, 0.5
         while True:
             try:
-                return retrying(attempt)
+                return retrying(attempt, refused_for=lambda: self._refused_for(session, largest[0]))
             except InboxFull:
                 if not confirmed:  # nothing of it is queued: refused, as a 429 over HTTP
                     raise self._inbox_full(task, to, piece=largest[0]) from None
@@ -299,6 +320,12 @@ class AmqpTransport(Transport):
                          backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def _refused_for(self, session: AmqpSession, piece: int) -> float:
+        """How long a message whose largest piece has ``piece`` bytes goes again once refused (module docstring)."""
+        if self.queue_limits and piece > self.queue_limits[1]:
+            return 0.0
+        return RETRY_SECONDS if session.reconnected_within(RETRY_SECONDS) else self.refused_seconds
 
     def _limits_text(self) -> str:
         if self.queue_limits is None:
