@@ -145,14 +145,11 @@ def create_app(service: PlatformService, mailboxes: Mailboxes | None = None,
         message = boxes.get(task, inbox, timeout) if poll is None else poll.take(boxes, task, inbox, timeout)
         if message is None:
             return Response(status=204)
-        if most > 1:
-            return _batch_response([message, *boxes.take_more(task, inbox, most - 1, BATCH_BYTES - message.size)])
-        handles = _opened([message])
-        if handles is None:
-            return Response(status=204)
-        # on disk: the message's file goes once the reply was written (the server closes the file then)
-        return _file_response(_ClosingFile(handles[0], message.done), message.size,
-                              {"X-Werkbund-Sender": message.sender})
+        if most == 1:
+            return _messages_response([message], {"X-Werkbund-Sender": message.sender})
+        messages = [message, *boxes.take_more(task, inbox, most - 1, BATCH_BYTES - message.size)]
+        listing = json.dumps([[message.sender, message.size] for message in messages], separators=(",", ":"))
+        return _messages_response(messages, {BATCH_HEADER: listing})
 
     @app.put("/api/v1/tasks/<task>/model")
     def put_model(task: str):
@@ -217,22 +214,6 @@ def _body_size(limit: int, what: str) -> int:
     return size
 
 
-class _ClosingFile:
-    """A file handle that calls ``then`` after it is closed (a passed-through reply runs no close callbacks)."""
-
-    def __init__(self, handle, then):
-        self._handle, self._then = handle, then
-
-    def __getattr__(self, name):
-        return getattr(self._handle, name)
-
-    def close(self) -> None:
-        try:
-            self._handle.close()
-        finally:
-            self._then()
-
-
 def _whole_number(text: str, what: str, limit: int, least: int = 0, where: str = "header") -> int:
     try:
         value = int(text)
@@ -267,28 +248,16 @@ def _prefixed(text: bytes, handle):
         handle.close()
 
 
-def _opened(messages: list) -> list | None:
-    """Each message's open file, or None if the task was deleted meanwhile (then each message is done)."""
+def _messages_response(messages: list, headers: dict) -> Response:
+    """One reply with ``messages``' frames one after another (one message, or a batch), each file read in 1 MiB
+    pieces; every message is done (its file removed) once the reply was written (the server closes the reply
+    then). 204 if the task was deleted meanwhile (every message done)."""
     handles = [message.open() for message in messages]
-    if all(handle is not None for handle in handles):
-        return handles
-    for handle in handles:
-        if handle is not None:
-            handle.close()
-    for message in messages:
-        message.done()
-    return None
-
-
-def _batch_response(messages: list) -> Response:
-    """One reply with ``messages``' frames one after another, each file read in 1 MiB pieces; every message
-    is done (its file removed) once the reply was written. 204 if the task was deleted meanwhile."""
-    handles = _opened(messages)
-    if handles is None:
+    if any(handle is None for handle in handles):
+        _ClosingPieces([handle for handle in handles if handle is not None], [m.done for m in messages]).close()
         return Response(status=204)
-    listing = json.dumps([[message.sender, message.size] for message in messages], separators=(",", ":"))
     response = Response(_ClosingPieces(handles, [message.done for message in messages]),
-                        mimetype="application/octet-stream", headers={BATCH_HEADER: listing}, direct_passthrough=True)
+                        mimetype="application/octet-stream", headers=headers, direct_passthrough=True)
     response.content_length = sum(message.size for message in messages)
     return response
 
@@ -305,10 +274,12 @@ class _ClosingPieces:
                 yield piece
 
     def close(self) -> None:
-        for handle in self._handles:
-            handle.close()
-        for done in self._then:
-            done()
+        try:
+            for handle in self._handles:
+                handle.close()
+        finally:
+            for done in self._then:
+                done()
 
 
 def _file_response(handle, size: int, headers: dict) -> Response:

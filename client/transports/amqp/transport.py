@@ -169,7 +169,7 @@ class AmqpTransport(Transport):
             reply_headers, reply = (retrying(attempt, refused_for=lambda: self._refused_for(session, len(body)))
                                     if retry else attempt())
         except InboxFull:
-            if self.queue_limits and len(body) > self.queue_limits[1]:
+            if self._never_fits(len(body)):
                 raise InboxFull(f"the request ({len(body)} bytes) is larger than the platform's request queue "
                                 f"takes ({self._limits_text()})") from None
             raise InboxFull(f"the platform's request queue is full ({self._limits_text()}): it is busy; "
@@ -305,27 +305,24 @@ class AmqpTransport(Transport):
             if pending is not None and not confirm(*pending):
                 raise InboxFull("refused")
 
-        deadline, backoff = None, 0.5
-        while True:
-            try:
-                return retrying(attempt, refused_for=lambda: self._refused_for(session, largest[0]))
-            except InboxFull:
-                if not confirmed:  # nothing of it is queued: refused, as a 429 over HTTP
-                    raise self._inbox_full(task, to, piece=largest[0]) from None
-                deadline = deadline or time.monotonic() + RETRY_SECONDS
-                if time.monotonic() > deadline:
-                    raise self._inbox_full(task, to, f"; {len(confirmed)} chunks of this message are queued, the "
-                                                     f"rest was refused for {RETRY_SECONDS:.0f} s") from None
-                log.info("%s's queue in task %s is full mid-message; sending the rest again in %.1f s", to, task,
-                         backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        try:  # once some chunks are queued, the rest goes again for RETRY_SECONDS: no half message is left
+            return retrying(attempt, refused_for=lambda: RETRY_SECONDS if confirmed else
+                            self._refused_for(session, largest[0]))
+        except InboxFull:
+            if not confirmed:  # nothing of it is queued: refused, as a 429 over HTTP
+                raise self._inbox_full(task, to, piece=largest[0]) from None
+            raise self._inbox_full(task, to, f"; {len(confirmed)} chunks of this message are queued, the "
+                                             f"rest was refused for {RETRY_SECONDS:.0f} s") from None
 
     def _refused_for(self, session: AmqpSession, piece: int) -> float:
         """How long a message whose largest piece has ``piece`` bytes goes again once refused (module docstring)."""
-        if self.queue_limits and piece > self.queue_limits[1]:
+        if self._never_fits(piece):
             return 0.0
         return RETRY_SECONDS if session.reconnected_within(RETRY_SECONDS) else self.refused_seconds
+
+    def _never_fits(self, piece: int) -> bool:
+        """Whether one piece of ``piece`` bytes is more than a queue takes: even an empty one refuses it."""
+        return bool(self.queue_limits) and piece > self.queue_limits[1]
 
     def _limits_text(self) -> str:
         if self.queue_limits is None:
@@ -336,7 +333,7 @@ class AmqpTransport(Transport):
         """The refusal a sender sees: which inbox, and the platform's bound."""
         inbox, reader = {"aggregator": ("the aggregator's inbox", "the aggregator"),
                          "all": ("a participant's inbox", "that participant")}.get(to, (f"{to}'s inbox", to))
-        if self.queue_limits and piece > self.queue_limits[1]:
+        if self._never_fits(piece):
             return InboxFull(f"{inbox} in task {task!r} cannot take a message of {piece} bytes in one piece "
                              f"({self._limits_text()}); send it through the platform's blob store, or in smaller "
                              "parts")
